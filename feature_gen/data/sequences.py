@@ -1,0 +1,234 @@
+"""From checked tables to time-ordered user sequences, the leave-one-out split, and batches.
+
+Internal ids: items are 1..N in item-table order (0 is padding, never a real item); users 0..U-1 in
+order of first appearance. Each user's events are sorted by timestamp with the file order as the
+tie-break (a stable sort), so a split is reproducible to the item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from feature_gen.config import DataConfig, ItemTextConfig
+from feature_gen.data.contract import (
+    ITEM_ID,
+    TIMESTAMP,
+    USER_ID,
+    ItemRejects,
+    check_known_items,
+    fingerprint,
+    load_files,
+    split_rejects,
+    validate_interactions,
+    validate_items,
+)
+
+PAD = 0
+
+
+@dataclass
+class InteractionData:
+    items: pd.DataFrame  # catalogue; row r is internal item r + 1
+    user_ids: np.ndarray  # [U] external user ids; position = internal user index
+    sequences: list[np.ndarray]  # per user: internal item ids (int64), time ordered
+    timestamps: list[np.ndarray]  # per user: int64 unix seconds, aligned with sequences
+    rejects: ItemRejects  # items without usable text (and their interactions, dropped)
+    dropped_interactions: int  # interactions on rejected items or of users too short to split
+    fingerprint: str
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    def item_index(self) -> dict:
+        """external item id -> internal id (1..N)."""
+        return {ext: i + 1 for i, ext in enumerate(self.items[ITEM_ID].tolist())}
+
+
+def build_interaction_data(
+    items: pd.DataFrame,
+    interactions: pd.DataFrame,
+    text_cfg: ItemTextConfig,
+    min_user_interactions: int = 3,
+) -> InteractionData:
+    """Map ids, drop unembeddable items (kept as rejects), group and time-order each user's events."""
+    accepted, rejects = split_rejects(items, text_cfg)
+    index = {ext: i + 1 for i, ext in enumerate(accepted[ITEM_ID].tolist())}
+    mapped = interactions[ITEM_ID].map(index)
+    keep = mapped.notna().to_numpy()
+    frame = pd.DataFrame(
+        {
+            "user": interactions[USER_ID].to_numpy()[keep],
+            "item": mapped.to_numpy()[keep].astype(np.int64),
+            "ts": interactions[TIMESTAMP].to_numpy()[keep].astype(np.int64),
+            "order": np.flatnonzero(keep),  # file order, the tie-break
+        }
+    )
+    frame = frame.sort_values(["ts", "order"], kind="stable")
+    user_ids, sequences, timestamps = [], [], []
+    dropped = int((~keep).sum())
+    # groupby(sort=False) keeps first-appearance order of users in the time-sorted frame; reindex by
+    # first appearance in the file instead so user numbering does not depend on timestamps.
+    first_seen = pd.unique(interactions[USER_ID].to_numpy()[keep])
+    groups = {u: g for u, g in frame.groupby("user", sort=False)}
+    for u in first_seen:
+        g = groups[u]
+        if len(g) < min_user_interactions:
+            dropped += len(g)
+            continue
+        user_ids.append(u)
+        sequences.append(g["item"].to_numpy())
+        timestamps.append(g["ts"].to_numpy())
+    return InteractionData(
+        items=accepted,
+        user_ids=np.asarray(user_ids),
+        sequences=sequences,
+        timestamps=timestamps,
+        rejects=rejects,
+        dropped_interactions=dropped,
+        fingerprint=fingerprint(items, interactions),
+    )
+
+
+def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> InteractionData:
+    """The one entry point from config to sequences, for every data source."""
+    if data_cfg.source == "files":
+        items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg)
+    else:
+        from feature_gen.data.movielens import LOADERS
+
+        items, interactions = LOADERS[data_cfg.source]()
+        items = validate_items(items, data_cfg.source, text_cfg)
+        interactions = validate_interactions(interactions, data_cfg.source)
+        check_known_items(interactions, items[ITEM_ID], data_cfg.source)
+    return build_interaction_data(items, interactions, text_cfg, data_cfg.min_user_interactions)
+
+
+@dataclass
+class EvalSet:
+    """One evaluation target per user: predict `targets` from `histories`."""
+
+    users: np.ndarray  # [U] internal user index
+    histories: list[np.ndarray]  # full history (item ids) before the target
+    history_timestamps: list[np.ndarray]
+    targets: np.ndarray  # [U] internal item id
+    target_timestamps: np.ndarray  # [U]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclass
+class LeaveOneOutSplit:
+    train: list[np.ndarray]  # per user: all items but the last two
+    train_timestamps: list[np.ndarray]
+    valid: EvalSet  # target: second last; history: train part
+    test: EvalSet  # target: last; history: train part + the valid item
+
+
+def leave_one_out(data: InteractionData) -> LeaveOneOutSplit:
+    users = np.arange(data.num_users)
+    seqs, tss = data.sequences, data.timestamps
+    if any(len(s) < 3 for s in seqs):
+        raise ValueError("leave_one_out: every user needs at least 3 interactions (data.min_user_interactions)")
+    valid = EvalSet(
+        users=users,
+        histories=[s[:-2] for s in seqs],
+        history_timestamps=[t[:-2] for t in tss],
+        targets=np.array([s[-2] for s in seqs], dtype=np.int64),
+        target_timestamps=np.array([t[-2] for t in tss], dtype=np.int64),
+    )
+    test = EvalSet(
+        users=users,
+        histories=[s[:-1] for s in seqs],
+        history_timestamps=[t[:-1] for t in tss],
+        targets=np.array([s[-1] for s in seqs], dtype=np.int64),
+        target_timestamps=np.array([t[-1] for t in tss], dtype=np.int64),
+    )
+    return LeaveOneOutSplit(
+        train=[s[:-2] for s in seqs], train_timestamps=[t[:-2] for t in tss], valid=valid, test=test
+    )
+
+
+@dataclass
+class SequenceBatch:
+    item_ids: torch.Tensor  # [B, L] int64, PAD where mask is 0
+    timestamps: torch.Tensor  # [B, L] int64
+    attention_mask: torch.Tensor  # [B, L] int64
+
+
+def pad_sequences(
+    sequences: list[np.ndarray],
+    timestamps: list[np.ndarray] | None,
+    max_len: int,
+    padding_side: str = "left",
+) -> SequenceBatch:
+    """Keep each sequence's last `max_len` items and pad to a batch. Left padding by default, so the
+    most recent item sits in the last column for every user (what serving code indexes)."""
+    batch = len(sequences)
+    ids = np.zeros((batch, max_len), dtype=np.int64)
+    ts = np.zeros((batch, max_len), dtype=np.int64)
+    mask = np.zeros((batch, max_len), dtype=np.int64)
+    for i, seq in enumerate(sequences):
+        tail = seq[-max_len:]
+        n = len(tail)
+        if n == 0:
+            continue
+        cols = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
+        ids[i, cols] = tail
+        mask[i, cols] = 1
+        if timestamps is not None:
+            ts[i, cols] = timestamps[i][-max_len:]
+    return SequenceBatch(torch.from_numpy(ids), torch.from_numpy(ts), torch.from_numpy(mask))
+
+
+@dataclass
+class TrainingBatch:
+    inputs: SequenceBatch  # items 0..n-2 of each window
+    targets: torch.Tensor  # [B, L] the next item at every input position (PAD where none)
+
+
+def training_windows(
+    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int
+) -> TrainingBatch:
+    """Each user's most recent `max_seq_len + 1` training items as (inputs, next-item targets)."""
+    windows = [s[-(max_seq_len + 1):] for s in sequences]
+    ts_windows = [t[-(max_seq_len + 1):] for t in timestamps]
+    inputs = pad_sequences([w[:-1] for w in windows], [t[:-1] for t in ts_windows], max_seq_len, "left")
+    targets = pad_sequences([w[1:] for w in windows], None, max_seq_len, "left").item_ids
+    return TrainingBatch(inputs=inputs, targets=targets)
+
+
+class UniformNegativeSampler:
+    """Negatives drawn uniformly from the catalogue (ids 1..N), avoiding the batch's positives."""
+
+    def __init__(self, num_items: int, seed: int = 0):
+        if num_items < 2:
+            raise ValueError(f"UniformNegativeSampler needs at least 2 items; got {num_items}")
+        self.num_items = num_items
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, count: int, exclude: torch.Tensor | None = None, max_rounds: int = 10) -> torch.Tensor:
+        """[count] int64 ids in 1..N. Ids in `exclude` are redrawn (a few rounds); the loss also masks
+        any that survive, so exclusion here only keeps the effective number of negatives up."""
+        draws = torch.randint(1, self.num_items + 1, (count,), generator=self.generator)
+        if exclude is None or exclude.numel() == 0:
+            return draws
+        banned = torch.zeros(self.num_items + 1, dtype=torch.bool)
+        banned[exclude[(exclude > 0) & (exclude <= self.num_items)].long()] = True
+        if bool(banned[1:].all()):
+            return draws  # everything is a positive; nothing to avoid
+        for _ in range(max_rounds):
+            hit = banned[draws]
+            if not bool(hit.any()):
+                break
+            draws[hit] = torch.randint(1, self.num_items + 1, (int(hit.sum()),), generator=self.generator)
+        return draws

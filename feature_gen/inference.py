@@ -1,0 +1,113 @@
+"""Batched inference: item texts -> item embeddings, item-embedding sequences -> user embeddings.
+
+The one code path every consumer uses (evaluation, the trainer's stage-2 cache, the Spark jobs, the
+streaming refresh, the export's parity check), so an item never gets two embeddings from two paths.
+Texts are sorted by token length before batching (length bucketing): a batch then pads to a width
+close to its own rows instead of the longest text in the whole input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from feature_gen.config import ItemTextConfig
+from feature_gen.data.sequences import pad_sequences
+from feature_gen.item_llm import ItemLLM
+from feature_gen.item_text import build_item_text, pad_token_ids, tokenize_item_texts
+from feature_gen.user_llm import UserLLM
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int, bucket: bool = True) -> list[np.ndarray]:
+    """Index batches; with `bucket`, rows of similar length go together (longest first, so a memory
+    problem shows up in the first batch rather than the last)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable") if bucket else np.arange(len(lengths))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def embed_token_ids(
+    item_llm: ItemLLM,
+    token_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 64,
+    bucket: bool = True,
+    padding_side: str = "right",
+) -> np.ndarray:
+    """Item embeddings [n, D] float32 for pre-tokenised texts, in input order."""
+    item_llm.eval()
+    out = np.zeros((len(token_ids), item_llm.hidden_size), dtype=np.float32)
+    for idx in batches_by_length([len(t) for t in token_ids], batch_size, bucket):
+        batch = pad_token_ids([token_ids[i] for i in idx], pad_id, padding_side)
+        out[idx] = item_llm(batch.input_ids, batch.attention_mask).float().numpy()
+    return out
+
+
+def embed_texts(
+    item_llm: ItemLLM,
+    tokenizer,
+    texts: Sequence[str],
+    max_item_tokens: int,
+    batch_size: int = 64,
+    bucket: bool = True,
+    padding_side: str = "right",
+) -> np.ndarray:
+    ids = tokenize_item_texts(texts, tokenizer, max_item_tokens)
+    return embed_token_ids(item_llm, ids, tokenizer.pad_token_id, batch_size, bucket, padding_side)
+
+
+def embed_catalogue(
+    item_llm: ItemLLM,
+    tokenizer,
+    items: pd.DataFrame,
+    text_cfg: ItemTextConfig,
+    batch_size: int = 64,
+    padding_side: str = "right",
+) -> torch.Tensor:
+    """The item table [N+1, D] for internal ids (row 0 = padding, zeros). `items` must hold only
+    embeddable items (see data.contract.split_rejects), in internal-id order."""
+    texts = [build_item_text(row, text_cfg) for row in items.to_dict("records")]
+    missing = [i for i, t in enumerate(texts) if t is None]
+    if missing:
+        raise ValueError(f"embed_catalogue: item at position {missing[0]} has no text; split rejects first")
+    vectors = embed_texts(item_llm, tokenizer, texts, text_cfg.max_item_tokens, batch_size, True, padding_side)
+    return torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)], dim=0)
+
+
+@dataclass
+class UserEmbeddings:
+    vectors: np.ndarray  # [U, D] float32 user-interest embeddings
+    seq_len: np.ndarray  # [U] number of history items the embedding reflects (after the max_seq_len cap)
+    last_event_ts: np.ndarray  # [U] int64 timestamp of the newest event it reflects
+
+
+@torch.inference_mode()
+def embed_users(
+    user_llm: UserLLM,
+    item_table: torch.Tensor,  # [N+1, D] row 0 = padding
+    histories: Sequence[np.ndarray],  # per user internal item ids, time ordered
+    timestamps: Sequence[np.ndarray],
+    max_seq_len: int,
+    batch_size: int = 256,
+) -> UserEmbeddings:
+    """The User LLM's last-position output for each history (its most recent `max_seq_len` items)."""
+    user_llm.eval()
+    n = len(histories)
+    if any(len(h) == 0 for h in histories):
+        raise ValueError("embed_users: a user has an empty history; there is nothing to embed")
+    vectors = np.zeros((n, user_llm.item_dim), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        chunk = slice(start, min(start + batch_size, n))
+        batch = pad_sequences(list(histories[chunk]), list(timestamps[chunk]), max_seq_len, "left")
+        item_embs = item_table[batch.item_ids]  # [B, L, D]
+        out = user_llm(item_embs, batch.attention_mask, batch.timestamps)
+        vectors[chunk] = out.user_embedding.float().numpy()
+    return UserEmbeddings(
+        vectors=vectors,
+        seq_len=np.array([min(len(h), max_seq_len) for h in histories], dtype=np.int64),
+        last_event_ts=np.array([int(t[-1]) for t in timestamps], dtype=np.int64),
+    )

@@ -1,0 +1,146 @@
+"""HLLM: the Item LLM and User LLM joined, with the training objectives.
+
+`build_hllm(cfg)` is how every entry point gets a model from config; weights come from the backbones
+(pretrained or tiny random). The trainer and the bundle loader add their checkpoint on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from feature_gen.base_models import load_backbone
+from feature_gen.config import ConfigError, HLLMConfig
+from feature_gen.item_llm import ItemLLM
+from feature_gen.losses import (
+    EarlyFusionScorer,
+    InfoNCEResult,
+    LateFusionHead,
+    LogitScale,
+    click_bce,
+    info_nce,
+    sequence_info_nce,
+    total_loss,
+)
+from feature_gen.user_llm import UserLLM, last_real_index
+
+
+@dataclass
+class HLLMLosses:
+    total: torch.Tensor
+    gen: InfoNCEResult | None
+    bce: torch.Tensor | None
+    next_item: InfoNCEResult | None
+
+
+class HLLM(nn.Module):
+    def __init__(self, item_llm: ItemLLM, user_llm: UserLLM, cfg: HLLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_llm = item_llm
+        self.user_llm = user_llm
+        self.logit_scale = LogitScale(cfg.loss.temperature_init, cfg.loss.max_logit_scale)
+        dim = item_llm.hidden_size
+        self.late_head = LateFusionHead(dim) if cfg.loss.objective == "discriminative" and cfg.loss.fusion == "late" else None
+        self.early_scorer = (
+            EarlyFusionScorer(user_llm, dim) if cfg.loss.objective == "discriminative" and cfg.loss.fusion == "early" else None
+        )
+
+    @property
+    def item_dim(self) -> int:
+        return self.item_llm.hidden_size
+
+    def losses(
+        self,
+        seq_item_embs: torch.Tensor,  # [B, L, D] embeddings of the input items
+        attention_mask: torch.Tensor,  # [B, L]
+        target_embs: torch.Tensor,  # [B, L, D] embeddings of the next item at each position
+        target_ids: torch.Tensor,  # [B, L] (PAD=0 where there is no next item)
+        negative_embs: torch.Tensor,  # [K, D] shared negatives
+        negative_ids: torch.Tensor,  # [K]
+        timestamps: torch.Tensor | None = None,  # [B, L]
+        candidate_embs: torch.Tensor | None = None,  # [B, C, D] discriminative candidates
+        click_labels: torch.Tensor | None = None,  # [B, C]
+    ) -> HLLMLosses:
+        """All configured objectives on one batch: L = L_gen + L_bce + lambda * L_next.
+
+        L_gen is InfoNCE at every position of the sequence; L_next the same loss at each user's last
+        position only, i.e. on the user embedding that serving reads (an auxiliary weight on what the
+        feature store holds); L_bce the click loss of the configured fusion (discriminative only).
+        """
+        loss_cfg = self.cfg.loss
+        out = self.user_llm(seq_item_embs, attention_mask, timestamps)
+        scale = self.logit_scale()
+        target_mask = (target_ids > 0) & attention_mask.bool()  # [B, L]
+        gen = sequence_info_nce(
+            out.predictions, target_embs, target_mask, negative_embs, scale,
+            target_ids=target_ids, negative_ids=negative_ids, threshold=loss_cfg.nce_threshold,
+        )
+        next_item = None
+        if loss_cfg.next_weight > 0:
+            last = last_real_index(attention_mask)
+            rows = torch.arange(last.size(0), device=last.device)
+            has_next = target_mask[rows, last]
+            next_item = info_nce(
+                out.user_embedding[has_next], target_embs[rows, last][has_next], negative_embs, scale,
+                positive_ids=target_ids[rows, last][has_next], negative_ids=negative_ids,
+                threshold=loss_cfg.nce_threshold,
+            )
+        bce = None
+        if loss_cfg.objective == "discriminative":
+            if candidate_embs is None or click_labels is None:
+                raise ValueError("objective 'discriminative' needs candidate_embs [B, C, D] and click_labels [B, C]")
+            if self.late_head is not None:
+                logits = self.late_head(out.user_embedding, candidate_embs)
+            else:
+                logits = self.early_scorer(seq_item_embs, attention_mask, candidate_embs)
+            bce = click_bce(logits, click_labels)
+        total = total_loss(
+            loss_cfg, gen=gen.loss, bce=bce, next_item=next_item.loss if next_item is not None else None
+        )
+        return HLLMLosses(total=total, gen=gen, bce=bce, next_item=next_item)
+
+    def click_logits(
+        self,
+        seq_item_embs: torch.Tensor,  # [B, L, D]
+        attention_mask: torch.Tensor,  # [B, L]
+        candidate_embs: torch.Tensor,  # [B, C, D]
+        timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Discriminative scores [B, C] with the configured fusion (serving-time scoring)."""
+        if self.late_head is not None:
+            user = self.user_llm(seq_item_embs, attention_mask, timestamps).user_embedding
+            return self.late_head(user, candidate_embs)
+        if self.early_scorer is not None:
+            return self.early_scorer(seq_item_embs, attention_mask, candidate_embs)
+        raise ConfigError("loss.objective: click scores need objective 'discriminative'")
+
+
+def build_item_llm(cfg: HLLMConfig):
+    """(ItemLLM, tokenizer, description) from cfg.item_llm."""
+    backbone = load_backbone(cfg.item_llm, with_tokenizer=True)
+    return ItemLLM(backbone.model, pooling=cfg.item_llm.pooling), backbone.tokenizer, backbone.description
+
+
+def build_user_llm(cfg: HLLMConfig, item_dim: int):
+    backbone = load_backbone(cfg.user_llm, with_tokenizer=False)
+    if not backbone.is_causal:
+        raise ConfigError(
+            f"user_llm: {backbone.description} is not a causal decoder; the User LLM must not see future items"
+        )
+    user = UserLLM(
+        backbone.model,
+        item_dim=item_dim,
+        use_timestamps=cfg.user_llm.use_timestamps,
+        num_time_buckets=cfg.user_llm.num_time_buckets,
+    )
+    return user, backbone.description
+
+
+def build_hllm(cfg: HLLMConfig) -> tuple[HLLM, object]:
+    """The model described by cfg (backbone weights only) and the Item LLM's tokenizer."""
+    item_llm, tokenizer, _ = build_item_llm(cfg)
+    user_llm, _ = build_user_llm(cfg, item_llm.hidden_size)
+    return HLLM(item_llm, user_llm, cfg), tokenizer

