@@ -124,6 +124,68 @@ class EvalConfig(_Section):
     user_batch_size: int = Field(1024, gt=0)
 
 
+class TrainConfig(_Section):
+    """trainer/ (stages 1-2, DeepSpeed). Owned by the trainer."""
+
+    stage: Literal[1, 2] = 1
+    output_dir: str = "runs/hllm"
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    stage1_max_seq_len: int = Field(10, gt=1, description="stage 1: short histories, Item LLM trained end to end")
+    deepspeed_config: Optional[str] = None
+    gradient_checkpointing: bool = False
+    eval_every_epochs: int = Field(1, gt=0)
+    early_stopping_patience: int = Field(3, gt=0)
+    checkpoint_every_steps: int = Field(100, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)
+
+
+class SparkConfig(_Section):
+    """spark_jobs/ (item_embed.py, user_embed.py). Owned by the Spark jobs."""
+
+    master: str = "local[*]"
+    batch_size: int = Field(64, gt=0)
+    torch_threads: int = Field(1, gt=0)
+    bucket_by_length: bool = True
+    output_root: str = "outputs/features"
+
+
+class StoreConfig(_Section):
+    """The Feast feature repo and its online store. Owned by the feature store module."""
+
+    repo_path: str = "outputs/feature_repo"
+    project: str = "hllm_features"
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: Optional[str] = None
+    redis_connection: str = "127.0.0.1:6379"
+
+
+class StreamConfig(_Section):
+    """Streaming refresh (Kafka consumers). Owned by the streaming module."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    user_events_topic: str = "hllm.user-events"
+    item_events_topic: str = "hllm.item-events"
+    dead_letter_topic: str = "hllm.dead-letter"
+    group_id: str = "hllm-refresh"
+    max_batch_events: int = Field(500, gt=0)
+    max_batch_ms: int = Field(200, gt=0)
+    session_timeout_ms: int = Field(10000, gt=0)
+    heartbeat_interval_ms: int = Field(3000, gt=0)
+    runtime: Literal["torch", "onnx"] = "torch"
+
+
+class ExportConfig(_Section):
+    """ONNX export. Owned by export/."""
+
+    opset: int = Field(17, ge=14)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+
+
 class HLLMConfig(_Section):
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
@@ -132,8 +194,11 @@ class HLLMConfig(_Section):
     user_llm: UserLLMConfig = Field(default_factory=UserLLMConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    # Sections owned by later packages (trainer, spark_jobs, streaming, export) are added here as they
-    # land, so there stays one schema.
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
 
 def _describe(error: dict[str, Any]) -> str:

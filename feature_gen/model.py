@@ -118,9 +118,9 @@ class HLLM(nn.Module):
         raise ConfigError("loss.objective: click scores need objective 'discriminative'")
 
 
-def build_item_llm(cfg: HLLMConfig):
-    """(ItemLLM, tokenizer, description) from cfg.item_llm."""
-    backbone = load_backbone(cfg.item_llm, with_tokenizer=True)
+def build_item_llm(cfg: HLLMConfig, with_tokenizer: bool = True):
+    """(ItemLLM, tokenizer or None, description) from cfg.item_llm."""
+    backbone = load_backbone(cfg.item_llm, with_tokenizer=with_tokenizer)
     return ItemLLM(backbone.model, pooling=cfg.item_llm.pooling), backbone.tokenizer, backbone.description
 
 
@@ -139,8 +139,8 @@ def build_user_llm(cfg: HLLMConfig, item_dim: int):
     return user, backbone.description
 
 
-def build_hllm(cfg: HLLMConfig) -> tuple[HLLM, object]:
+def build_hllm(cfg: HLLMConfig, with_tokenizer: bool = True) -> tuple[HLLM, object]:
     """The model described by cfg (backbone weights only) and the Item LLM's tokenizer."""
-    item_llm, tokenizer, _ = build_item_llm(cfg)
+    item_llm, tokenizer, _ = build_item_llm(cfg, with_tokenizer)
     user_llm, _ = build_user_llm(cfg, item_llm.hidden_size)
     return HLLM(item_llm, user_llm, cfg), tokenizer

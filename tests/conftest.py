@@ -31,3 +31,19 @@ def tiny_config(**sections) -> HLLMConfig:
 @pytest.fixture
 def tiny_cfg() -> HLLMConfig:
     return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A frozen tiny-random HLLM bundle (item hidden 64, user hidden 32, timestamps on): the input of
+    the Spark, streaming and export tests. Weights are random, so only equality checks make sense."""
+    from feature_gen.bundle import save_bundle
+    from feature_gen.model import build_hllm
+
+    cfg = tiny_config(user_llm={"use_timestamps": True}, data={"max_seq_len": 20})
+    model, tok = build_hllm(cfg)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        model.item_llm.item_token.normal_()
+        model.user_llm.time_embedding.weight.normal_(std=0.1)
+    return save_bundle(model.eval(), tok, cfg, tmp_path_factory.mktemp("bundles"), data_fingerprint="tiny")
