@@ -291,19 +291,14 @@ def test_datetime_timestamps_become_unix_seconds_in_memory():
 
 
 def test_tz_aware_datetime_timestamps_become_unix_seconds():
-    when = pd.to_datetime(["2023-11-15 00:13:20"]).tz_localize("Europe/Berlin")  # = 22:13:20 UTC
+    when = pd.to_datetime(["2023-11-14 23:13:20"]).tz_localize("Europe/Berlin")  # UTC+1: = 22:13:20 UTC
     df = pd.DataFrame({"user_id": [1], "item_id": [1], "timestamp": when})
     assert validate_interactions(df, "x")["timestamp"].tolist() == [1_700_000_000]
 
 
 @pytest.mark.parametrize("unit", ["ns", "us", "ms", "s"])
 def test_datetime_timestamps_from_parquet_become_unix_seconds(tmp_path, unit):
-    # BUG (feature_gen/data/contract.py, validate_interactions, the datetime branch
-    # `ts.astype("int64") // 1_000_000_000`): it assumes nanosecond datetimes. pandas 2 keeps the
-    # Parquet unit, so a timestamp[us] column (what Spark and most pyarrow writers produce) or a
-    # timestamp[ms] one arrives as datetime64[us] / datetime64[ms], and 2023-11-14 22:13:20 UTC becomes
-    # 1700000 (us) or 1700 (ms) instead of 1700000000. The "us", "ms" and "s" cases fail until the
-    # unit is honoured (e.g. `ts.astype("datetime64[ns]")` or `ts.dt.as_unit("s").astype("int64")`).
+    # Parquet keeps the stored unit (Spark writes microseconds): every unit must give unix seconds.
     when = pd.to_datetime(["2023-11-14 22:13:20", "2023-11-14 22:13:21"]).astype(f"datetime64[{unit}]")
     path = tmp_path / "inter.parquet"
     pd.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "timestamp": when}).to_parquet(path)

@@ -42,6 +42,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
     raise DataError(f"{path}: unsupported format {suffix!r} (expected .parquet, .csv or .tsv)")
 
 
+def _plain(value):
+    """numpy scalars print as np.int64(5); people want 5."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
 def _row_label(df: pd.DataFrame, position: int) -> str:
     # Rows are reported 1-based as a person counts data lines in a file (header excluded).
     return f"row {position + 1}"
@@ -67,7 +72,7 @@ def validate_items(items: pd.DataFrame, source: str, text_cfg: ItemTextConfig) -
         pos = int(np.flatnonzero(dup)[0])
         first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
         raise DataError(
-            f"{source}: {_row_label(items, pos)}: duplicate {ITEM_ID} {ids.iloc[pos]!r} "
+            f"{source}: {_row_label(items, pos)}: duplicate {ITEM_ID} {_plain(ids.iloc[pos])!r} "
             f"(first seen at {_row_label(items, first)}; {int(dup.sum())} duplicates in all)"
         )
     return items
@@ -89,13 +94,15 @@ def validate_interactions(interactions: pd.DataFrame, source: str) -> pd.DataFra
     ts = interactions[TIMESTAMP]
     if not pd.api.types.is_integer_dtype(ts):
         if pd.api.types.is_datetime64_any_dtype(ts):
-            ts = ts.astype("int64") // 1_000_000_000
+            # Parquet keeps the stored unit (Spark writes microseconds): convert via the unit, not
+            # by assuming nanoseconds.
+            ts = ts.dt.as_unit("s").astype("int64")
         else:
             numeric = pd.to_numeric(ts, errors="coerce")
             bad = np.flatnonzero(numeric.isna().to_numpy() | (numeric % 1 != 0).to_numpy())
             if len(bad):
                 raise DataError(
-                    f"{source}: {_row_label(interactions, bad[0])}: {TIMESTAMP} {ts.iloc[bad[0]]!r} is not "
+                    f"{source}: {_row_label(interactions, bad[0])}: {TIMESTAMP} {_plain(ts.iloc[bad[0]])!r} is not "
                     "an integer number of seconds"
                 )
             ts = numeric
@@ -110,7 +117,7 @@ def check_known_items(interactions: pd.DataFrame, item_ids: pd.Series, source: s
     if unknown.any():
         pos = int(np.flatnonzero(unknown)[0])
         raise DataError(
-            f"{source}: {_row_label(interactions, pos)}: {ITEM_ID} {interactions[ITEM_ID].iloc[pos]!r} is not in "
+            f"{source}: {_row_label(interactions, pos)}: {ITEM_ID} {_plain(interactions[ITEM_ID].iloc[pos])!r} is not in "
             f"the item table ({int(unknown.sum())} interactions name unknown items)"
         )
 

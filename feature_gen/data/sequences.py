@@ -216,19 +216,16 @@ class UniformNegativeSampler:
         self.num_items = num_items
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self, count: int, exclude: torch.Tensor | None = None, max_rounds: int = 10) -> torch.Tensor:
-        """[count] int64 ids in 1..N. Ids in `exclude` are redrawn (a few rounds); the loss also masks
-        any that survive, so exclusion here only keeps the effective number of negatives up."""
-        draws = torch.randint(1, self.num_items + 1, (count,), generator=self.generator)
+    def sample(self, count: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """[count] int64 ids drawn uniformly from 1..N minus `exclude` (typically the batch's
+        positives). If everything is excluded, draws from the whole catalogue (the loss masks
+        same-id negatives anyway)."""
         if exclude is None or exclude.numel() == 0:
-            return draws
+            return torch.randint(1, self.num_items + 1, (count,), generator=self.generator)
         banned = torch.zeros(self.num_items + 1, dtype=torch.bool)
+        banned[0] = True
         banned[exclude[(exclude > 0) & (exclude <= self.num_items)].long()] = True
-        if bool(banned[1:].all()):
-            return draws  # everything is a positive; nothing to avoid
-        for _ in range(max_rounds):
-            hit = banned[draws]
-            if not bool(hit.any()):
-                break
-            draws[hit] = torch.randint(1, self.num_items + 1, (int(hit.sum()),), generator=self.generator)
-        return draws
+        allowed = (~banned).nonzero().squeeze(1)  # [n_allowed] ids, O(N) per call, cheap next to a forward pass
+        if allowed.numel() == 0:
+            return torch.randint(1, self.num_items + 1, (count,), generator=self.generator)
+        return allowed[torch.randint(0, allowed.numel(), (count,), generator=self.generator)]
