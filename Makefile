@@ -16,9 +16,13 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR := cpu
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup system-deps test demo bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# System packages the tests start themselves (Debian, as root in CI); a no-op once present.
+system-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
 $(STAMP): $(PINS)
 	@echo ">> creating $(VENV) and installing pinned dependencies (first run takes a few minutes)"
@@ -32,13 +36,13 @@ $(STAMP): $(PINS)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
 	$(VENV)/bin/hllm demo
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) -m benchmarks.run_all
 
 clean:

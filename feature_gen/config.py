@@ -125,9 +125,24 @@ class EvalConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """trainer/ (stages 1-2, DeepSpeed). Owned by the trainer."""
+    """trainer/ (stages 1-2, DeepSpeed). Owned by the trainer.
 
+    model: `hllm` (Item LLM + User LLM) or `sasrec` (the ID-based baseline, same loop, loss, negatives,
+    max length and evaluation). stage 1 trains Item and User LLM end to end on histories of
+    `stage1_max_seq_len`; stage 2 freezes the Item LLM (from `init_bundle`, or the configured
+    backbone), caches the catalogue's embeddings once and trains the User LLM on `data.max_seq_len`.
+    """
+
+    model: Literal["hllm", "sasrec"] = "hllm"
     stage: Literal[1, 2] = 1
+    init_bundle: Optional[str] = Field(None, description="stage 2: start from this bundle's Item/User LLM")
+    text_plus_id: bool = Field(False, description="ablation: item embedding = text embedding + ID embedding")
+    train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
+    sasrec_hidden: int = Field(64, gt=0)
+    sasrec_layers: int = Field(2, gt=0)
+    sasrec_heads: int = Field(2, gt=0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    freeze_bundle: bool = Field(True, description="stage 3: freeze the selected checkpoint into a bundle")
     output_dir: str = "runs/hllm"
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -145,38 +160,90 @@ class TrainConfig(_Section):
 
 
 class SparkConfig(_Section):
-    """spark_jobs/ (item_embed.py, user_embed.py). Owned by the Spark jobs."""
+    """spark_jobs/ (item_embed.py, user_embed.py). Owned by the Spark jobs.
+
+    The jobs write into the offline store (`store.offline_root`); there is no separate output root, so
+    what a job writes is exactly what the feature store reads.
+    """
 
     master: str = "local[*]"
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, description="rows per forward pass inside a Python worker")
+    # One Python worker per Spark task slot: threads x slots should not exceed the cores, or the
+    # workers fight over them (local[2] with 1 thread each fills a 2-core machine).
     torch_threads: int = Field(1, gt=0)
-    bucket_by_length: bool = True
-    output_root: str = "outputs/features"
+    bucket_by_length: bool = Field(True, description="sort a partition's texts by token length before batching")
+    # Arrow batch handed to mapInPandas; the bucketing window. Bigger = less padding, more memory.
+    arrow_batch_rows: int = Field(2048, gt=0)
+    partitions: Optional[int] = Field(None, gt=0, description="repartition input to this many tasks (None: 2 x default parallelism)")
+    max_recent_items: int = Field(50, gt=0, description="recent item ids kept per user for the streaming refresh")
 
 
 class StoreConfig(_Section):
-    """The Feast feature repo and its online store. Owned by the feature store module."""
+    """The Feast feature repo, its offline Parquet and its online store. Owned by feature_gen/feature_store.py.
+
+    offline_root holds `<view>/bundle_version=<v>/*.parquet` (written by the Spark jobs); the online store
+    is SQLite (embedded file, default `<repo_path>/online.db`) or Redis (`redis_connection`, host:port).
+    """
 
     repo_path: str = "outputs/feature_repo"
     project: str = "hllm_features"
+    offline_root: str = "outputs/features"
     online_store: Literal["sqlite", "redis"] = "sqlite"
     sqlite_path: Optional[str] = None
     redis_connection: str = "127.0.0.1:6379"
 
 
 class StreamConfig(_Section):
-    """Streaming refresh (Kafka consumers). Owned by the streaming module."""
+    """Streaming refresh (Kafka consumers). Owned by feature_gen/streaming.
 
+    Kafka connection settings (`security_protocol`, `sasl_*`, `ssl_*`) pass straight through to the
+    clients; the SASL password is read from the environment variable named by `sasl_password_env`, never
+    from the YAML. `max_recent_items` is the per-user sequence kept in the online store (the User LLM
+    reads its newest `data.max_seq_len` of it).
+    """
+
+    bundle_path: Optional[str] = Field(None, description="the model bundle folder (<root>/<version>) the consumers load")
     bootstrap_servers: str = "127.0.0.1:9092"
     user_events_topic: str = "hllm.user-events"
     item_events_topic: str = "hllm.item-events"
     dead_letter_topic: str = "hllm.dead-letter"
     group_id: str = "hllm-refresh"
-    max_batch_events: int = Field(500, gt=0)
-    max_batch_ms: int = Field(200, gt=0)
+    item_group_id: str = "hllm-refresh-items"
+    client_id: str = "hllm-refresh"
+    max_batch_events: int = Field(500, gt=0, description="a micro-batch closes at this many events ...")
+    max_batch_ms: int = Field(200, gt=0, description="... or this long after its first event, whichever is first")
+    max_event_bytes: int = Field(4096, gt=0, description="larger user events are dead-lettered as oversize")
+    max_item_event_bytes: int = Field(1_000_000, gt=0, description="larger item events are dead-lettered as oversize")
+    max_recent_items: int = Field(50, gt=0, description="recent items kept per user in the online store")
+    # An event whose item has no embedding yet is held (its partition's commit waits below it) and
+    # retried every batch for this long, then dead-lettered as unknown_item.
+    unknown_item_wait_ms: int = Field(30_000, ge=0)
+    max_waiting_events: int = Field(10_000, gt=0, description="held events beyond this are dead-lettered at once")
+    item_cache_ttl_ms: int = Field(5_000, ge=0, description="how long a consumer reuses an item embedding it read")
     session_timeout_ms: int = Field(10000, gt=0)
     heartbeat_interval_ms: int = Field(3000, gt=0)
+    max_poll_interval_ms: int = Field(300_000, gt=0)
+    retry_backoff_ms: int = Field(200, gt=0, description="first wait after a failed broker call; doubles each retry")
+    retry_backoff_max_ms: int = Field(10_000, gt=0)
     runtime: Literal["torch", "onnx"] = "torch"
+    torch_threads: Optional[int] = Field(None, gt=0, description="torch threads per consumer (None: torch default)")
+    metrics_port: Optional[int] = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Optional[Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]] = None
+    sasl_username: Optional[str] = None
+    sasl_password_env: Optional[str] = Field(None, description="name of the environment variable holding the SASL password")
+    ssl_cafile: Optional[str] = None
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile: Optional[str] = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _sasl_needs_mechanism(self) -> "StreamConfig":
+        if self.security_protocol.startswith("SASL_") and not self.sasl_mechanism:
+            raise ValueError(f"security_protocol {self.security_protocol} needs `sasl_mechanism`")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
 
 
 class ExportConfig(_Section):

@@ -47,3 +47,6 @@ def tiny_bundle(tmp_path_factory):
         model.item_llm.item_token.normal_()
         model.user_llm.time_embedding.weight.normal_(std=0.1)
     return save_bundle(model.eval(), tok, cfg, tmp_path_factory.mktemp("bundles"), data_fingerprint="tiny")
+
+
+from tests.redis_fixture import redis_server  # noqa: E402,F401  (a real redis-server per test session)
