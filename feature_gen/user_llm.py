@@ -29,9 +29,11 @@ def time_gap_buckets(timestamps: torch.Tensor, attention_mask: torch.Tensor, num
     ts = timestamps.to(torch.int64)
     prev = torch.cat([ts[:, :1], ts[:, :-1]], dim=1)
     prev_real = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], dim=1)
-    gap = (ts - prev).clamp(min=0).to(torch.float64)
-    buckets = 1 + torch.floor(torch.log2(1.0 + gap)).to(torch.int64)
-    buckets = buckets.clamp(max=num_buckets - 1)
+    gap = (ts - prev).clamp(min=0, max=2**62)
+    # 1 + floor(log2(1 + gap)) counted in integers: exact for every gap, and it exports to ONNX
+    # unchanged (ONNX Runtime's float log2 of 2**k lands just below k, which floors one bucket low).
+    powers = 2 ** torch.arange(1, min(num_buckets - 1, 63), device=ts.device)  # thresholds of buckets 2..
+    buckets = 1 + ((1 + gap).unsqueeze(-1) >= powers).sum(dim=-1)  # [B, L], at most num_buckets - 1
     return torch.where(mask & prev_real, buckets, torch.zeros_like(buckets))
 
 
