@@ -65,6 +65,14 @@ def cmd_demo(args) -> int:
     return run_demo(output_dir=args.output_dir, config_path=args.config)
 
 
+def cmd_export(args) -> int:
+    from export.cli import run_export
+
+    # the flags are config overrides, so a bad value fails like any other field
+    args.overrides += [f"export.{k}={v}" for k, v in (("precision", args.precision), ("opset", args.opset)) if v]
+    return run_export(_load(args), bundle=args.bundle)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hllm",
@@ -95,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="outputs/demo")
     p.add_argument("--config", default=None, help="defaults to configs/demo.yaml")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="export a bundle's item and user encoders to ONNX (parity-checked) into the bundle")
+    p.add_argument("--bundle", required=True, help="bundle folder (<root>/<version>/)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="default: export.precision of the config (fp32)")
+    p.add_argument("--opset", type=int, default=None, help="default: export.opset of the config (17)")
+    _config_args(p, required=False)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

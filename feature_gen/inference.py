@@ -4,12 +4,18 @@ The one code path every consumer uses (evaluation, the trainer's stage-2 cache, 
 streaming refresh, the export's parity check), so an item never gets two embeddings from two paths.
 Texts are sorted by token length before batching (length bucketing): a batch then pads to a width
 close to its own rows instead of the longest text in the whole input.
+
+Two backends, one code path: every function takes the item encoder / user encoder as an argument, the
+eager modules (`ItemLLM`, `UserLLM`) or their ONNX Runtime twins (`feature_gen.onnx_runtime`), which are
+called the same way. `load_encoders(bundle, runtime="torch" | "onnx")` returns either pair, so callers
+switch backend, not code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -21,6 +27,44 @@ from feature_gen.item_llm import ItemLLM
 from feature_gen.item_text import build_item_text, pad_token_ids, tokenize_item_texts
 from feature_gen.user_llm import UserLLM
 
+# ItemLLM or feature_gen.onnx_runtime.OnnxItemEncoder; UserLLM or OnnxUserEncoder (same call shapes).
+ItemEncoder = Union[ItemLLM, Any]
+UserEncoder = Union[UserLLM, Any]
+
+
+@dataclass
+class Encoders:
+    item: ItemEncoder
+    user: UserEncoder
+    version: str  # bundle version: every embedding written must carry it
+    runtime: str  # "torch" | "onnx"
+
+
+def load_encoders(bundle, runtime: str = "torch", device: str = "auto", threads: int | None = None) -> Encoders:
+    """The bundle's item and user encoders for `runtime`. `bundle` is a bundle folder or a loaded
+    feature_gen.bundle.Bundle; "onnx" needs `hllm export` to have run on it (device/threads: ONNX only)."""
+    if runtime == "torch":
+        from feature_gen.bundle import Bundle, load_bundle
+
+        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        return Encoders(loaded.model.item_llm, loaded.model.user_llm, loaded.version, "torch")
+    if runtime == "onnx":
+        from feature_gen.onnx_runtime import load_onnx_encoders
+
+        folder = bundle.path if hasattr(bundle, "path") else Path(bundle)
+        onnx = load_onnx_encoders(folder, device=device, threads=threads)
+        return Encoders(onnx.item, onnx.user, onnx.version, "onnx")
+    raise ValueError(f"runtime: expected 'torch' or 'onnx'; got {runtime!r}")
+
+
+def _eval(encoder) -> None:
+    if isinstance(encoder, torch.nn.Module):
+        encoder.eval()
+
+
+def _float32(x) -> np.ndarray:
+    return x.float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+
 
 def batches_by_length(lengths: Sequence[int], batch_size: int, bucket: bool = True) -> list[np.ndarray]:
     """Index batches; with `bucket`, rows of similar length go together (longest first, so a memory
@@ -31,7 +75,7 @@ def batches_by_length(lengths: Sequence[int], batch_size: int, bucket: bool = Tr
 
 @torch.inference_mode()
 def embed_token_ids(
-    item_llm: ItemLLM,
+    item_llm: ItemEncoder,
     token_ids: Sequence[Sequence[int]],
     pad_id: int,
     batch_size: int = 64,
@@ -39,16 +83,16 @@ def embed_token_ids(
     padding_side: str = "right",
 ) -> np.ndarray:
     """Item embeddings [n, D] float32 for pre-tokenised texts, in input order."""
-    item_llm.eval()
+    _eval(item_llm)
     out = np.zeros((len(token_ids), item_llm.hidden_size), dtype=np.float32)
     for idx in batches_by_length([len(t) for t in token_ids], batch_size, bucket):
         batch = pad_token_ids([token_ids[i] for i in idx], pad_id, padding_side)
-        out[idx] = item_llm(batch.input_ids, batch.attention_mask).float().numpy()
+        out[idx] = _float32(item_llm(batch.input_ids, batch.attention_mask))
     return out
 
 
 def embed_texts(
-    item_llm: ItemLLM,
+    item_llm: ItemEncoder,
     tokenizer,
     texts: Sequence[str],
     max_item_tokens: int,
@@ -61,7 +105,7 @@ def embed_texts(
 
 
 def embed_catalogue(
-    item_llm: ItemLLM,
+    item_llm: ItemEncoder,
     tokenizer,
     items: pd.DataFrame,
     text_cfg: ItemTextConfig,
@@ -87,7 +131,7 @@ class UserEmbeddings:
 
 @torch.inference_mode()
 def embed_users(
-    user_llm: UserLLM,
+    user_llm: UserEncoder,
     item_table: torch.Tensor,  # [N+1, D] row 0 = padding
     histories: Sequence[np.ndarray],  # per user internal item ids, time ordered
     timestamps: Sequence[np.ndarray],
@@ -95,7 +139,7 @@ def embed_users(
     batch_size: int = 256,
 ) -> UserEmbeddings:
     """The User LLM's last-position output for each history (its most recent `max_seq_len` items)."""
-    user_llm.eval()
+    _eval(user_llm)
     n = len(histories)
     if any(len(h) == 0 for h in histories):
         raise ValueError("embed_users: a user has an empty history; there is nothing to embed")
@@ -105,7 +149,7 @@ def embed_users(
         batch = pad_sequences(list(histories[chunk]), list(timestamps[chunk]), max_seq_len, "left")
         item_embs = item_table[batch.item_ids]  # [B, L, D]
         out = user_llm(item_embs, batch.attention_mask, batch.timestamps)
-        vectors[chunk] = out.user_embedding.float().numpy()
+        vectors[chunk] = _float32(out.user_embedding)
     return UserEmbeddings(
         vectors=vectors,
         seq_len=np.array([min(len(h), max_seq_len) for h in histories], dtype=np.int64),
