@@ -73,6 +73,36 @@ def cmd_export(args) -> int:
     return run_export(_load(args), bundle=args.bundle)
 
 
+def _stream_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
+
+
+def cmd_refresh(args) -> int:
+    if args.bundle:
+        args.overrides.append(f"stream.bundle_path={args.bundle}")
+    cfg = _load(args)
+    _stream_logging()
+    if args.items:
+        from feature_gen.streaming.item_refresh import run_item_refresh
+
+        return run_item_refresh(cfg)
+    from feature_gen.streaming.refresh import run_refresh
+
+    return run_refresh(cfg)
+
+
+def cmd_produce_events(args) -> int:
+    from feature_gen.streaming.produce import run_produce_events
+
+    report = run_produce_events(_load(args), args.input, kind=args.kind, rate=args.rate, limit=args.limit,
+                                event_type=args.event_type, topic=args.topic)
+    print(f"sent {report.sent} {args.kind} events in {report.seconds:.2f} s ({report.events_per_s:.0f}/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hllm",
@@ -111,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="default: export.opset of the config (17)")
     _config_args(p, required=False)
     p.set_defaults(func=cmd_export)
+
+    for name, items, text in (
+        ("refresh", False, "consume user events: keep recent items and user embeddings fresh in the online store"),
+        ("refresh-items", True, "consume item events: embed new or changed items into the online store"),
+    ):
+        p = sub.add_parser(name, help=text + " (until SIGTERM)")
+        p.add_argument("--bundle", default=None, help="bundle folder (default: stream.bundle_path of the config)")
+        _config_args(p)
+        p.set_defaults(func=cmd_refresh, items=items)
+
+    p = sub.add_parser("produce-events", help="replay a Parquet/CSV event log into Kafka (replays, demos, benchmarks)")
+    p.add_argument("--input", required=True, help="user log: user_id, item_id, timestamp[, event_type]; item log: item_id + text fields")
+    p.add_argument("--kind", choices=["user", "item"], default="user")
+    p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    p.add_argument("--limit", type=int, default=None, help="send at most this many events")
+    p.add_argument("--event-type", default="click", help="event_type when the log has no such column")
+    p.add_argument("--topic", default=None, help="default: stream.user_events_topic / stream.item_events_topic")
+    _config_args(p)
+    p.set_defaults(func=cmd_produce_events)
     return parser
 
 

@@ -1,0 +1,217 @@
+"""The consumer loop both refresh consumers run: poll -> validate -> process -> write -> commit.
+
+    while not stopping:
+        records = poll_batch()                   # up to max_batch_events, or max_batch_ms after the first
+        outcome = processor.process(records)     # validate, process, write to the online store
+        deliver(outcome.dead_letters)            # acknowledged by the broker before the commit
+        commit(records, outcome.held)            # only now: at-least-once
+
+Delivery rules kept here, so both consumers share them:
+
+- **commit after write**: offsets of a batch are committed only after its features are written and its
+  dead letters acknowledged. A crash anywhere before replays the batch; the writes are idempotent.
+- **held events**: a processor may hold events it cannot finish yet (a user event on an item with no
+  embedding); a partition's commit then stops at its lowest held offset, so a crash or a rebalance
+  replays the held events instead of losing them.
+- **rebalance**: when partitions are revoked, records buffered but not yet processed and events held
+  for them are dropped, not committed: the new owner reads them again from the last commit.
+- **broker outage**: polls reconnect with backoff inside the client; a failed commit or dead-letter send
+  is retried with exponential backoff (`retry_backoff_ms` doubling to `retry_backoff_max_ms`) until
+  it succeeds, the group has moved on (the commit is then dropped: the new owner replays), or a stop
+  is requested (nothing committed: replayed on restart).
+- **SIGTERM / SIGINT**: the loop stops polling, finishes and commits the current batch, leaves the group
+  and returns.
+
+A processor error (the store is down, a bug) propagates without a commit: the process exits non-zero,
+its supervisor restarts it, and the group replays from the last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from feature_gen.streaming.dead_letter import DeadLetter, DeadLetterError, DeadLetterWriter
+from feature_gen.streaming.metrics import StreamMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    held: dict = field(default_factory=dict)  # TopicPartition -> lowest offset still held (not committable)
+
+
+class BatchProcessor(Protocol):
+    def process(self, records: list) -> BatchOutcome: ...
+    def has_held(self) -> bool: ...
+    def forget(self, partitions: set) -> None: ...  # revoked: drop held events of these partitions
+
+
+@dataclass
+class LoopSettings:
+    topic: str
+    group_id: str
+    max_batch_events: int
+    max_batch_ms: int
+    retry_backoff_ms: int = 200
+    retry_backoff_max_ms: int = 10_000
+    commit_timeout_ms: int = 10_000
+
+
+class ConsumerLoop:
+    def __init__(self, consumer, processor: BatchProcessor, dead_letters: DeadLetterWriter,
+                 metrics: StreamMetrics, settings: LoopSettings, stop: threading.Event | None = None):
+        self.consumer = consumer
+        self.processor = processor
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self._buffer: list = []  # polled, not yet processed
+        self._next_offset: dict = {}  # TopicPartition -> offset after the last processed record
+        self.batches = 0
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, max_batches: int | None = None) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        loop = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                loop._on_revoked(set(revoked))
+
+            def on_partitions_assigned(self, assigned):
+                log.info("%s: assigned %s", loop.settings.group_id, sorted(tp.partition for tp in assigned))
+
+        self.consumer.subscribe([self.settings.topic], listener=_Listener())
+        try:
+            while not self.stop.is_set() and (max_batches is None or self.batches < max_batches):
+                records = self.poll_batch()
+                if not records and not self.processor.has_held():
+                    continue
+                started = time.monotonic()
+                outcome = self.processor.process(records)
+                self._deliver(outcome.dead_letters)
+                self._commit(records, outcome.held)
+                self._observe(records, outcome, time.monotonic() - started)
+        finally:
+            self.consumer.close(autocommit=False)
+            self.dead_letters.producer.close(timeout=5)
+
+    # ------------------------------------------------------------------ steps
+
+    def poll_batch(self) -> list:
+        """Records until max_batch_events, or max_batch_ms after the first one arrived, or a stop."""
+        s = self.settings
+        self._buffer = []
+        first_at = None
+        while len(self._buffer) < s.max_batch_events and not self.stop.is_set():
+            wait_ms = s.max_batch_ms if first_at is None else s.max_batch_ms - (time.monotonic() - first_at) * 1000
+            if wait_ms <= 0:
+                break
+            polled = self.consumer.poll(timeout_ms=int(wait_ms), max_records=s.max_batch_events - len(self._buffer))
+            for records in polled.values():
+                self._buffer.extend(records)
+            if self._buffer and first_at is None:
+                first_at = time.monotonic()
+            if first_at is None and not polled:
+                break  # idle: let the loop look at held events and the stop flag
+        return self._buffer
+
+    def _on_revoked(self, revoked: set) -> None:
+        from kafka import TopicPartition
+
+        if not revoked:
+            return
+        dropped = [r for r in self._buffer if TopicPartition(r.topic, r.partition) in revoked]
+        self._buffer[:] = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked]
+        for tp in revoked:
+            self._next_offset.pop(tp, None)
+        self.processor.forget(revoked)
+        log.info("%s: revoked %s (%d buffered records left to the next owner)",
+                 self.settings.group_id, sorted(tp.partition for tp in revoked), len(dropped))
+
+    def _deliver(self, letters: list[DeadLetter]) -> None:
+        pending = letters
+        attempt = 0
+        while pending:
+            try:
+                self.dead_letters.deliver(pending)
+                pending = []
+            except DeadLetterError as exc:
+                pending = exc.letters
+                attempt = self._backoff("dead_letter", attempt, exc)
+        for letter in letters:
+            self.metrics.dead_letters.labels(letter.reason).inc()
+        self.metrics.count("dead_letter", len(letters))
+
+    def _commit(self, records: list, held: dict) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        for r in records:
+            self._next_offset[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        assigned = self.consumer.assignment()
+        offsets = {}
+        for tp in set(self._next_offset) | set(held):
+            if tp not in assigned:
+                continue
+            offset = min(self._next_offset.get(tp, held.get(tp)), held.get(tp, self._next_offset.get(tp)))
+            offsets[tp] = OffsetAndMetadata(offset, "", -1)
+        if not offsets:
+            return
+        attempt = 0
+        while True:
+            try:
+                self.consumer.commit(offsets, timeout_ms=self.settings.commit_timeout_ms)
+                return
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced under us: these partitions belong to someone else now, who
+                # replays from the last successful commit. Our writes were idempotent; nothing is lost.
+                log.warning("%s: commit dropped after a rebalance (%s)", self.settings.group_id, exc)
+                self.metrics.retries.labels("commit_dropped").inc()
+                return
+            except KafkaError as exc:
+                if self.stop.is_set() and attempt > 0:
+                    log.warning("%s: stopping with an uncommitted batch (replayed on restart): %s", self.settings.group_id, exc)
+                    return
+                attempt = self._backoff("commit", attempt, exc)
+
+    def _backoff(self, call: str, attempt: int, exc: Exception) -> int:
+        s = self.settings
+        wait_ms = min(s.retry_backoff_ms * 2**attempt, s.retry_backoff_max_ms)
+        log.warning("%s: %s failed (%s); retrying in %d ms", s.group_id, call, exc, wait_ms)
+        self.metrics.retries.labels(call).inc()
+        time.sleep(wait_ms / 1000)
+        return attempt + 1
+
+    def _observe(self, records: list, outcome: BatchOutcome, seconds: float) -> None:
+        self.batches += 1
+        self.metrics.batch_events.observe(len(records))
+        self.metrics.batch_seconds.observe(seconds)
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - self.consumer.position(tp)))
+
+
+def stop_on_signals(stop: threading.Event, signals: tuple = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """SIGTERM/SIGINT set `stop`: the loop finishes and commits its batch, then returns (main thread only)."""
+
+    def _handler(signum, _frame):
+        log.info("signal %d: finishing the current batch, then stopping", signum)
+        stop.set()
+
+    for sig in signals:
+        signal.signal(sig, _handler)
+
+

@@ -1,0 +1,92 @@
+"""What the refresh consumers read and write, through the feature store's API (never their own keys).
+
+    users:  recent-item sequence (user_recent_items view) -> RecentSequence; user embeddings written
+            with `only_newer_events`, so a replay or a zombie consumer never moves one backwards
+    items:  item embeddings of the consumer's bundle version; another version's embedding counts as
+            missing (a user embedding must never mix versions)
+
+Item embeddings are cached in the process for `item_cache_ttl_ms`: a user's history is re-read every
+time one of its events arrives, and the same popular items recur in almost every batch. An item changed
+by an item event is seen by the user consumers within that TTL. A missing item is never cached, so a
+new item's embedding is found as soon as it is written.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from feature_gen.inference import UserEmbeddings
+from feature_gen.streaming.recent_items import RecentSequence
+
+
+class OnlineState:
+    def __init__(self, store, bundle_version: str, item_cache_ttl_ms: int = 5_000):
+        self.store = store  # feature_gen.feature_store.HLLMFeatureStore
+        self.version = bundle_version
+        self.item_cache_ttl_s = item_cache_ttl_ms / 1000
+        self._items: dict[str, tuple[float, np.ndarray]] = {}  # item_id -> (read at, vector)
+
+    # ------------------------------------------------------------------ users
+
+    def sequences(self, user_ids: list[str]) -> dict[str, RecentSequence]:
+        got = self.store.recent_items(user_ids)
+        return {
+            uid: RecentSequence([str(i) for i in items], [int(t) for t in ts])
+            for uid, items, ts in zip(got.user_ids, got.item_ids, got.item_ts)
+        }
+
+    def write_sequences(self, sequences: dict[str, RecentSequence]) -> None:
+        if not sequences:
+            return
+        frame = pd.DataFrame({
+            "user_id": list(sequences),
+            "recent_item_ids": [s.item_ids for s in sequences.values()],
+            "recent_item_ts": [np.asarray(s.timestamps, dtype=np.int64) for s in sequences.values()],
+            "last_event_ts": [s.last_event_ts for s in sequences.values()],
+        })
+        self.store.push_recent_items(frame)
+
+    def write_user_embeddings(self, user_ids: list[str], emb: UserEmbeddings) -> None:
+        frame = pd.DataFrame({
+            "user_id": user_ids,
+            "embedding": list(emb.vectors),
+            "seq_len": emb.seq_len,
+            "last_event_ts": emb.last_event_ts,
+            "bundle_version": self.version,
+        })
+        self.store.push_user_embeddings(frame, only_newer_events=True)
+
+    # ------------------------------------------------------------------ items
+
+    def item_vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Embeddings of this bundle version for the ids that have one."""
+        now = time.monotonic()
+        ids = list(dict.fromkeys(item_ids))
+        out: dict[str, np.ndarray] = {}
+        to_read = []
+        for i in ids:
+            cached = self._items.get(i)
+            if cached is not None and now - cached[0] <= self.item_cache_ttl_s:
+                out[i] = cached[1]
+            else:
+                to_read.append(i)
+        if to_read:
+            got = self.store.item_embeddings(to_read)
+            for i, vector, version, found in zip(got.item_ids, got.vectors, got.bundle_versions, got.found):
+                if found and version == self.version:
+                    out[i] = vector
+                    self._items[i] = (now, vector)
+                else:
+                    self._items.pop(i, None)
+        return out
+
+    def write_item_embeddings(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        frame = pd.DataFrame({"item_id": item_ids, "embedding": list(vectors), "bundle_version": self.version})
+        self.store.push_item_embeddings(frame)
+        now = time.monotonic()
+        for i, v in zip(item_ids, vectors):
+            self._items[i] = (now, v)
