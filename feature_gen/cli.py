@@ -73,6 +73,12 @@ def cmd_export(args) -> int:
     return run_export(_load(args), bundle=args.bundle)
 
 
+def cmd_materialize(args) -> int:
+    from feature_gen.materialize_cli import run_materialize
+
+    return run_materialize(_load(args), args.version, args.bundle, args.views.split(",") if args.views else None)
+
+
 def _stream_logging() -> None:
     import logging
 
@@ -141,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="default: export.opset of the config (17)")
     _config_args(p, required=False)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("materialize", help="push a bundle version's offline features (Spark job output) into the online store")
+    _config_args(p, required=False)
+    p.add_argument("--version", default=None, help="bundle version to publish, e.g. hllm-1a2b3c4d5e6f")
+    p.add_argument("--bundle", default=None, help="... or the bundle folder whose version to publish")
+    p.add_argument("--views", default=None, help="comma-separated subset of item_embedding,user_embedding,user_recent_items")
+    p.set_defaults(func=cmd_materialize)
 
     for name, items, text in (
         ("refresh", False, "consume user events: keep recent items and user embeddings fresh in the online store"),

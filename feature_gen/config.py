@@ -166,7 +166,6 @@ class SparkConfig(_Section):
     what a job writes is exactly what the feature store reads.
     """
 
-    master: str = "local[*]"
     batch_size: int = Field(64, gt=0, description="rows per forward pass inside a Python worker")
     # One Python worker per Spark task slot: threads x slots should not exceed the cores, or the
     # workers fight over them (local[2] with 1 thread each fills a 2-core machine).

@@ -7,8 +7,8 @@ item_rejects, user_rejects (what the jobs could not embed, with a reason). The v
 partition folder name, the Hive/Spark convention, so every reader of the table (Spark, pyarrow, Feast)
 gets a `bundle_version` column on every row without the files repeating it.
 
-A version is published by writing it completely into a staging folder (`_staging-*`: the leading
-underscore hides it from Spark and pyarrow) and then renaming it into place, so a reader sees the old
+A version is published by writing it completely into a staging folder (`<root>/_staging/<table>-<run>`,
+outside every table folder) and then renaming it into place, so a reader sees the old
 version or the new one, never half of one. The same two-rename swap is done through Hadoop's FileSystem
 API by the Spark jobs (spark_jobs/publish.py) so it also works on HDFS.
 """
@@ -31,6 +31,7 @@ TABLES = (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, ITEM_REJECTS, USER_
 
 VERSION_COLUMN = "bundle_version"
 PARTITION_PREFIX = VERSION_COLUMN + "="
+STAGING_DIR = "_staging"  # <root>/_staging/<table>-<run>: outside every table, same file system
 # Bundle versions are `hllm-<hex>`; anything that could escape a path segment is refused.
 _VERSION_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -56,7 +57,7 @@ def version_path(root: str | Path, table: str, version: str) -> Path:
 
 
 def staging_path(root: str | Path, table: str) -> Path:
-    return table_path(root, table) / f"_staging-{uuid.uuid4().hex[:12]}"
+    return Path(root) / STAGING_DIR / f"{table_path(root, table).name}-{uuid.uuid4().hex[:12]}"
 
 
 def publish_local(staging: Path, target: Path) -> None:
@@ -68,7 +69,8 @@ def publish_local(staging: Path, target: Path) -> None:
     staging, target = Path(staging), Path(target)
     if not staging.is_dir():
         raise OfflineStoreError(f"{staging}: staging folder not found; nothing to publish")
-    retired = target.parent / f"_replaced-{uuid.uuid4().hex[:12]}"
+    retired = target.parent / f"_replaced-{uuid.uuid4().hex[:12]}"  # underscore: readers skip it
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.rename(retired)
     staging.rename(target)

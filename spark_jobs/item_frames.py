@@ -1,0 +1,67 @@
+"""Item transformations, `DataFrame -> DataFrame`: prepare (text or reject reason) and embed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from feature_gen.config import ItemTextConfig
+from spark_jobs.item_batches import EMBEDDED_SCHEMA, ITEM_ID, ORDER, PREPARED_SCHEMA, embed_item_batch, prepare_item_batch
+from spark_jobs.worker_model import worker_bundle
+
+DUPLICATE_ID = "duplicate_id"  # a second row for an item id already in the input (the first one wins)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    batch_size: int = 64
+    torch_threads: int = 1
+    bucket: bool = True
+    partitions: int = 2
+
+
+def prepare_items(raw: DataFrame, text_cfg: ItemTextConfig) -> DataFrame:
+    """item_id (string), text, reason, row_json, _order: one row per input row. `reason` is null for an
+    embeddable item; otherwise null_id / no_text / oversize_text / duplicate_id and `row_json` holds
+    the input row."""
+    if ITEM_ID not in raw.columns:
+        raise ValueError(f"items: missing column {ITEM_ID!r} (have: {', '.join(raw.columns)})")
+    present = [k for k in text_cfg.text_keys if k in raw.columns]
+    if not present:
+        raise ValueError(
+            f"items: none of the bundle's text columns {text_cfg.text_keys} is present (have: {', '.join(raw.columns)})"
+        )
+    # File order, fixed before any shuffle: the first row of a duplicated id wins, every run the same.
+    numbered = raw.withColumn(ORDER, F.monotonically_increasing_id())
+    prepared = numbered.mapInPandas(
+        lambda batches: (prepare_item_batch(pdf, text_cfg) for pdf in batches), PREPARED_SCHEMA
+    )
+    # Only embeddable rows compete for an id: a rejected row never shadows a good one.
+    first = Window.partitionBy(ITEM_ID, F.col("reason").isNull()).orderBy(ORDER)
+    rank = F.when(F.col("reason").isNull(), F.row_number().over(first))
+    return prepared.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & (rank > 1), F.lit(DUPLICATE_ID)).otherwise(F.col("reason")),
+    ).withColumn(
+        "row_json", F.when(F.col("reason") == DUPLICATE_ID, F.to_json(F.struct(ITEM_ID, "text"))).otherwise(F.col("row_json"))
+    )
+
+
+def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, loads=None) -> DataFrame:
+    """item_id, embedding (array<float>) for prepared rows with a text, via mapInPandas.
+
+    With `opts.bucket`, rows are spread evenly over the tasks and sorted by text length inside each, so
+    every Arrow batch holds texts of similar length and pads little; feature_gen.inference then sorts
+    by token length within the batch."""
+    spread = accepted.select(ITEM_ID, "text").repartition(opts.partitions)
+    if opts.bucket:
+        spread = spread.sortWithinPartitions(F.length("text").desc())
+
+    def run(batches):
+        bundle = worker_bundle(bundle_path, opts.torch_threads, loads)
+        for pdf in batches:
+            yield embed_item_batch(pdf, bundle, opts.batch_size, opts.bucket)
+
+    return spread.mapInPandas(run, EMBEDDED_SCHEMA)

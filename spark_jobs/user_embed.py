@@ -1,0 +1,111 @@
+"""spark-submit spark_jobs/user_embed.py --bundle BUNDLE --interactions EVENTS [--output ROOT] [--materialize]
+
+Interactions (user_id, item_id, timestamp in int64 seconds; Parquet, CSV or JSON lines) in, with the item
+embeddings item_embed.py wrote for the same bundle version; out, under `<ROOT>/.../bundle_version=<v>/`:
+  user_embedding     the User LLM's interest embedding of each user's last max_seq_len items (time
+                     ordered, file order breaking timestamp ties), with seq_len and last_event_ts
+  user_recent_items  each user's newest item ids and timestamps (the streaming refresh's state)
+  user_rejects       interactions that were not used, with the reason (null_user_id, null_item_id,
+                     bad_timestamp, unknown_item) and the input row
+Re-running for the same bundle replaces the version atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+from feature_gen.bundle import read_manifest
+from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spark_jobs.job_setup import job_arguments, job_config, spark_session
+
+    args = job_arguments(__doc__.splitlines()[0], "--interactions", "interactions: Parquet, CSV or JSON lines").parse_args(argv)
+    try:
+        cfg = job_config(args)
+        manifest = read_manifest(args.bundle)
+    except Exception as exc:  # config and bundle problems are the operator's to fix: one line, no trace
+        print(f"user_embed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    spark = spark_session(f"hllm user_embed {manifest['version']}", cfg, args.master)
+    try:
+        return _run(spark, args, cfg, manifest, started)
+    finally:
+        spark.stop()
+
+
+def _run(spark, args, cfg, manifest, started) -> int:
+    from pyspark.sql import functions as F
+
+    from spark_jobs.job_setup import inference_options, read_input, table_paths, uri
+    from spark_jobs.publish import publish
+    from spark_jobs.user_frames import (
+        check_interactions,
+        embed_user_sequences,
+        mark_unknown_items,
+        recent_events,
+        recent_items,
+        user_sequences,
+    )
+
+    version = manifest["version"]
+    items_path = table_paths(cfg.store.offline_root, ITEM_EMBEDDING, version, "").target
+    try:
+        item_embeddings = spark.read.parquet(items_path)
+    except Exception:
+        print(f"user_embed: no item embeddings of bundle {version} at {items_path}; run item_embed.py with "
+              "this bundle first", file=sys.stderr)
+        return 2
+    try:
+        checked = check_interactions(read_input(spark, args.interactions))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
+        return 2
+    checked = mark_unknown_items(checked, item_embeddings).persist()
+    valid = checked.filter(F.col("reason").isNull())
+
+    max_seq_len = int(manifest["max_seq_len"])
+    # The streaming refresh recomputes from this state, so it holds at least what the User LLM reads.
+    keep = max(cfg.spark.max_recent_items, max_seq_len)
+    recent = recent_events(valid, keep).persist()
+    opts = inference_options(cfg)
+    loads = spark.sparkContext.accumulator(0)
+    run_id = uuid.uuid4().hex[:12]
+    paths = {t: table_paths(cfg.store.offline_root, t, version, run_id) for t in (USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS)}
+
+    users = embed_user_sequences(user_sequences(recent, item_embeddings, max_seq_len), args.bundle, opts, loads)
+    # A user row is valid from the last event it reflects (point-in-time joins).
+    users.withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode("overwrite").parquet(
+        paths[USER_EMBEDDING].staging)
+    recent_items(recent).withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode(
+        "overwrite").parquet(paths[USER_RECENT_ITEMS].staging)
+    checked.filter(F.col("reason").isNotNull()).select("user_id", "item_id", "timestamp", "reason", "row_json").write.mode(
+        "overwrite").parquet(paths[USER_REJECTS].staging)
+
+    n_users = spark.read.parquet(paths[USER_EMBEDDING].staging).count()
+    reasons = {r["reason"]: r["count"] for r in spark.read.parquet(paths[USER_REJECTS].staging).groupBy("reason").count().collect()}
+    for p in paths.values():
+        publish(spark, p.staging, p.target)
+    recent.unpersist()
+    checked.unpersist()
+
+    print(
+        f"user_embed: bundle {version}: {n_users} users embedded, {sum(reasons.values())} interactions rejected "
+        f"{dict(sorted(reasons.items()))}; model loads {loads.value}; {time.perf_counter() - started:.1f} s\n"
+        + "".join(f"  {t:18s} -> {p.target}\n" for t, p in paths.items()),
+        end="", flush=True,
+    )
+    if args.materialize:
+        from feature_gen.feature_store import open_store
+
+        written = open_store(cfg.store).materialize_version(version, views=[USER_EMBEDDING, USER_RECENT_ITEMS])
+        print(f"user_embed: materialized {written} of {version} into the {cfg.store.online_store} online store", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

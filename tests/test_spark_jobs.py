@@ -1,0 +1,264 @@
+"""The Spark jobs through the real `spark-submit` (local[2]) on a small catalogue with the tiny bundle.
+
+One module-scoped run of item_embed.py and user_embed.py (both with --materialize into SQLite) serves
+most assertions; a re-run checks idempotence; `hllm materialize` publishes the same version into Redis.
+Expected values come from feature_gen.inference run in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from feature_gen.bundle import load_bundle, read_manifest
+from feature_gen.config import StoreConfig
+from feature_gen.feature_store import VersionMismatchError, open_store
+from feature_gen.inference import embed_texts, embed_users
+from feature_gen.item_text import item_text_or_reject
+from feature_gen.offline_store import (
+    ITEM_EMBEDDING,
+    ITEM_REJECTS,
+    USER_EMBEDDING,
+    USER_RECENT_ITEMS,
+    USER_REJECTS,
+    list_versions,
+    read_version,
+)
+
+pytestmark = pytest.mark.integration
+VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+N_ITEMS, N_USERS, N_EVENTS = 30, 8, 160
+
+
+def _catalogue() -> pd.DataFrame:
+    items = pd.DataFrame({
+        "item_id": [f"m{k}" for k in range(N_ITEMS)],
+        "title": [f"Film {k} " + "word " * (k % 9) for k in range(N_ITEMS)],  # varied lengths for bucketing
+        "tags": ["drama|comedy" if k % 2 else "action" for k in range(N_ITEMS)],
+        "description": [None if k % 3 else f"about {k}" for k in range(N_ITEMS)],
+    })
+    items.loc[2, "item_id"] = None                       # null_id
+    items.loc[4, ["title", "tags", "description"]] = None  # no_text
+    items.loc[6, "title"] = "z" * 100_001                # oversize_text (bundle max_text_chars 100000)
+    items.loc[8, "item_id"] = "m7"                       # duplicate_id (m7 comes first)
+    return items
+
+
+def _interactions() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    events = pd.DataFrame({
+        "user_id": [f"u{k}" for k in rng.integers(0, N_USERS, N_EVENTS)],
+        "item_id": [f"m{k}" for k in rng.integers(0, N_ITEMS, N_EVENTS)],
+        # a narrow range: many timestamp ties, so the file-order tie-break matters
+        "timestamp": rng.integers(1_700_000_000, 1_700_000_040, N_EVENTS).astype("int64"),
+    })
+    events.loc[0, "user_id"] = None       # null_user_id
+    events.loc[1, "item_id"] = "unknown"  # unknown_item (never in the catalogue)
+    return events
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    # spark-submit from the virtualenv needs its bin first on PATH (STACK.md); workers use this python.
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return env
+
+
+def _submit(script: str, *args: str) -> str:
+    cmd = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", str(REPO / "spark_jobs" / script), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+    assert out.returncode == 0, f"{script} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def spark_bundle(tmp_path_factory):
+    """A tiny random bundle like conftest's, but with room for item text after the prompt: the shared
+    fixture's 48-token budget is filled by the prompt alone with the byte-level tiny tokenizer, which
+    gives every item the same embedding and would make an equality check vacuous."""
+    from feature_gen.bundle import save_bundle
+    from feature_gen.model import build_hllm
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(user_llm={"use_timestamps": True}, data={"max_seq_len": 20}, item_text={"max_item_tokens": 128})
+    model, tok = build_hllm(cfg)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        model.item_llm.item_token.normal_()
+        model.user_llm.time_embedding.weight.normal_(std=0.1)
+    return save_bundle(model.eval(), tok, cfg, tmp_path_factory.mktemp("spark-bundle"), data_fingerprint="tiny")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, spark_bundle):
+    root = tmp_path_factory.mktemp("spark")
+    items, events = _catalogue(), _interactions()
+    items.to_parquet(root / "items.parquet", index=False)
+    events.to_parquet(root / "events.parquet", index=False)
+    store = {"repo_path": str(root / "repo"), "offline_root": str(root / "offline"), "online_store": "sqlite"}
+    (root / "sqlite.yaml").write_text(yaml.safe_dump({"store": store}))
+    common = ["--bundle", str(spark_bundle), "--config", str(root / "sqlite.yaml"), "--partitions", "4", "--batch-size", "8"]
+    item_out = _submit("item_embed.py", "--items", str(root / "items.parquet"), "--materialize", *common)
+    user_out = _submit("user_embed.py", "--interactions", str(root / "events.parquet"), "--materialize", *common)
+    return {
+        "root": root, "items": items, "events": events, "store": StoreConfig(**store), "common": common,
+        "item_out": item_out, "user_out": user_out, "version": read_manifest(spark_bundle)["version"],
+    }
+
+
+@pytest.fixture(scope="module")
+def bundle(spark_bundle):
+    return load_bundle(spark_bundle)
+
+
+def _expected_items(bundle, items: pd.DataFrame) -> dict:
+    """item_id -> embedding computed in this process for the rows the job should accept."""
+    accepted, seen = {}, set()
+    for row in items.to_dict("records"):
+        result = item_text_or_reject(row, bundle.cfg.item_text)
+        if result.reject_reason or row["item_id"] in seen:
+            continue
+        seen.add(row["item_id"])
+        accepted[row["item_id"]] = result.text
+    vectors = embed_texts(bundle.model.item_llm, bundle.tokenizer, list(accepted.values()),
+                          bundle.cfg.item_text.max_item_tokens, batch_size=64)
+    return dict(zip(accepted, vectors))
+
+
+def test_item_embeddings_equal_the_library_in_process(run, bundle):
+    got = read_version(run["root"] / "offline", ITEM_EMBEDDING, run["version"])
+    expected = _expected_items(bundle, run["items"])
+    assert sorted(got.item_id) == sorted(expected)
+    assert set(got.bundle_version) == {run["version"]}
+    for item_id, vector in zip(got.item_id, got.embedding):
+        np.testing.assert_allclose(np.asarray(vector), expected[item_id], atol=1e-4, rtol=1e-4)
+    assert len(got) == N_ITEMS - 4
+    # Items get distinct embeddings (their text reaches the model), so a mix-up of ids would show.
+    vectors = np.stack(got.embedding.to_numpy())
+    assert len(np.unique(vectors.round(5), axis=0)) == len(vectors)
+
+
+def test_item_rejects_hold_the_bad_rows_with_reasons(run):
+    rejects = read_version(run["root"] / "offline", ITEM_REJECTS, run["version"])
+    by_reason = {r: g for r, g in rejects.groupby("reason")}
+    assert sorted(by_reason) == ["duplicate_id", "no_text", "null_id", "oversize_text"]
+    assert by_reason["null_id"].item_id.isna().all()
+    assert json.loads(by_reason["null_id"].row_json.iloc[0])["title"].startswith("Film 2")
+    assert by_reason["no_text"].item_id.tolist() == ["m4"]
+    assert by_reason["oversize_text"].item_id.tolist() == ["m6"]
+    assert len(json.loads(by_reason["oversize_text"].row_json.iloc[0])["title"]) == 100_001
+    assert by_reason["duplicate_id"].item_id.tolist() == ["m7"]
+    assert "Film 8" in by_reason["duplicate_id"].row_json.iloc[0]
+    assert re.search(r"26 items embedded, 4 rejected \{'duplicate_id': 1, 'no_text': 1, 'null_id': 1, 'oversize_text': 1\}",
+                     run["item_out"]), run["item_out"]
+
+
+def test_the_model_is_loaded_once_per_python_worker(run):
+    # 4 inference tasks on local[2]: reuse means at most one load per worker (2), not one per task.
+    loads = int(re.search(r"model loads (\d+)", run["item_out"]).group(1))
+    assert 1 <= loads <= 2, run["item_out"]
+
+
+def _expected_users(bundle, events: pd.DataFrame, item_vectors: dict):
+    max_seq_len = bundle.cfg.data.max_seq_len
+    ok = events[events.user_id.notna() & events.item_id.isin(list(item_vectors))].copy()
+    ok["order"] = ok.index
+    ok = ok.sort_values(["timestamp", "order"], kind="stable")
+    ids = list(item_vectors)
+    table = torch.from_numpy(np.concatenate([np.zeros((1, 64), np.float32), np.stack([item_vectors[i] for i in ids])]))
+    index = {item: k + 1 for k, item in enumerate(ids)}
+    users, hist, ts = [], [], []
+    for user, g in ok.groupby("user_id", sort=True):
+        users.append(user)
+        hist.append(np.array([index[i] for i in g.item_id], dtype=np.int64))
+        ts.append(g.timestamp.to_numpy())
+    result = embed_users(bundle.model.user_llm, table, hist, ts, max_seq_len)
+    return users, result, ok
+
+
+def test_user_embeddings_equal_the_library_in_process(run, bundle):
+    offline = run["root"] / "offline"
+    items = read_version(offline, ITEM_EMBEDDING, run["version"])
+    item_vectors = {i: np.asarray(v, dtype=np.float32) for i, v in zip(items.item_id, items.embedding)}
+    users, expected, _ = _expected_users(bundle, run["events"], item_vectors)
+    got = read_version(offline, USER_EMBEDDING, run["version"]).set_index("user_id").loc[users]
+    assert set(got.bundle_version) == {run["version"]}
+    np.testing.assert_allclose(np.stack(got.embedding.to_numpy()), expected.vectors, atol=1e-4, rtol=1e-4)
+    assert got.seq_len.tolist() == expected.seq_len.tolist()
+    assert got.last_event_ts.tolist() == expected.last_event_ts.tolist()
+    assert max(got.seq_len) == bundle.cfg.data.max_seq_len  # some users are longer than the window
+
+
+def test_recent_items_and_interaction_rejects(run, bundle):
+    offline = run["root"] / "offline"
+    items = read_version(offline, ITEM_EMBEDDING, run["version"])
+    _, _, ok = _expected_users(bundle, run["events"], dict.fromkeys(items.item_id, np.zeros(64, np.float32)))
+    recent = read_version(offline, USER_RECENT_ITEMS, run["version"]).set_index("user_id")
+    for user, g in ok.groupby("user_id"):
+        assert list(recent.loc[user, "recent_item_ids"]) == g.item_id.tolist()[-50:]
+        assert list(recent.loc[user, "recent_item_ts"]) == g.timestamp.tolist()[-50:]
+    rejects = read_version(offline, USER_REJECTS, run["version"])
+    reasons = rejects.groupby("reason").size().to_dict()
+    events = run["events"]
+    n_unknown = int((events.user_id.notna() & ~events.item_id.isin(set(items.item_id))).sum())
+    assert reasons == {"null_user_id": 1, "unknown_item": n_unknown}
+    assert "unknown" in set(rejects.item_id)
+
+
+def test_sqlite_online_store_serves_the_new_version(run):
+    store = open_store(run["store"])
+    users = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"])
+    user = users.user_id.iloc[0]
+    req = store.request_features(user, ["m0", "m1", "m7"])
+    assert req.bundle_version == run["version"]
+    np.testing.assert_allclose(req.user_vector, users.embedding.iloc[0], rtol=1e-6)
+    assert store.recent_items([user]).found.all()
+    assert f"materialized {N_ITEMS - 4} item embeddings of {run['version']}" in run["item_out"]
+
+
+def test_redis_online_store_via_hllm_materialize_and_version_mismatch_refused(run, redis_server):
+    cfg = {**run["store"].model_dump(), "online_store": "redis", "redis_connection": redis_server}
+    config_path = run["root"] / "redis.yaml"
+    config_path.write_text(yaml.safe_dump({"store": cfg}))
+    out = subprocess.run([str(VENV_BIN / "hllm"), "materialize", "--config", str(config_path), "--version", run["version"]],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"item_embedding     {N_ITEMS - 4} rows" in out.stdout
+    store = open_store(StoreConfig(**cfg))
+    assert store.feast.config.online_store.type == "redis"
+    user = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"]).user_id.iloc[0]
+    assert store.request_features(user, ["m0", "m1"]).bundle_version == run["version"]
+    # an item re-embedded by another bundle version: the request is refused, not silently mixed
+    other = store.item_embeddings(["m1"])
+    store.push_item_embeddings(pd.DataFrame({"item_id": ["m1"], "embedding": [other.vectors[0]], "bundle_version": ["hllm-other"]}))
+    with pytest.raises(VersionMismatchError, match="hllm-other"):
+        store.request_features(user, ["m0", "m1"])
+
+
+def test_rerun_for_the_same_version_replaces_it_whole(run):
+    offline = run["root"] / "offline"
+    before = read_version(offline, ITEM_EMBEDDING, run["version"]).sort_values("item_id").reset_index(drop=True)
+    files_before = sorted(p.name for p in (offline / ITEM_EMBEDDING / f"bundle_version={run['version']}").iterdir())
+    _submit("item_embed.py", "--items", str(run["root"] / "items.parquet"), *run["common"])
+    after = read_version(offline, ITEM_EMBEDDING, run["version"]).sort_values("item_id").reset_index(drop=True)
+    assert list_versions(offline, ITEM_EMBEDDING) == [run["version"]]
+    assert after.item_id.tolist() == before.item_id.tolist()  # no duplicated rows from two runs
+    np.testing.assert_allclose(np.stack(after.embedding), np.stack(before.embedding), atol=1e-6)
+    files_after = sorted(p.name for p in (offline / ITEM_EMBEDDING / f"bundle_version={run['version']}").iterdir())
+    assert files_after != files_before or not files_before  # a new run's files (Spark names parts by job id)
+    leftovers = [p.name for p in (offline / ITEM_EMBEDDING).iterdir() if not p.name.startswith("bundle_version=")]
+    assert leftovers == []
