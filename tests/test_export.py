@@ -168,3 +168,24 @@ def test_hllm_export_command(tiny_bundle, tmp_path_factory, capsys):
     assert "bundle folder not found" in capsys.readouterr().err
     assert main(["export", "--bundle", str(path), "--opset", "9"]) == 2
     assert "export.opset" in capsys.readouterr().err
+
+
+def test_mean_pooling_and_no_timestamps_export_too(tmp_path):
+    """The other model variants: mean-pooled items, a user model without time embeddings (2 inputs)."""
+    from feature_gen.bundle import save_bundle
+    from feature_gen.model import build_hllm
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(item_llm={"pooling": "mean"}, data={"max_seq_len": 12})
+    model, tok = build_hllm(cfg)
+    path = save_bundle(model.eval(), tok, cfg, tmp_path)
+    report = export_bundle(path)
+    assert max(report.rel_error.values()) < 1e-4
+    graph = onnx.load(str(path / "onnx/user_encoder.onnx"))
+    assert [i.name for i in graph.graph.input] == ["item_embeddings", "attention_mask"]
+    user = load_onnx_encoders(path).user
+    embs = np.random.default_rng(1).standard_normal((2, 6, 64)).astype(np.float32)
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1] * 6])
+    with torch.no_grad():
+        ref = model.user_llm(torch.from_numpy(embs), torch.from_numpy(mask)).user_embedding.numpy()
+    assert rel_error(user(embs, mask).user_embedding, ref) < 1e-4  # timestamps not needed, as in torch
