@@ -24,7 +24,7 @@ import torch
 from feature_gen.config import ItemTextConfig
 from feature_gen.data.sequences import pad_sequences
 from feature_gen.item_llm import ItemLLM
-from feature_gen.item_text import build_item_text, pad_token_ids, tokenize_item_texts
+from feature_gen.item_text import build_item_text, check_prompt_budget, pad_token_ids, tokenize_item_texts
 from feature_gen.user_llm import UserLLM
 
 # ItemLLM or feature_gen.onnx_runtime.OnnxItemEncoder; UserLLM or OnnxUserEncoder (same call shapes).
@@ -114,6 +114,7 @@ def embed_catalogue(
 ) -> torch.Tensor:
     """The item table [N+1, D] for internal ids (row 0 = padding, zeros). `items` must hold only
     embeddable items (see data.contract.split_rejects), in internal-id order."""
+    check_prompt_budget(tokenizer, text_cfg)
     texts = [build_item_text(row, text_cfg) for row in items.to_dict("records")]
     missing = [i for i, t in enumerate(texts) if t is None]
     if missing:

@@ -82,6 +82,20 @@ def item_text_or_reject(item: Mapping[str, Any], cfg: ItemTextConfig, id_key: st
     return ItemTextResult(text, None)
 
 
+def check_prompt_budget(tokenizer, cfg: ItemTextConfig, min_field_tokens: int = 4) -> int:
+    """Fail when the prompt alone (nearly) fills `max_item_tokens`: truncation would then cut every
+    item down to the same prompt and give the whole catalogue one embedding. Returns the prompt's length."""
+    prompt_tokens = len(tokenizer(cfg.prompt, add_special_tokens=True)["input_ids"]) if cfg.prompt else 0
+    if prompt_tokens + min_field_tokens > cfg.max_item_tokens:
+        from feature_gen.config import ConfigError
+
+        raise ConfigError(
+            f"item_text.max_item_tokens: {cfg.max_item_tokens} leaves no room for item fields after the "
+            f"prompt's {prompt_tokens} tokens; raise it to at least {prompt_tokens + 16} or shorten item_text.prompt"
+        )
+    return prompt_tokens
+
+
 def tokenize_item_texts(texts: Sequence[str], tokenizer, max_item_tokens: int) -> list[list[int]]:
     """Token ids per text, truncated to `max_item_tokens` (special tokens counted)."""
     encoded = tokenizer(

@@ -33,14 +33,15 @@ class LogitScale(nn.Module):
 
     def __init__(self, temperature_init: float = 0.07, max_scale: float = 100.0):
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)))
+        # shape [1], not a 0-d scalar: DeepSpeed broadcasts parameters as byte views, which 0-d tensors refuse
+        self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature_init)]))
         self.max_log_scale = math.log(max_scale)
 
     def forward(self) -> torch.Tensor:
         # Clamp the parameter itself (not just its use) so it cannot drift into a region with no gradient.
         with torch.no_grad():
             self.log_scale.clamp_(0.0, self.max_log_scale)
-        return self.log_scale.exp()
+        return self.log_scale.exp().squeeze(0)
 
 
 @dataclass

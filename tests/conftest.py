@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def tiny_config(**sections) -> HLLMConfig:
     """Tiny random Llamas for both LLMs (item hidden 64, user hidden 32 so the projection is exercised)."""
     raw = {
-        "item_text": {"max_item_tokens": 48},
+        "item_text": {"max_item_tokens": 96},  # the byte tokenizer spends 49 tokens on the default prompt
         "item_llm": {"source": "tiny_random", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4,
                                                         "num_kv_heads": 2, "intermediate_size": 128}},
         "user_llm": {"source": "tiny_random", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 4,

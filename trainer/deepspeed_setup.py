@@ -1,0 +1,107 @@
+"""DeepSpeed configuration from the trainer's settings, and the single-process CPU switch.
+
+The trainer's config (`train.*`) is the source of truth. A DeepSpeed JSON (`train.deepspeed_config`,
+e.g. configs/deepspeed/zero2.json) contributes what the trainer does not own (ZeRO stage, offload,
+communication settings); a value that contradicts the trainer's (`train_micro_batch_size_per_gpu` vs
+`train.batch_size`, `gradient_clipping` vs `train.max_grad_norm`, the optimizer's lr ...) stops the run
+before training, naming both fields. "auto" is filled in.
+
+CPU: DeepSpeed picks its CPU accelerator with DS_ACCELERATOR=cpu and the gloo backend when oneCCL is
+absent. A plain `python`/`hllm train` run has no launcher, so `ensure_single_process_env` provides the
+rank variables the launcher would have set (otherwise DeepSpeed looks for mpi4py and fails).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feature_gen.config import ConfigError, HLLMConfig
+
+
+def ensure_single_process_env() -> None:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return  # the deepspeed launcher (or torchrun) set them
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _check(ds: dict, key_path: str, wanted: Any, owner: str, source: str) -> None:
+    node: Any = ds
+    parts = key_path.split(".")
+    for p in parts[:-1]:
+        node = node.get(p, {}) if isinstance(node, dict) else {}
+    if not isinstance(node, dict) or parts[-1] not in node:
+        return
+    value = node[parts[-1]]
+    if value == "auto":
+        return
+    same = abs(float(value) - float(wanted)) <= 1e-12 * max(1.0, abs(float(wanted))) if isinstance(wanted, (int, float)) else value == wanted
+    if not same:
+        raise ConfigError(f"{source}: {key_path} is {value!r} but {owner} is {wanted!r}; set one of them (or 'auto')")
+
+
+def build_deepspeed_config(cfg: HLLMConfig, total_steps: int, world_size: int = 1) -> dict[str, Any]:
+    """The DeepSpeed config for this run: the user's JSON (if any) merged under the trainer's settings."""
+    t = cfg.train
+    base: dict[str, Any] = {}
+    source = "<trainer defaults>"
+    if t.deepspeed_config:
+        path = Path(t.deepspeed_config)
+        if not path.is_file():
+            raise ConfigError(f"train.deepspeed_config: {path} does not exist")
+        try:
+            base = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"train.deepspeed_config: {path} is not valid JSON ({exc})") from None
+        source = str(path)
+        _check(base, "train_micro_batch_size_per_gpu", t.batch_size, "train.batch_size", source)
+        _check(base, "gradient_accumulation_steps", 1, "the trainer (no accumulation)", source)
+        _check(base, "gradient_clipping", t.max_grad_norm, "train.max_grad_norm", source)
+        _check(base, "optimizer.params.lr", t.lr, "train.lr", source)
+        _check(base, "optimizer.params.weight_decay", t.weight_decay, "train.weight_decay", source)
+        if "train_batch_size" in base and base["train_batch_size"] != "auto":
+            _check(base, "train_batch_size", t.batch_size * world_size, "train.batch_size x world size", source)
+        opt_type = base.get("optimizer", {}).get("type", "AdamW")
+        if str(opt_type).lower() not in ("adamw", "adam"):
+            raise ConfigError(f"{source}: optimizer.type {opt_type!r}: the trainer uses AdamW")
+        bf16 = base.get("bf16", {}).get("enabled")
+        if bf16 is True and not bf16_available():
+            raise ConfigError(f"{source}: bf16.enabled is true but this machine has no bf16-capable GPU (use 'auto')")
+    ds = dict(base)
+    ds["train_micro_batch_size_per_gpu"] = t.batch_size
+    ds["gradient_accumulation_steps"] = 1
+    ds.pop("train_batch_size", None)
+    ds["gradient_clipping"] = t.max_grad_norm
+    ds["optimizer"] = {
+        "type": "AdamW",
+        # torch's AdamW: DeepSpeed's fused CPU Adam needs a ~90 s compile and gains nothing at this size.
+        "params": {"lr": t.lr, "weight_decay": t.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True},
+    }
+    ds["scheduler"] = {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": max(total_steps, t.warmup_steps + 1),
+            "warmup_num_steps": max(1, t.warmup_steps),  # DeepSpeed refuses 0
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.1,
+        },
+    }
+    ds["bf16"] = {"enabled": bf16_available() if base.get("bf16", {}).get("enabled", "auto") == "auto" else bool(base["bf16"]["enabled"])}
+    ds.setdefault("zero_optimization", {"stage": 0})
+    ds.setdefault("steps_per_print", 10**9)  # the trainer logs its own figures
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds

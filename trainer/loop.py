@@ -1,0 +1,272 @@
+"""The training loop for every recommender and stage: read it top to bottom.
+
+    for each epoch: for each batch of users (deterministic order per epoch):
+        windows -> unique item ids (inputs, targets, shared negatives) -> encode once
+        -> User model -> InfoNCE over real positions -> DeepSpeed backward/step (clipping inside)
+        -> log loss, tokens/s, FLOP/s; checkpoint every N steps
+    evaluate on validation (full ranking, NDCG@10) -> keep the best weights, stop early
+    -> test metrics for the selected weights only -> stage 3: freeze into a bundle
+
+Resume: DeepSpeed checkpoints (weights, optimizer, scheduler) carry the step, epoch and batch index
+in their client state; the batch order of an epoch depends only on (seed, epoch), so a resumed run
+skips exactly the batches already done, and metrics.jsonl is cut back to the checkpoint's step so the
+loss curve continues instead of repeating.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from feature_gen.config import HLLMConfig
+from feature_gen.data.sequences import EvalSet, LeaveOneOutSplit, UniformNegativeSampler, training_windows
+from feature_gen.evaluation import RankingMetrics, full_ranking_metrics
+from feature_gen.inference import embed_users
+from feature_gen.losses import sequence_info_nce
+from trainer.recommenders import count_parameters, numpy_seed_for
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the run stopped and the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_ndcg: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)  # per-epoch validation metrics
+
+    def as_client_state(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    valid: dict[str, float]
+    test: dict[str, float]
+    throughput: dict[str, float]
+    bundle: Path | None = None
+
+
+def matmul_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate right now, the denominator of the achieved-FLOP/s ratio."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best
+
+
+def evaluate(recommender, eval_set: EvalSet, cfg: HLLMConfig, max_seq_len: int) -> RankingMetrics:
+    """Cosine full ranking of each eval user's next item (the model is trained on cosine)."""
+    was_training = recommender.training
+    recommender.eval()
+    table = recommender.item_table().float()  # [N+1, D], what the User model reads
+    users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
+    recommender.train(was_training)
+    user_vecs = torch.nn.functional.normalize(torch.from_numpy(users.vectors), dim=-1)
+    item_vecs = torch.nn.functional.normalize(table, dim=-1)
+    seen = [np.unique(h) for h in eval_set.histories]
+    return full_ranking_metrics(user_vecs, item_vecs, eval_set.targets, seen, ks=cfg.eval.ks,
+                                user_batch_size=cfg.eval.user_batch_size)
+
+
+def _log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only records up to `step`: what happened after the checkpoint is replayed, not repeated."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _user_order(num_users: int, seed: int, epoch: int, fraction: float) -> np.ndarray:
+    users = np.arange(num_users)
+    if fraction < 1.0:
+        # the same subset every epoch (data-efficiency runs): fixed by seed, not by epoch
+        keep = np.random.default_rng([seed, 10_007]).permutation(num_users)[: max(1, int(round(fraction * num_users)))]
+        users = np.sort(keep)
+    return numpy_seed_for(seed, epoch).permutation(users)
+
+
+def train(
+    recommender,
+    split: LeaveOneOutSplit,
+    num_items: int,
+    cfg: HLLMConfig,
+    run_dir: str | Path,
+    *,
+    max_seq_len: int,
+    resume: bool = True,
+    on_step=None,
+) -> TrainResult:
+    """Train `recommender` with DeepSpeed; returns metrics of the selected (best-validation) weights."""
+    import deepspeed
+
+    from trainer.deepspeed_setup import build_deepspeed_config, ensure_single_process_env
+
+    t_cfg = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir, best_path, log_path = run_dir / "checkpoints", run_dir / "best" / "model.safetensors", run_dir / "metrics.jsonl"
+    ensure_single_process_env()
+    torch.manual_seed(cfg.seed)
+
+    trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
+    n_users = len(_user_order(len(trainable_users), cfg.seed, 0, t_cfg.train_user_fraction))
+    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(math.ceil(n_users / world) / t_cfg.batch_size)
+    total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
+    ds_config = build_deepspeed_config(cfg, total_steps, world)
+    params = [p for p in recommender.parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(model=recommender, model_parameters=params, config=ds_config)
+    model = engine.module
+    dtype = next(p for p in model.parameters()).dtype
+
+    state = TrainState()
+    if resume and (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
+        _truncate_log(log_path, state.step)
+        print(f"resumed from {ckpt_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
+    elif log_path.exists():
+        log_path.unlink()
+
+    def checkpoint() -> None:
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=state.as_client_state())
+        for old in sorted(ckpt_dir.glob("step*"), key=lambda p: int(p.name[4:]))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)  # keep the two newest
+
+    item_params, user_params = model.compute_params()
+    peak = matmul_peak_flops()
+    tokens_done = positions_done = 0
+    train_seconds = 0.0
+    stop = False
+    while state.epoch < t_cfg.epochs and not stop:
+        order = _user_order(len(trainable_users), cfg.seed, state.epoch, t_cfg.train_user_fraction)
+        order = order[engine.global_rank :: engine.world_size]  # data parallel: each rank its share of users
+        batches = [order[i : i + t_cfg.batch_size] for i in range(0, len(order), t_cfg.batch_size)]
+        model.train()
+        while state.batch_in_epoch < len(batches):
+            users = [trainable_users[u] for u in batches[state.batch_in_epoch]]
+            t0 = time.perf_counter()
+            window = training_windows([split.train[u] for u in users], [split.train_timestamps[u] for u in users], max_seq_len)
+            inputs, targets, mask = window.inputs.item_ids, window.targets, window.inputs.attention_mask
+            sampler = UniformNegativeSampler(num_items, seed=cfg.seed * 1_000_003 + state.step)
+            negatives = sampler.sample(cfg.loss.num_negatives, exclude=targets[targets > 0])
+            # Encode each distinct item once per step, whatever its role (input, target, negative).
+            unique, inverse = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]), return_inverse=True)
+            real = unique > 0
+            encoded = model.encode_items(unique[real]).to(dtype)
+            emb = torch.zeros(len(unique), encoded.size(-1), dtype=encoded.dtype).index_copy(0, real.nonzero().squeeze(1), encoded)
+            n_in, n_tg = inputs.numel(), targets.numel()
+            in_emb = emb[inverse[:n_in]].view(*inputs.shape, -1)
+            tg_emb = emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1)
+            neg_emb = emb[inverse[n_in + n_tg :]]
+            out = model.user_model(in_emb, mask, window.inputs.timestamps)
+            nce = sequence_info_nce(
+                out.predictions, tg_emb, (targets > 0) & mask.bool(), neg_emb, model.logit_scale(),
+                target_ids=targets, negative_ids=negatives, threshold=cfg.loss.nce_threshold,
+            )
+            loss = nce.loss
+            # Negatives that survive the same-item masks. When item embeddings have collapsed (a random
+            # or badly initialised Item LLM), the cosine > nce_threshold mask removes nearly all of them
+            # and the loss carries no signal: the log makes that visible.
+            kept_negatives = float(nce.valid_negatives.float().mean())
+            if not torch.isfinite(loss):
+                last = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else "none"
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {state.step} (epoch {state.epoch}); stopped without "
+                    f"updating; last good checkpoint: {ckpt_dir / last if last != 'none' else 'none'}"
+                )
+            engine.backward(loss)
+            grad_norm = _grad_norm(model)  # before clipping; DeepSpeed clips to train.max_grad_norm inside step()
+            engine.step()
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            text_tokens = model.text_tokens(unique[real]) if model.training_item_llm else 0
+            tokens_done += text_tokens
+            positions_done += int(mask.sum())
+            state.step += 1
+            state.batch_in_epoch += 1
+            _log(log_path, {"step": state.step, "epoch": state.epoch, "loss": round(loss.item(), 6),
+                            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                            "seconds": round(dt, 4), "negatives_kept": round(kept_negatives, 2), "item_tokens": text_tokens, "positions": int(mask.sum())})
+            if state.step == 1 and kept_negatives < 0.1 * cfg.loss.num_negatives:
+                print(f"warning: only {kept_negatives:.1f} of {cfg.loss.num_negatives} negatives survive the "
+                      f"cosine > {cfg.loss.nce_threshold} mask: item embeddings are nearly identical, the loss "
+                      "has almost no signal (raise loss.nce_threshold to 1.0 for randomly initialised models)", flush=True)
+            if on_step is not None:
+                on_step(state)
+            if state.step % t_cfg.checkpoint_every_steps == 0:
+                checkpoint()
+            if t_cfg.max_steps and state.step >= t_cfg.max_steps:
+                stop = True
+                break
+        if state.batch_in_epoch >= len(batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.epoch % t_cfg.eval_every_epochs == 0 or stop or state.epoch == t_cfg.epochs:
+                metrics = evaluate(model, split.valid, cfg, cfg.data.max_seq_len)
+                ndcg = metrics.values["ndcg@10"]
+                state.history.append({"epoch": state.epoch, "step": state.step, **metrics.values})
+                _log(log_path, {"step": state.step, "epoch": state.epoch, "valid": metrics.values})
+                print(f"epoch {state.epoch} step {state.step}: valid ndcg@10 {ndcg:.4f} recall@10 "
+                      f"{metrics.values['recall@10']:.4f}", flush=True)
+                if ndcg > state.best_ndcg:
+                    state.best_ndcg, state.best_epoch, state.bad_epochs = ndcg, state.epoch, 0
+                    best_path.parent.mkdir(parents=True, exist_ok=True)
+                    save_model(model, str(best_path))
+                else:
+                    state.bad_epochs += 1
+                    if state.bad_epochs >= t_cfg.early_stopping_patience:
+                        print(f"early stop: no validation gain for {state.bad_epochs} evaluations", flush=True)
+                        stop = True
+            checkpoint()
+
+    if best_path.is_file():
+        load_model(model, str(best_path), strict=False)
+    valid = evaluate(model, split.valid, cfg, cfg.data.max_seq_len)
+    test = evaluate(model, split.test, cfg, cfg.data.max_seq_len)
+    # forward + backward ~ 6 FLOP per parameter per token (matmul parameters only; lookups are free)
+    flops = 6.0 * (item_params * tokens_done + user_params * positions_done)
+    throughput = {
+        "train_seconds": train_seconds,
+        "item_tokens_per_s": tokens_done / train_seconds if train_seconds else 0.0,
+        "positions_per_s": positions_done / train_seconds if train_seconds else 0.0,
+        "trainable_params": count_parameters(model),
+        "achieved_flops": flops / train_seconds if train_seconds else 0.0,
+        "matmul_peak_flops": peak,
+    }
+    throughput["fraction_of_matmul_peak"] = throughput["achieved_flops"] / peak
+    (run_dir / "result.json").write_text(json.dumps(
+        {"best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
+         "history": state.history}, indent=2))
+    return TrainResult(run_dir=run_dir, state=state, valid=valid.values, test=test.values, throughput=throughput)
+
+
+def _grad_norm(model) -> float:
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return round(float(torch.stack(norms).norm()), 6) if norms else 0.0

@@ -1,0 +1,191 @@
+"""What the training loop trains: anything that embeds items by id and reads sequences of them.
+
+Every recommender exposes the same three things, so HLLM (either stage) and the SASRec baseline share
+one loop, one loss, one negative sampler and one evaluation:
+
+    encode_items(ids [n]) -> [n, D]               item embeddings (grad flows where trainable)
+    user_model(item_embs, mask, timestamps)       -> UserLLMOutput (predictions, user_embedding)
+    item_table() -> [N+1, D]                      the whole catalogue for evaluation (row 0 = padding)
+    logit_scale()                                 the InfoNCE scale
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from feature_gen.inference import embed_token_ids
+from feature_gen.item_text import pad_token_ids
+from feature_gen.losses import LogitScale
+from feature_gen.model import HLLM
+from feature_gen.user_llm import UserLLMOutput, last_real_index
+
+
+class HLLMRecommender(nn.Module):
+    """HLLM for training. Stage 1: the Item LLM runs on each batch's unique items (trainable).
+    Stage 2: the Item LLM is frozen and its catalogue embeddings are computed once (`cache_items`)."""
+
+    def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
+                 text_plus_id: bool = False, padding_side: str = "right"):
+        super().__init__()
+        self.hllm = hllm
+        self.user_model = hllm.user_llm
+        self.logit_scale = hllm.logit_scale
+        self.catalogue_tokens = [[]] + list(catalogue_tokens)  # index = internal item id (0 = padding)
+        self.pad_id = pad_id
+        self.padding_side = padding_side
+        self.stage = stage
+        dim = hllm.item_dim
+        self.id_embedding = nn.Embedding(len(self.catalogue_tokens), dim, padding_idx=0) if text_plus_id else None
+        if self.id_embedding is not None:
+            nn.init.normal_(self.id_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.id_embedding.weight[0].zero_()
+        self.register_buffer("cached_items", torch.zeros(0, dim), persistent=False)
+        if stage == 2:
+            for p in hllm.item_llm.parameters():
+                p.requires_grad_(False)
+            self.cache_items()
+
+    @torch.no_grad()
+    def cache_items(self) -> torch.Tensor:
+        """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path)."""
+        vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
+                                  padding_side=self.padding_side)
+        self.cached_items = torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)])
+        return self.cached_items
+
+    @property
+    def training_item_llm(self) -> bool:
+        return self.stage == 1
+
+    def text_tokens(self, ids: torch.Tensor) -> int:
+        return sum(len(self.catalogue_tokens[i]) + 1 for i in ids.tolist())  # +1: the [ITEM] slot
+
+    def compute_params(self) -> tuple[int, int]:
+        """(Item LLM, User model) parameters that cost matmul FLOPs per token (embedding tables excluded)."""
+        return _matmul_params(self.hllm.item_llm.backbone), _matmul_params(self.user_model)
+
+    def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.stage == 2:
+            text = self.cached_items[ids]
+        else:
+            batch = pad_token_ids([self.catalogue_tokens[i] for i in ids.tolist()], self.pad_id, self.padding_side)
+            text = self.hllm.item_llm(batch.input_ids, batch.attention_mask)
+        if self.id_embedding is not None:
+            return text + self.id_embedding(ids)
+        return text
+
+    @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        if self.stage == 2:
+            table = self.cached_items.clone()
+        else:
+            was_training = self.training
+            vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
+                                      padding_side=self.padding_side)
+            self.train(was_training)
+            table = torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)])
+        if self.id_embedding is not None:
+            table = table + self.id_embedding.weight.detach()
+        return table
+
+
+class SASRecUser(nn.Module):
+    """SASRec's sequence model (Kang & McAuley 2018): learned positions, pre-norm causal
+    self-attention blocks, dropout. Same call shape as UserLLM."""
+
+    def __init__(self, dim: int, layers: int, heads: int, max_len: int, dropout: float):
+        super().__init__()
+        self.item_dim = dim
+        self.max_len = max_len
+        self.position = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.attn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.attns = nn.ModuleList(nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) for _ in range(layers))
+        self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.ffns = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)) for _ in range(layers)
+        )
+        self.final_norm = nn.LayerNorm(dim)
+
+    def forward(self, item_embs: torch.Tensor, attention_mask: torch.Tensor, timestamps=None) -> UserLLMOutput:
+        batch, length, _ = item_embs.shape
+        if length > self.max_len:
+            raise ValueError(f"SASRec was built for sequences up to {self.max_len}; got {length}")
+        mask = attention_mask.to(torch.bool)  # [B, L]
+        # positions counted from each row's first real item, as for the LLMs
+        pos = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        x = self.dropout(item_embs * math.sqrt(self.item_dim) + self.position(pos)) * mask.unsqueeze(-1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)  # True = blocked
+        # A padded query row may see nothing; let it see itself so softmax stays finite (its output is masked).
+        key_block = ~mask
+        for norm, attn, ffn_norm, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+            h = norm(x)
+            blocked = causal.unsqueeze(0) | key_block.unsqueeze(1)  # [B, L, L]
+            blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=x.device).unsqueeze(0)
+            heads = attn.num_heads
+            a, _ = attn(h, h, h, attn_mask=blocked.repeat_interleave(heads, dim=0), need_weights=False)
+            x = x + a
+            x = x + ffn(ffn_norm(x))
+            x = x * mask.unsqueeze(-1)
+        out = self.final_norm(x)
+        rows = torch.arange(batch, device=out.device)
+        return UserLLMOutput(predictions=out, user_embedding=out[rows, last_real_index(attention_mask)])
+
+
+class SASRecRecommender(nn.Module):
+    """The ID-based baseline: an item-ID embedding table and SASRec's sequence model."""
+
+    def __init__(self, num_items: int, dim: int, layers: int, heads: int, max_len: int, dropout: float,
+                 temperature_init: float = 0.07, max_logit_scale: float = 100.0):
+        super().__init__()
+        self.items = nn.Embedding(num_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.items.weight, std=0.02)
+        self.user_model = SASRecUser(dim, layers, heads, max_len, dropout)
+        self.logit_scale = LogitScale(temperature_init, max_logit_scale)
+
+    def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.items(ids)
+
+    training_item_llm = False
+
+    def text_tokens(self, ids: torch.Tensor) -> int:
+        return 0
+
+    def compute_params(self) -> tuple[int, int]:
+        return 0, _matmul_params(self.user_model)
+
+    @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        table = self.items.weight.detach().clone()
+        table[0] = 0
+        return table
+
+
+def _matmul_params(module: nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear)) + sum(
+        m.in_proj_weight.numel() for m in module.modules() if isinstance(m, nn.MultiheadAttention)
+    )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def catalogue_token_ids(items, text_cfg, tokenizer) -> list[list[int]]:
+    """Token ids of every catalogue item in internal-id order (index 0 = item 1)."""
+    from feature_gen.item_text import build_item_text, check_prompt_budget, tokenize_item_texts
+
+    check_prompt_budget(tokenizer, text_cfg)
+    texts = [build_item_text(row, text_cfg) for row in items.to_dict("records")]
+    if any(t is None for t in texts):
+        raise ValueError("catalogue_token_ids: items without text must be rejected before training")
+    return tokenize_item_texts(texts, tokenizer, text_cfg.max_item_tokens)
+
+
+def numpy_seed_for(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])

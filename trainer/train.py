@@ -1,0 +1,113 @@
+"""Training entry point.
+
+    deepspeed trainer/train.py --config configs/train_ml100k.yaml        # launcher: GPUs, nodes, hostfile
+    hllm train --config configs/train_ml100k.yaml --set train.stage=2    # one process (CPU: gloo)
+
+Stage 1 trains Item and User LLM end to end on short histories; stage 2 freezes the Item LLM (from
+`train.init_bundle`), caches the catalogue and trains the User LLM on long histories; stage 3 freezes
+the selected weights into a bundle under `<train.output_dir>/bundles/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from feature_gen.config import ConfigError, HLLMConfig, load_config, parse_override
+
+
+def build_recommender(cfg: HLLMConfig, data):
+    """(recommender, tokenizer or None, base-model descriptions) for cfg.train.model/stage."""
+    from trainer.recommenders import HLLMRecommender, SASRecRecommender, catalogue_token_ids
+
+    t = cfg.train
+    if t.model == "sasrec":
+        rec = SASRecRecommender(data.num_items, t.sasrec_hidden, t.sasrec_layers, t.sasrec_heads,
+                                cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale)
+        return rec, None, {"item": "id-embedding", "user": f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"}
+    if t.init_bundle:
+        from feature_gen.bundle import load_bundle
+
+        bundle = load_bundle(t.init_bundle)
+        hllm, tokenizer = bundle.model, bundle.tokenizer
+        for p in hllm.parameters():
+            p.requires_grad_(True)
+        if bundle.cfg.user_llm.use_timestamps != cfg.user_llm.use_timestamps:
+            raise ConfigError(f"user_llm.use_timestamps: {cfg.user_llm.use_timestamps} but init_bundle was "
+                              f"trained with {bundle.cfg.user_llm.use_timestamps}")
+        bases = bundle.manifest.get("base_models", {})
+    else:
+        from feature_gen.model import build_item_llm, build_user_llm
+        from feature_gen.model import HLLM
+
+        item_llm, tokenizer, item_desc = build_item_llm(cfg)
+        user_llm, user_desc = build_user_llm(cfg, item_llm.hidden_size)
+        hllm = HLLM(item_llm, user_llm, cfg)
+        bases = {"item": item_desc, "user": user_desc}
+    if t.gradient_checkpointing:
+        for backbone in (hllm.item_llm.backbone, hllm.user_llm.backbone):
+            if hasattr(backbone, "gradient_checkpointing_enable"):
+                backbone.gradient_checkpointing_enable()
+    tokens = catalogue_token_ids(data.items, cfg.item_text, tokenizer)
+    rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side)
+    return rec, tokenizer, bases
+
+
+def run_training(cfg: HLLMConfig, resume: bool = True):
+    """Train, select on validation NDCG@10, report test metrics, freeze a bundle; return TrainResult."""
+    import torch
+
+    from feature_gen.data.sequences import leave_one_out, load_interaction_data
+    from trainer.loop import train
+
+    t = cfg.train
+    if cfg.loss.objective != "generative":
+        raise ConfigError("loss.objective: the trainer trains the generative objective (MovieLens has no "
+                          "impressions to label clicks); the discriminative heads are library-only for now")
+    torch.manual_seed(cfg.seed)
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    split = leave_one_out(data)
+    rec, tokenizer, bases = build_recommender(cfg, data)
+    max_len = t.stage1_max_seq_len if (t.model == "hllm" and t.stage == 1) else cfg.data.max_seq_len
+    result = train(rec, split, data.num_items, cfg, t.output_dir, max_seq_len=max_len, resume=resume)
+    is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
+    if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id and is_rank0:
+        from feature_gen.bundle import save_bundle
+
+        result.bundle = save_bundle(
+            rec.hllm, tokenizer, cfg, Path(t.output_dir) / "bundles", data_fingerprint=data.fingerprint,
+            metrics={"stage": t.stage, "valid": result.valid, "test": result.test, "best_epoch": result.state.best_epoch},
+            base_models=bases,
+        )
+    if is_rank0:
+        print(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.state.best_epoch,
+                          "valid": result.valid, "test": result.test,
+                          "bundle": str(result.bundle) if result.bundle else None,
+                          "throughput": result.throughput}, indent=2))
+    return result
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="trainer/train.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, dict(parse_override(o) for o in args.overrides))
+        run_training(cfg, resume=not args.no_resume)
+    except ConfigError as exc:
+        print(f"train: ConfigError: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
