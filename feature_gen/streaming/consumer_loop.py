@@ -89,6 +89,7 @@ class ConsumerLoop:
                 loop._on_revoked(set(revoked))
 
             def on_partitions_assigned(self, assigned):
+                loop.metrics.assigned.set(len(assigned))
                 log.info("%s: assigned %s", loop.settings.group_id, sorted(tp.partition for tp in assigned))
 
         self.consumer.subscribe([self.settings.topic], listener=_Listener())
@@ -136,6 +137,7 @@ class ConsumerLoop:
         for tp in revoked:
             self._next_offset.pop(tp, None)
         self.processor.forget(revoked)
+        self.metrics.assigned.set(len(self.consumer.assignment() - revoked))
         log.info("%s: revoked %s (%d buffered records left to the next owner)",
                  self.settings.group_id, sorted(tp.partition for tp in revoked), len(dropped))
 

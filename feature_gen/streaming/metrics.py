@@ -9,6 +9,7 @@
     hllm_stream_freshness_seconds                 event produce time -> its user's (item's) new embedding
                                                   written to the online store (histogram)
     hllm_stream_consumer_lag{partition}           messages not yet read (high watermark - position)
+    hllm_stream_assigned_partitions               partitions this group member owns now
     hllm_stream_dead_letters_total{reason}        dead-lettered messages by reason
     hllm_stream_waiting_events                    events held for an item that has no embedding yet
     hllm_stream_broker_retries_total{call}        broker calls retried after a failure (outage, rebalance)
@@ -39,6 +40,7 @@ class StreamMetrics:
             "hllm_stream_freshness_seconds", "event produce time to embedding written online", buckets=_SECONDS_BUCKETS, registry=r
         )
         self.lag = Gauge("hllm_stream_consumer_lag", "messages not yet read, per partition", ["topic", "partition"], registry=r)
+        self.assigned = Gauge("hllm_stream_assigned_partitions", "partitions this member owns", registry=r)
         self.dead_letters = Counter("hllm_stream_dead_letters", "dead-lettered messages", ["reason"], registry=r)
         self.waiting = Gauge("hllm_stream_waiting_events", "events held for an item without an embedding", registry=r)
         self.retries = Counter("hllm_stream_broker_retries", "broker calls retried", ["call"], registry=r)
