@@ -40,6 +40,7 @@ def _bundle(name: str) -> Path:
 
     config, overrides = MODELS[name]
     cfg = load_config(config, overrides)
+    torch.manual_seed(0)  # the [ITEM] token's random init: same weights, same bundle folder, every run
     model, tok = build_hllm(cfg)
     path = save_bundle(model.eval(), tok, cfg, BUNDLE_ROOT, base_models={"config": config})
     if read_manifest(path).get("onnx", {}).get("precision") != "fp32":
