@@ -92,6 +92,12 @@ def cmd_materialize(args) -> int:
     return run_materialize(_load(args), args.version, args.bundle, args.views.split(",") if args.views else None)
 
 
+def cmd_validate_features(args) -> int:
+    from ranker_integration.feature_config import run_validate_features
+
+    return run_validate_features(args.features, args.bundle, _load(args).store)
+
+
 def _stream_logging() -> None:
     import logging
 
@@ -179,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="... or the bundle folder whose version to publish")
     p.add_argument("--views", default=None, help="comma-separated subset of item_embedding,user_embedding,user_recent_items")
     p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("validate-features", help="check the ranker's feature config against the feature store and a bundle")
+    p.add_argument("--features", default="ranker_integration/feature_config.yaml", help="feature config YAML")
+    p.add_argument("--bundle", required=True, help="bundle folder (<root>/<version>/) the features must match")
+    _config_args(p, required=False)
+    p.set_defaults(func=cmd_validate_features)
 
     for name, items, text in (
         ("refresh", False, "consume user events: keep recent items and user embeddings fresh in the online store"),

@@ -274,6 +274,35 @@ class ExportConfig(_Section):
         return {"fp32": self.max_rel_error_fp32, "fp16": self.max_rel_error_fp16, "int8": self.max_rel_error_int8}[precision]
 
 
+class RankerConfig(_Section):
+    """The example downstream ranker (ranker_integration/). Owned by the ranker integration.
+
+    Labels are the interactions after the `history_quantile` of all event times (everything before is
+    history the features may see); the last `test_fraction` of the labelled period is the held-out time
+    split. `labels: sampled_negatives` makes every held-out interaction a positive with
+    `negatives_per_positive` items the user never touched as negatives at the same time; `rating` makes
+    ratings >= `min_positive_rating` positives and lower ratings negatives. User-embedding snapshots are
+    taken at `snapshots` evenly spaced times over the labelled period, so each label joins the newest
+    one strictly before it.
+    """
+
+    features_path: str = "ranker_integration/feature_config.yaml"
+    labels: Literal["sampled_negatives", "rating"] = "sampled_negatives"
+    negatives_per_positive: int = Field(4, gt=0)
+    min_positive_rating: float = Field(4.0, gt=0)
+    history_quantile: float = Field(0.8, gt=0.0, lt=1.0, description="labels come after this quantile of event times")
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="the newest share of labels is the test split")
+    snapshots: int = Field(4, gt=0, description="user-embedding snapshots over the labelled period")
+    model: Literal["mlp", "dcn"] = "dcn"
+    id_embedding_dim: int = Field(16, gt=0)
+    hidden_units: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
+    cross_layers: int = Field(2, ge=0, description="dcn: number of cross layers")
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(512, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    output_dir: str = "outputs/ranker"
+
+
 class HLLMConfig(_Section):
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
@@ -287,6 +316,7 @@ class HLLMConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    ranker: RankerConfig = Field(default_factory=RankerConfig)
 
 
 def _describe(error: dict[str, Any]) -> str:
