@@ -3,8 +3,10 @@
 fp16: weights and activations in half precision, inputs and outputs kept float32 (callers do not
 change), and the RMS-norm arithmetic (Pow, ReduceMean, Sqrt, Reciprocal) kept in fp32: in half it
 loses about 1e-2 relative error on its own, kept in fp32 the graph measures about 1e-3.
-int8: dynamic quantisation of the MatMul weights (activations quantised per call); embeddings,
-norms and attention softmax stay fp32.
+int8: dynamic quantisation of the MatMul weights (activations quantised per call, one scale per
+tensor); embeddings, norms and attention softmax stay fp32. On real LLM hidden states a few outlier
+channels set that scale, so the error is ~0.1 relative (per-channel weight scales measured 0.099 vs
+0.113 per tensor on the SmolLM2 slice, too small a gain to change the default).
 """
 
 from __future__ import annotations
