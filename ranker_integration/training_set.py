@@ -1,0 +1,156 @@
+"""The ranker's training set: held-out MovieLens labels joined point in time with offline features.
+
+    labels = make_labels(items, interactions, cfg.ranker, seed)       # user_id, item_id, timestamp, label, split
+    ts = build_training_set(labels, cfg.store, version, fc)           # + one column per feature
+
+Labels: interactions after the `history_quantile` of all event times (the features may see everything
+before). `sampled_negatives`: each such interaction is a positive, and `negatives_per_positive` items
+the user never interacted with (at any time) are negatives at the same timestamp. `rating`: rating >=
+`min_positive_rating` is positive, a lower rating negative. The newest `test_fraction` of labels (by
+time) is the test split, so the ranker is judged on the future, never on a shuffle.
+
+Point-in-time rule: a label at time t sees, for its user, the newest offline `user_embedding` row of the
+bundle version whose event time (`last_event_ts`, the newest event the embedding reflects) is strictly
+before t; an item row is a function of the item's text (event time 0). Strictly: in ML-100K half of all
+events share their second with another event of the same user, so a snapshot stamped with t itself may
+already contain the labelled event. A row older than a feature's max_staleness counts as missing (the
+config's cold-start default). The join reads exactly one bundle version from the offline store, so a
+training row never mixes versions. (It is a pandas as-of join over `offline_store.read_version` rather
+than Feast's get_historical_features: the views' Parquet holds every version side by side, and Feast's
+join would pick the newest row of *any* version.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from feature_gen.config import RankerConfig, StoreConfig
+from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
+from ranker_integration.feature_config import FeatureConfig
+from ranker_integration.feature_values import FeatureRows, assemble_features
+
+LABEL_COLUMNS = ("user_id", "item_id", "timestamp", "label", "split")
+
+
+class TrainingSetError(ValueError):
+    """Labels or features that cannot make a training set; the message names the column or table."""
+
+
+def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> pd.DataFrame:
+    """Labelled (user, item, time) rows after the history cut, with a time split (see module doc)."""
+    for col in ("user_id", "item_id", "timestamp"):
+        if col not in interactions:
+            raise TrainingSetError(f"interactions: column {col!r} is missing")
+    events = interactions.reset_index(drop=True)
+    events = events.iloc[np.argsort(events["timestamp"].to_numpy(), kind="stable")]
+    cut = int(np.quantile(events["timestamp"].to_numpy(), cfg.history_quantile))
+    held = events[events["timestamp"] > cut]
+    if held.empty:
+        raise TrainingSetError(f"ranker.history_quantile {cfg.history_quantile}: no interactions after {cut}")
+    if cfg.labels == "rating":
+        if "rating" not in held:
+            raise TrainingSetError("interactions: labels 'rating' needs a rating column")
+        labels = held[["user_id", "item_id", "timestamp"]].assign(label=(held["rating"] >= cfg.min_positive_rating).astype(np.int8))
+    else:
+        labels = _with_sampled_negatives(held, events, items["item_id"].to_numpy(), cfg.negatives_per_positive, seed)
+    test_start = np.quantile(labels["timestamp"].to_numpy(), 1.0 - cfg.test_fraction)
+    labels = labels.assign(split=np.where(labels["timestamp"] > test_start, "test", "train"))
+    labels["user_id"] = labels["user_id"].astype(str)
+    labels["item_id"] = labels["item_id"].astype(str)
+    labels.attrs["history_end"] = cut
+    return labels.reset_index(drop=True)[list(LABEL_COLUMNS)]
+
+
+def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue: np.ndarray, k: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    seen = events.groupby("user_id")["item_id"].agg(set).to_dict()
+    users, items, ts = held["user_id"].to_numpy(), held["item_id"].to_numpy(), held["timestamp"].to_numpy()
+    neg = np.empty((len(held), k), dtype=catalogue.dtype)
+    for row, user in enumerate(users):
+        exclude = seen[user]
+        if len(exclude) >= len(catalogue):
+            raise TrainingSetError(f"user {user} has interacted with the whole catalogue; no negative to sample")
+        picked: list = []
+        while len(picked) < k:  # rejection sampling: users touch a small share of the catalogue
+            cand = catalogue[rng.integers(0, len(catalogue), size=2 * k)]
+            picked += [c for c in cand if c not in exclude][: k - len(picked)]
+        neg[row] = picked
+    positives = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts, "label": np.int8(1)})
+    negatives = pd.DataFrame({"user_id": np.repeat(users, k), "item_id": neg.reshape(-1),
+                              "timestamp": np.repeat(ts, k), "label": np.int8(0)})
+    return pd.concat([positives, negatives], ignore_index=True).sort_values("timestamp", kind="stable")
+
+
+@dataclass
+class TrainingSet:
+    frame: pd.DataFrame  # LABEL_COLUMNS + user_feature_ts (event time of the joined user row, -1: none)
+    features: dict[str, np.ndarray]  # feature name -> float32 [n, dim], rows aligned with frame
+    bundle_version: str
+
+    def split(self, name: str) -> "TrainingSet":
+        mask = (self.frame["split"] == name).to_numpy()
+        return TrainingSet(self.frame[mask].reset_index(drop=True), {k: v[mask] for k, v in self.features.items()},
+                           self.bundle_version)
+
+
+def point_in_time_user_rows(labels: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """For each label, the newest user row with last_event_ts strictly before the label's timestamp
+    (NaN where there is none); labels keep their order."""
+    left = labels[["user_id", "timestamp"]].assign(_row=np.arange(len(labels)))
+    left = left.astype({"timestamp": "int64"}).sort_values("timestamp", kind="stable")
+    right = users[["user_id", "last_event_ts", "embedding", "seq_len"]].copy()
+    right["user_id"] = right["user_id"].astype(str)
+    right = right.astype({"last_event_ts": "int64"}).sort_values("last_event_ts", kind="stable")
+    right["user_feature_ts"] = right["last_event_ts"]
+    joined = pd.merge_asof(left, right, left_on="timestamp", right_on="last_event_ts", by="user_id",
+                           direction="backward", allow_exact_matches=False)
+    return joined.sort_values("_row").reset_index(drop=True)
+
+
+def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: str, fc: FeatureConfig) -> TrainingSet:
+    """Join every label with bundle `version`'s offline features, point in time (see module doc)."""
+    missing = [c for c in LABEL_COLUMNS if c not in labels]
+    if missing:
+        raise TrainingSetError(f"labels: column(s) {', '.join(missing)} missing")
+    if fc.bundle_version not in ("any", version):
+        raise TrainingSetError(f"feature config is pinned to {fc.bundle_version}; the training set reads {version}")
+    users = read_version(store_cfg.offline_root, USER_EMBEDDING, version)
+    items = read_version(store_cfg.offline_root, ITEM_EMBEDDING, version)
+    items = items.assign(item_id=items["item_id"].astype(str)).drop_duplicates("item_id", keep="last")
+    item_dim = len(items["embedding"].iloc[0])
+    labels = labels.reset_index(drop=True)
+    user_rows = point_in_time_user_rows(labels, users)
+    user_found = user_rows["user_feature_ts"].notna().to_numpy()
+    user_vectors = np.full((len(labels), item_dim), np.nan, dtype=np.float32)
+    if user_found.any():
+        user_vectors[user_found] = np.stack(user_rows.loc[user_found, "embedding"].to_numpy()).astype(np.float32)
+    item_index = pd.Index(items["item_id"])
+    pos = item_index.get_indexer(labels["item_id"])
+    item_found = pos >= 0
+    # an item row is usable from its event time on (0 for a text embedding): never after the label either
+    item_ts = _event_seconds(items)
+    item_found[item_found] &= item_ts[pos[item_found]] < labels["timestamp"].to_numpy()[item_found]
+    item_table = np.stack(items["embedding"].to_numpy()).astype(np.float32)
+    item_vectors = np.full((len(labels), item_dim), np.nan, dtype=np.float32)
+    item_vectors[item_found] = item_table[pos[item_found]]
+    rows = FeatureRows(
+        at_ts=labels["timestamp"].to_numpy(dtype=np.int64),
+        user_vectors=user_vectors,
+        user_found=user_found,
+        user_seq_len=user_rows["seq_len"].fillna(-1).to_numpy(dtype=np.int64),
+        user_last_event_ts=user_rows["user_feature_ts"].fillna(-1).to_numpy(dtype=np.int64),
+        item_vectors=item_vectors,
+        item_found=item_found,
+    )
+    frame = labels[list(LABEL_COLUMNS)].assign(user_feature_ts=rows.user_last_event_ts)
+    return TrainingSet(frame, assemble_features(fc, item_dim, rows), version)
+
+
+def _event_seconds(frame: pd.DataFrame) -> np.ndarray:
+    if "event_timestamp" not in frame:
+        return np.zeros(len(frame), dtype=np.int64)
+    stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
