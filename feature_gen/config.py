@@ -215,7 +215,7 @@ class StreamConfig(_Section):
     item_group_id: str = "hllm-refresh-items"
     client_id: str = "hllm-refresh"
     max_batch_events: int = Field(1000, gt=0, description="a micro-batch closes at this many events ...")
-    max_batch_ms: int = Field(200, gt=0, description="... or this long after the consumer asked for it, whichever is first")
+    max_batch_ms: int = Field(100, gt=0, description="... or this long after the consumer asked for it, whichever is first")
     max_event_bytes: int = Field(4096, gt=0, description="larger user events are dead-lettered as oversize")
     max_item_event_bytes: int = Field(1_000_000, gt=0, description="larger item events are dead-lettered as oversize")
     max_recent_items: int = Field(50, gt=0, description="recent items kept per user in the online store")

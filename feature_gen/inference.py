@@ -145,9 +145,13 @@ def embed_users(
     if any(len(h) == 0 for h in histories):
         raise ValueError("embed_users: a user has an empty history; there is nothing to embed")
     vectors = np.zeros((n, user_llm.item_dim), dtype=np.float32)
+    lengths = np.array([min(len(h), max_seq_len) for h in histories])
+    # Length bucketing, as for texts: a chunk pads to its own longest history, not to max_seq_len
+    # (users with a few events would otherwise cost as much as users with a full window).
+    order = np.argsort(-lengths, kind="stable")
     for start in range(0, n, batch_size):
-        chunk = slice(start, min(start + batch_size, n))
-        batch = pad_sequences(list(histories[chunk]), list(timestamps[chunk]), max_seq_len, "left")
+        chunk = order[start : start + batch_size]
+        batch = pad_sequences([histories[i] for i in chunk], [timestamps[i] for i in chunk], int(lengths[chunk].max()), "left")
         item_embs = item_table[batch.item_ids]  # [B, L, D]
         out = user_llm(item_embs, batch.attention_mask, batch.timestamps)
         vectors[chunk] = _float32(out.user_embedding)

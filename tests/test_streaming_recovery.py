@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from feature_gen.streaming.broker import LocalBroker, free_port
 from feature_gen.streaming.clients import make_producer
@@ -40,7 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def encoders(tiny_bundle):
-    return load_stream_encoders(tiny_bundle)
+    # one torch thread, as `hllm refresh` runs (stream.torch_threads): two stall on a busy 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_stream_encoders(tiny_bundle)
+    torch.set_num_threads(threads)
 
 
 def start_refresh(config: Path, log: Path) -> subprocess.Popen:

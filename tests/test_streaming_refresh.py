@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from feature_gen.item_text import build_item_text
 from feature_gen.streaming.clients import make_producer
@@ -39,7 +40,11 @@ USER = "user_refresh"
 
 @pytest.fixture(scope="module")
 def encoders(tiny_bundle):
-    return load_stream_encoders(tiny_bundle)
+    # one torch thread, as `hllm refresh` runs (stream.torch_threads): two stall on a busy 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_stream_encoders(tiny_bundle)
+    torch.set_num_threads(threads)
 
 
 def _run(loop) -> None:

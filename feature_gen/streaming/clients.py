@@ -50,6 +50,7 @@ def make_consumer(cfg: StreamConfig, group_id: str, **overrides):
         "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
         "max_poll_interval_ms": cfg.max_poll_interval_ms,
         "max_poll_records": cfg.max_batch_events,
+        "fetch_max_wait_ms": cfg.fetch_max_wait_ms,
     }
     return KafkaConsumer(**(opts | overrides))
 

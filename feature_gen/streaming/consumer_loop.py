@@ -1,7 +1,7 @@
 """The consumer loop both refresh consumers run: poll -> validate -> process -> write -> commit.
 
     while not stopping:
-        records = poll_batch()                   # up to max_batch_events, or max_batch_ms after the first
+        records = poll_batch()                   # up to max_batch_events, or for at most max_batch_ms
         outcome = processor.process(records)     # validate, process, write to the online store
         deliver(outcome.dead_letters)            # acknowledged by the broker before the commit
         commit(records, outcome.held)            # only now: at-least-once
@@ -110,20 +110,20 @@ class ConsumerLoop:
     # ------------------------------------------------------------------ steps
 
     def poll_batch(self) -> list:
-        """Records until max_batch_events, or max_batch_ms after the first one arrived, or a stop."""
+        """Records until max_batch_events, or until max_batch_ms after the loop came back for more, or a
+        stop. The window starts when the loop is ready, not at the first record: records that queued up
+        while the previous batch was being processed have waited already."""
         s = self.settings
         self._buffer = []
-        first_at = None
+        deadline = time.monotonic() + s.max_batch_ms / 1000
         while len(self._buffer) < s.max_batch_events and not self.stop.is_set():
-            wait_ms = s.max_batch_ms if first_at is None else s.max_batch_ms - (time.monotonic() - first_at) * 1000
+            wait_ms = int((deadline - time.monotonic()) * 1000)
             if wait_ms <= 0:
                 break
-            polled = self.consumer.poll(timeout_ms=int(wait_ms), max_records=s.max_batch_events - len(self._buffer))
+            polled = self.consumer.poll(timeout_ms=wait_ms, max_records=s.max_batch_events - len(self._buffer))
             for records in polled.values():
                 self._buffer.extend(records)
-            if self._buffer and first_at is None:
-                first_at = time.monotonic()
-            if first_at is None and not polled:
+            if not self._buffer:
                 break  # idle: let the loop look at held events and the stop flag
         return self._buffer
 
@@ -198,6 +198,7 @@ class ConsumerLoop:
 
     def _observe(self, records: list, outcome: BatchOutcome, seconds: float) -> None:
         self.batches += 1
+        log.debug("%s: batch of %d records in %.3f s", self.settings.group_id, len(records), seconds)
         self.metrics.batch_events.observe(len(records))
         self.metrics.batch_seconds.observe(seconds)
         for tp in self.consumer.assignment():

@@ -65,8 +65,7 @@ class ItemRefresh:
             vectors = self.encoders.embed_items([newest[i][2] for i in ids])
             self.state.write_item_embeddings(ids, vectors)
             written_at = time.time()
-            for r in accepted:
-                self.metrics.freshness.observe(max(0.0, written_at - r.timestamp / 1000))
+            self.metrics.observe_freshness([max(0.0, written_at - r.timestamp / 1000) for r in accepted])
             self.metrics.count("embedded", len(ids))
             self.metrics.count("superseded", len(accepted) - len(ids))
             self.metrics.batch_entities.observe(len(ids))

@@ -14,7 +14,8 @@
     hllm_stream_waiting_events                    events held for an item that has no embedding yet
     hllm_stream_broker_retries_total{call}        broker calls retried after a failure (outage, rebalance)
 
-Serve with `serve(port)` (stream.metrics_port); tests read values with `value(name, labels)`.
+Serve with `serve(port)` (stream.metrics_port); tests read values with `value(name, labels)`. A
+benchmark that needs exact freshness percentiles (not histogram buckets) sets `freshness_samples = []`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ class StreamMetrics:
         self.dead_letters = Counter("hllm_stream_dead_letters", "dead-lettered messages", ["reason"], registry=r)
         self.waiting = Gauge("hllm_stream_waiting_events", "events held for an item without an embedding", registry=r)
         self.retries = Counter("hllm_stream_broker_retries", "broker calls retried", ["call"], registry=r)
+        self.freshness_samples: list[float] | None = None
+
+    def observe_freshness(self, seconds: list[float]) -> None:
+        for s in seconds:
+            self.freshness.observe(s)
+        if self.freshness_samples is not None:
+            self.freshness_samples.extend(seconds)
 
     def count(self, outcome: str, n: int = 1) -> None:
         if n:

@@ -35,7 +35,7 @@ class OnlineState:
     def sequences(self, user_ids: list[str]) -> dict[str, RecentSequence]:
         got = self.store.recent_items(user_ids)
         return {
-            uid: RecentSequence([str(i) for i in items], [int(t) for t in ts])
+            uid: RecentSequence(list(items), ts.tolist())
             for uid, items, ts in zip(got.user_ids, got.item_ids, got.item_ts)
         }
 

@@ -132,9 +132,8 @@ class UserRefresh:
         )
         self.state.write_user_embeddings(users, embeddings)
 
-        written_at = time.time()
-        for h in ready:
-            self.metrics.freshness.observe(max(0.0, written_at - h.record.timestamp / 1000))
+        written_at = time.time()  # the record timestamp is the producer's clock (CreateTime)
+        self.metrics.observe_freshness([max(0.0, written_at - h.record.timestamp / 1000) for h in ready])
         self.metrics.batch_entities.observe(len(users))
 
     def _held_offsets(self) -> dict:

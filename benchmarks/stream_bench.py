@@ -1,0 +1,237 @@
+"""Benchmark: the user-event refresh consumer against a real Kafka-protocol broker (Tansu, in memory)
+and the Feast SQLite online store, on this machine's 2 cores.
+
+Per model (tiny random Llamas; the demo's SmolLM2-135M slices, frozen into a bundle):
+
+- **sustained events/s**: `events` user events (uniform over `users` users and `items` items, keyed
+  by user, 4 partitions) are produced up front; one consumer (`hllm refresh`'s loop, in this process)
+  drains them in micro-batches of `stream.max_batch_events`: read sequences, merge, recompute every
+  touched user with the User LLM, write sequences and embeddings, commit. Rate = events / (time from
+  the first batch to the last).
+- **freshness at a fixed rate**: `hllm produce-events --rate R` (a separate process) replays a log at
+  R events/s for `seconds`; freshness of an event = the moment the push of its user's new embedding to
+  the online store returned (readable from then on) minus the producer's record timestamp (CreateTime,
+  same machine clock). p50/p99 over every event of the paced phase.
+
+Reproduce: .venv/bin/python -m benchmarks.stream_bench   (`--models tiny` for the quick one)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COMMAND = ".venv/bin/python -m benchmarks.stream_bench"
+ROOT = Path("outputs/bench/stream")
+MODELS = {  # name -> (config file, overrides, torch threads, items)
+    "tiny": ("configs/tiny.yaml", {"user_llm.use_timestamps": True}, 1, 2000),
+    "demo": ("configs/demo.yaml", {}, 1, 500),
+}
+
+
+def _bundle(name: str) -> Path:
+    from feature_gen.bundle import save_bundle
+    from feature_gen.config import load_config
+    from feature_gen.model import build_hllm
+
+    config, overrides, _, _ = MODELS[name]
+    cfg = load_config(config, overrides)
+    model, tok = build_hllm(cfg)
+    return save_bundle(model.eval(), tok, cfg, ROOT / "bundles", base_models={"config": config})
+
+
+def _events(users: int, items: int, n: int, seed: int, start_ts: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, users, n)
+    return pd.DataFrame({
+        "user_id": [f"u{u}" for u in user],
+        "item_id": rng.integers(0, items, n).astype(str),
+        "timestamp": start_ts + np.arange(n, dtype=np.int64),  # strictly increasing: every event is new
+    })
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stream_bench: timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _bench_model(name: str, events: int, users: int, rate: float, seconds: float, batch: int, runtime: str,
+                 batch_ms: int = 100) -> dict:
+    import torch
+
+    from feature_gen.config import HLLMConfig
+    from feature_gen.feature_store import open_store
+    from feature_gen.item_text import build_item_text
+    from feature_gen.streaming.broker import LocalBroker
+    from feature_gen.streaming.clients import create_topics, make_producer
+    from feature_gen.streaming.encoders import load_stream_encoders
+    from feature_gen.streaming.online_state import OnlineState
+    from feature_gen.streaming.produce import send_paced, user_messages
+    from feature_gen.streaming.refresh import build_user_loop
+
+    _, _, threads, num_items = MODELS[name]
+    torch.set_num_threads(threads)
+    bundle = _bundle(name)
+    if runtime == "onnx":
+        from export import export_bundle
+        from feature_gen.bundle import read_manifest
+
+        if read_manifest(bundle).get("onnx", {}).get("precision") != "fp32":
+            export_bundle(bundle)
+    work = ROOT / f"{name}-{runtime}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    encoders = load_stream_encoders(bundle, runtime, threads)
+
+    with LocalBroker.start(log_path=work / "tansu.log") as broker:
+        cfg = HLLMConfig.model_validate({
+            "store": {"repo_path": str(work / "repo"), "offline_root": str(work / "offline")},
+            "stream": {"bundle_path": str(bundle), "bootstrap_servers": broker.bootstrap, "runtime": runtime,
+                       "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_batch_events": batch,
+                       "max_batch_ms": batch_ms, "torch_threads": threads},
+        })
+        s = cfg.stream
+        create_topics(s, {s.user_events_topic: 4, s.dead_letter_topic: 1})
+        store = open_store(cfg.store)
+        texts = [build_item_text({"title": f"movie number {i}", "tags": ["drama", f"tag{i % 7}"],
+                                  "description": f"the story of item {i}"}, encoders.text_cfg) for i in range(num_items)]
+        t0 = time.perf_counter()
+        OnlineState(store, encoders.version).write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_items(texts))
+        item_seconds = time.perf_counter() - t0
+
+        # 1. sustained: a backlog drained as fast as the consumer goes
+        backlog = _events(users, num_items, events, seed=0, start_ts=1_700_000_000)
+        send_paced(make_producer(s), s.user_events_topic, user_messages(backlog))
+        loop = build_user_loop(cfg, threading.Event(), encoders, store)
+        thread = threading.Thread(target=loop.run, daemon=True)
+        thread.start()
+        m = loop.metrics
+        try:
+            _wait(lambda: m.value("hllm_stream_batch_events_count") >= 1, 120, "the first batch")
+            first_batch = m.value("hllm_stream_batch_events_sum")
+            started = time.perf_counter()
+            # batch_events is observed after a batch's commit: the backlog's last batch is then done
+            _wait(lambda: m.value("hllm_stream_batch_events_sum") >= events, 1800, "the backlog to drain")
+            drained = time.perf_counter() - started
+            batches = m.value("hllm_stream_batch_events_count")
+            users_per_batch = m.value("hllm_stream_batch_entities_sum") / max(1, m.value("hllm_stream_batch_entities_count"))
+
+            # 2. freshness at a fixed rate, produced by `hllm produce-events` in its own process
+            n_paced = int(rate * seconds)
+            paced = _events(users, num_items, n_paced, seed=1, start_ts=1_800_000_000)
+            log_path = work / "paced.parquet"
+            paced.to_parquet(log_path)
+            config_path = work / "stream.yaml"
+            import yaml
+
+            config_path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            m.freshness_samples = []
+            batch_count0, batch_sum0 = m.value("hllm_stream_batch_events_count"), m.value("hllm_stream_batch_events_sum")
+            batch_s0 = m.value("hllm_stream_batch_seconds_sum")
+            produced = subprocess.run(
+                [sys.executable, "-m", "feature_gen.cli", "produce-events", "--config", str(config_path),
+                 "--input", str(log_path), "--rate", str(rate)],
+                capture_output=True, text=True, check=True)
+            _wait(lambda: m.value("hllm_stream_batch_events_sum") >= events + n_paced, 600, "the paced events")
+            fresh = np.array(m.freshness_samples)
+            np.save(work / "freshness.npy", fresh)
+            paced_batches = m.value("hllm_stream_batch_events_count") - batch_count0
+            paced_batch_events = (m.value("hllm_stream_batch_events_sum") - batch_sum0) / max(1, paced_batches)
+            paced_batch_ms = (m.value("hllm_stream_batch_seconds_sum") - batch_s0) / max(1, paced_batches) * 1000
+            readable = store.user_embeddings(paced["user_id"].iloc[-5:].tolist())
+            assert (readable.last_event_ts >= 0).all()
+        finally:
+            loop.stop.set()
+            thread.join(timeout=60)
+
+    return {
+        "model": name,
+        "runtime": runtime,
+        "bundle": bundle.name,
+        "user_hidden": encoders.user.backbone.config.hidden_size if hasattr(encoders.user, "backbone") else None,
+        "max_seq_len": encoders.max_seq_len,
+        "torch_threads": threads,
+        "users": users,
+        "items": num_items,
+        "item_embed_s": round(item_seconds, 2),
+        "events": events,
+        "max_batch_events": batch,
+        "max_batch_ms": batch_ms,
+        "batches": int(batches),
+        "users_per_batch": round(users_per_batch, 1),
+        "drain_s": round(drained, 2),
+        "events_per_s": round((events - first_batch) / drained, 1),
+        "paced_rate": rate,
+        "paced_events": n_paced,
+        "producer": produced.stdout.strip(),
+        "paced_batch_events": round(paced_batch_events, 1),
+        "paced_batch_ms": round(paced_batch_ms, 1),
+        "freshness_p50_s": round(float(np.percentile(fresh, 50)), 3),
+        "freshness_p99_s": round(float(np.percentile(fresh, 99)), 3),
+        "freshness_max_s": round(float(fresh.max()), 3),
+    }
+
+
+def run(models: tuple[str, ...] = ("tiny", "demo"), events: int = 20_000, users: int = 2_000, rate: float = 1000.0,
+        seconds: float = 20.0, batch: int = 1000, runtime: str = "torch", demo_events: int = 2_000,
+        batch_ms: int = 100) -> dict:
+    rows = [_bench_model(name, events if name == "tiny" else demo_events, users, rate if name == "tiny" else rate / 10,
+                         seconds, batch, runtime, batch_ms) for name in models]
+    return {"rows": rows, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "| model | runtime | users x items | backlog events | batch (users/batch) | events/s | paced rate | freshness p50 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["rows"]:
+        lines.append(
+            f"| {x['model']} | {x['runtime']} | {x['users']} x {x['items']} | {x['events']} | {x['max_batch_events']} "
+            f"({x['users_per_batch']}) | {x['events_per_s']:.0f} | {x['paced_rate']:.0f}/s | {x['freshness_p50_s'] * 1000:.0f} ms "
+            f"| {x['freshness_p99_s'] * 1000:.0f} ms | {x['freshness_max_s'] * 1000:.0f} ms |"
+        )
+    lines.append(f"\nload average (1 min) at the end: {r['load_avg_1m_at_end']} on {r['cpu_count']} cores. Command: `{COMMAND}`")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,demo")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--batch-ms", type=int, default=100)
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if os.environ.get("HLLM_BENCH_DEBUG"):
+        logging.getLogger("feature_gen.streaming").setLevel(logging.DEBUG)
+    result = run(tuple(args.models.split(",")), args.events, args.users, args.rate, args.seconds, args.batch, args.runtime,
+                 batch_ms=args.batch_ms)
+    print(markdown(result))
+    import json
+
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
