@@ -45,6 +45,7 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     from spark_jobs.item_frames import embed_items, prepare_items
     from spark_jobs.job_setup import inference_options, read_input, table_paths
     from spark_jobs.publish import publish
+    from spark_jobs.worker_model import WorkerStats
 
     try:
         prepared = prepare_items(read_input(spark, args.items), text_cfg)
@@ -54,12 +55,12 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     # Prepared rows are reused by both outputs: keep them rather than re-reading and re-building texts.
     prepared = prepared.persist()
     opts = inference_options(cfg)
-    loads = spark.sparkContext.accumulator(0)
+    stats = WorkerStats.create(spark.sparkContext)
     run_id = uuid.uuid4().hex[:12]
     out = table_paths(cfg.store.offline_root, ITEM_EMBEDDING, version, run_id)
     rej = table_paths(cfg.store.offline_root, ITEM_REJECTS, version, run_id)
 
-    embedded = embed_items(prepared.filter(F.col("reason").isNull()), args.bundle, opts, loads)
+    embedded = embed_items(prepared.filter(F.col("reason").isNull()), args.bundle, opts, stats)
     # Item embeddings do not depend on time: valid from the epoch (point-in-time joins find them).
     embedded.withColumn("event_timestamp", F.timestamp_seconds(F.lit(0))).write.mode("overwrite").parquet(out.staging)
     prepared.filter(F.col("reason").isNotNull()).select("item_id", "reason", "row_json").write.mode("overwrite").parquet(rej.staging)
@@ -73,7 +74,7 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"item_embed: bundle {version}: {n_embedded} items embedded, {sum(reasons.values())} rejected "
-        f"{dict(sorted(reasons.items()))}; model loads {loads.value}; {elapsed:.1f} s\n"
+        f"{dict(sorted(reasons.items()))}; {stats.summary()}; {elapsed:.1f} s\n"
         f"  embeddings -> {out.target}\n  rejects    -> {rej.target}",
         flush=True,
     )

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from feature_gen.config import ItemTextConfig
 from spark_jobs.item_batches import EMBEDDED_SCHEMA, ITEM_ID, ORDER, PREPARED_SCHEMA, embed_item_batch, prepare_item_batch
-from spark_jobs.worker_model import worker_bundle
+from spark_jobs.worker_model import WorkerStats, timed_batches, worker_bundle
 
 DUPLICATE_ID = "duplicate_id"  # a second row for an item id already in the input (the first one wins)
 
@@ -34,7 +34,9 @@ def prepare_items(raw: DataFrame, text_cfg: ItemTextConfig) -> DataFrame:
             f"items: none of the bundle's text columns {text_cfg.text_keys} is present (have: {', '.join(raw.columns)})"
         )
     # File order, fixed before any shuffle: the first row of a duplicated id wins, every run the same.
-    numbered = raw.withColumn(ORDER, F.monotonically_increasing_id())
+    # Ids become strings in Spark, before pandas sees them: an integer column with a null would reach
+    # pandas as float64 and turn id 7 into "7.0", which no interaction (cast by Spark to "7") matches.
+    numbered = raw.withColumn(ITEM_ID, F.col(ITEM_ID).cast("string")).withColumn(ORDER, F.monotonically_increasing_id())
     prepared = numbered.mapInPandas(
         lambda batches: (prepare_item_batch(pdf, text_cfg) for pdf in batches), PREPARED_SCHEMA
     )
@@ -49,7 +51,7 @@ def prepare_items(raw: DataFrame, text_cfg: ItemTextConfig) -> DataFrame:
     )
 
 
-def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, loads=None) -> DataFrame:
+def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, stats: WorkerStats | None = None) -> DataFrame:
     """item_id, embedding (array<float>) for prepared rows with a text, via mapInPandas.
 
     With `opts.bucket`, rows are spread evenly over the tasks and sorted by text length inside each, so
@@ -60,8 +62,7 @@ def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, l
         spread = spread.sortWithinPartitions(F.length("text").desc())
 
     def run(batches):
-        bundle = worker_bundle(bundle_path, opts.torch_threads, loads)
-        for pdf in batches:
-            yield embed_item_batch(pdf, bundle, opts.batch_size, opts.bucket)
+        bundle = worker_bundle(bundle_path, opts.torch_threads, stats)
+        yield from timed_batches(batches, lambda pdf: embed_item_batch(pdf, bundle, opts.batch_size, opts.bucket), stats)
 
     return spread.mapInPandas(run, EMBEDDED_SCHEMA)

@@ -43,6 +43,7 @@ def _run(spark, args, cfg, manifest, started) -> int:
 
     from spark_jobs.job_setup import inference_options, read_input, table_paths, uri
     from spark_jobs.publish import publish
+    from spark_jobs.worker_model import WorkerStats
     from spark_jobs.user_frames import (
         check_interactions,
         embed_user_sequences,
@@ -73,11 +74,11 @@ def _run(spark, args, cfg, manifest, started) -> int:
     keep = max(cfg.spark.max_recent_items, max_seq_len)
     recent = recent_events(valid, keep).persist()
     opts = inference_options(cfg)
-    loads = spark.sparkContext.accumulator(0)
+    stats = WorkerStats.create(spark.sparkContext)
     run_id = uuid.uuid4().hex[:12]
     paths = {t: table_paths(cfg.store.offline_root, t, version, run_id) for t in (USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS)}
 
-    users = embed_user_sequences(user_sequences(recent, item_embeddings, max_seq_len), args.bundle, opts, loads)
+    users = embed_user_sequences(user_sequences(recent, item_embeddings, max_seq_len), args.bundle, opts, stats)
     # A user row is valid from the last event it reflects (point-in-time joins).
     users.withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode("overwrite").parquet(
         paths[USER_EMBEDDING].staging)
@@ -95,7 +96,7 @@ def _run(spark, args, cfg, manifest, started) -> int:
 
     print(
         f"user_embed: bundle {version}: {n_users} users embedded, {sum(reasons.values())} interactions rejected "
-        f"{dict(sorted(reasons.items()))}; model loads {loads.value}; {time.perf_counter() - started:.1f} s\n"
+        f"{dict(sorted(reasons.items()))}; {stats.summary()}; {time.perf_counter() - started:.1f} s\n"
         + "".join(f"  {t:18s} -> {p.target}\n" for t, p in paths.items()),
         end="", flush=True,
     )

@@ -9,7 +9,7 @@ from pyspark.sql.types import LongType, NumericType, TimestampType
 
 from spark_jobs.item_frames import InferenceOptions
 from spark_jobs.user_batches import EMBEDDED_SCHEMA, embed_user_batch
-from spark_jobs.worker_model import worker_bundle
+from spark_jobs.worker_model import WorkerStats, timed_batches, worker_bundle
 
 USER_ID, ITEM_ID, TIMESTAMP, ORDER = "user_id", "item_id", "timestamp", "_order"
 # Reasons an interaction is rejected (user_rejects), never silently dropped.
@@ -86,12 +86,11 @@ def user_sequences(recent: DataFrame, item_embeddings: DataFrame, max_seq_len: i
     )
 
 
-def embed_user_sequences(sequences: DataFrame, bundle_path: str, opts: InferenceOptions, loads=None) -> DataFrame:
+def embed_user_sequences(sequences: DataFrame, bundle_path: str, opts: InferenceOptions, stats: WorkerStats | None = None) -> DataFrame:
     """user_id, embedding, seq_len, last_event_ts via mapInPandas over the User LLM."""
 
     def run(batches):
-        bundle = worker_bundle(bundle_path, opts.torch_threads, loads)
-        for pdf in batches:
-            yield embed_user_batch(pdf, bundle, opts.batch_size)
+        bundle = worker_bundle(bundle_path, opts.torch_threads, stats)
+        yield from timed_batches(batches, lambda pdf: embed_user_batch(pdf, bundle, opts.batch_size), stats)
 
     return sequences.repartition(opts.partitions).mapInPandas(run, EMBEDDED_SCHEMA)

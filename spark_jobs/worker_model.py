@@ -8,6 +8,8 @@ the bundle's checksums, which is worth paying once and never per batch.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _BUNDLES: dict = {}
@@ -32,19 +34,48 @@ def resolve_bundle_path(bundle_path: str) -> str:
     )
 
 
-def worker_bundle(bundle_path: str, torch_threads: int, loads=None):
-    """The bundle at `bundle_path`, loaded at most once per Python worker. `loads` (a Spark accumulator)
-    counts actual loads, so a job can report how often the model was loaded."""
+@dataclass
+class WorkerStats:
+    """Spark accumulators the workers add to, so the job can say where its time went: how many model
+    loads happened, how long they took, and how long the workers spent inside inference."""
+
+    loads: object
+    load_seconds: object
+    inference_seconds: object
+
+    @classmethod
+    def create(cls, spark_context) -> "WorkerStats":
+        return cls(spark_context.accumulator(0), spark_context.accumulator(0.0), spark_context.accumulator(0.0))
+
+    def summary(self) -> str:
+        return (f"model loads {self.loads.value} ({self.load_seconds.value:.1f} s), "
+                f"inference {self.inference_seconds.value:.1f} worker-s")
+
+
+def worker_bundle(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None):
+    """The bundle at `bundle_path`, loaded at most once per Python worker (counted in `stats`)."""
     bundle = _BUNDLES.get(bundle_path)
     if bundle is None:
         import torch
 
         from feature_gen.bundle import load_bundle
 
+        started = time.perf_counter()
         # One worker per task slot: more threads than the slot's share of cores only adds contention.
         torch.set_num_threads(torch_threads)
         bundle = load_bundle(resolve_bundle_path(bundle_path))
         _BUNDLES[bundle_path] = bundle
-        if loads is not None:
-            loads.add(1)
+        if stats is not None:
+            stats.loads.add(1)
+            stats.load_seconds.add(time.perf_counter() - started)
     return bundle
+
+
+def timed_batches(batches, work, stats: WorkerStats | None):
+    """Apply `work` to each pandas batch, adding the time spent to the job's inference counter."""
+    for pdf in batches:
+        started = time.perf_counter()
+        out = work(pdf)
+        if stats is not None:
+            stats.inference_seconds.add(time.perf_counter() - started)
+        yield out

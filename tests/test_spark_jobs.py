@@ -43,7 +43,8 @@ N_ITEMS, N_USERS, N_EVENTS = 30, 8, 160
 
 def _catalogue() -> pd.DataFrame:
     items = pd.DataFrame({
-        "item_id": [f"m{k}" for k in range(N_ITEMS)],
+        # integer ids with a null, as MovieLens-like tables arrive (pandas' nullable Int64 -> Parquet int64)
+        "item_id": pd.array(range(N_ITEMS), dtype="Int64"),
         "title": [f"Film {k} " + "word " * (k % 9) for k in range(N_ITEMS)],  # varied lengths for bucketing
         "tags": ["drama|comedy" if k % 2 else "action" for k in range(N_ITEMS)],
         "description": [None if k % 3 else f"about {k}" for k in range(N_ITEMS)],
@@ -51,7 +52,7 @@ def _catalogue() -> pd.DataFrame:
     items.loc[2, "item_id"] = None                       # null_id
     items.loc[4, ["title", "tags", "description"]] = None  # no_text
     items.loc[6, "title"] = "z" * 100_001                # oversize_text (bundle max_text_chars 100000)
-    items.loc[8, "item_id"] = "m7"                       # duplicate_id (m7 comes first)
+    items.loc[8, "item_id"] = 7                          # duplicate_id (item 7 comes first)
     return items
 
 
@@ -59,12 +60,12 @@ def _interactions() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     events = pd.DataFrame({
         "user_id": [f"u{k}" for k in rng.integers(0, N_USERS, N_EVENTS)],
-        "item_id": [f"m{k}" for k in rng.integers(0, N_ITEMS, N_EVENTS)],
+        "item_id": rng.integers(0, N_ITEMS, N_EVENTS).astype("int64"),
         # a narrow range: many timestamp ties, so the file-order tie-break matters
         "timestamp": rng.integers(1_700_000_000, 1_700_000_040, N_EVENTS).astype("int64"),
     })
     events.loc[0, "user_id"] = None       # null_user_id
-    events.loc[1, "item_id"] = "unknown"  # unknown_item (never in the catalogue)
+    events.loc[1, "item_id"] = 999        # unknown_item (never in the catalogue)
     return events
 
 
@@ -129,6 +130,7 @@ def _expected_items(bundle, items: pd.DataFrame) -> dict:
     """item_id -> embedding computed in this process for the rows the job should accept."""
     accepted, seen = {}, set()
     for row in items.to_dict("records"):
+        row["item_id"] = None if pd.isna(row["item_id"]) else str(row["item_id"])  # the store's id type
         result = item_text_or_reject(row, bundle.cfg.item_text)
         if result.reject_reason or row["item_id"] in seen:
             continue
@@ -158,10 +160,10 @@ def test_item_rejects_hold_the_bad_rows_with_reasons(run):
     assert sorted(by_reason) == ["duplicate_id", "no_text", "null_id", "oversize_text"]
     assert by_reason["null_id"].item_id.isna().all()
     assert json.loads(by_reason["null_id"].row_json.iloc[0])["title"].startswith("Film 2")
-    assert by_reason["no_text"].item_id.tolist() == ["m4"]
-    assert by_reason["oversize_text"].item_id.tolist() == ["m6"]
+    assert by_reason["no_text"].item_id.tolist() == ["4"]
+    assert by_reason["oversize_text"].item_id.tolist() == ["6"]
     assert len(json.loads(by_reason["oversize_text"].row_json.iloc[0])["title"]) == 100_001
-    assert by_reason["duplicate_id"].item_id.tolist() == ["m7"]
+    assert by_reason["duplicate_id"].item_id.tolist() == ["7"]
     assert "Film 8" in by_reason["duplicate_id"].row_json.iloc[0]
     assert re.search(r"26 items embedded, 4 rejected \{'duplicate_id': 1, 'no_text': 1, 'null_id': 1, 'oversize_text': 1\}",
                      run["item_out"]), run["item_out"]
@@ -175,6 +177,7 @@ def test_the_model_is_loaded_once_per_python_worker(run):
 
 def _expected_users(bundle, events: pd.DataFrame, item_vectors: dict):
     max_seq_len = bundle.cfg.data.max_seq_len
+    events = events.assign(item_id=events.item_id.astype(str))  # ids are strings in the store
     ok = events[events.user_id.notna() & events.item_id.isin(list(item_vectors))].copy()
     ok["order"] = ok.index
     ok = ok.sort_values(["timestamp", "order"], kind="stable")
@@ -214,16 +217,16 @@ def test_recent_items_and_interaction_rejects(run, bundle):
     rejects = read_version(offline, USER_REJECTS, run["version"])
     reasons = rejects.groupby("reason").size().to_dict()
     events = run["events"]
-    n_unknown = int((events.user_id.notna() & ~events.item_id.isin(set(items.item_id))).sum())
+    n_unknown = int((events.user_id.notna() & ~events.item_id.astype(str).isin(set(items.item_id))).sum())
     assert reasons == {"null_user_id": 1, "unknown_item": n_unknown}
-    assert "unknown" in set(rejects.item_id)
+    assert "999" in set(rejects.item_id)
 
 
 def test_sqlite_online_store_serves_the_new_version(run):
     store = open_store(run["store"])
     users = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"])
     user = users.user_id.iloc[0]
-    req = store.request_features(user, ["m0", "m1", "m7"])
+    req = store.request_features(user, [0, 1, 7])
     assert req.bundle_version == run["version"]
     np.testing.assert_allclose(req.user_vector, users.embedding.iloc[0], rtol=1e-6)
     assert store.recent_items([user]).found.all()
@@ -241,12 +244,12 @@ def test_redis_online_store_via_hllm_materialize_and_version_mismatch_refused(ru
     store = open_store(StoreConfig(**cfg))
     assert store.feast.config.online_store.type == "redis"
     user = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"]).user_id.iloc[0]
-    assert store.request_features(user, ["m0", "m1"]).bundle_version == run["version"]
+    assert store.request_features(user, [0, 1]).bundle_version == run["version"]
     # an item re-embedded by another bundle version: the request is refused, not silently mixed
-    other = store.item_embeddings(["m1"])
-    store.push_item_embeddings(pd.DataFrame({"item_id": ["m1"], "embedding": [other.vectors[0]], "bundle_version": ["hllm-other"]}))
+    other = store.item_embeddings([1])
+    store.push_item_embeddings(pd.DataFrame({"item_id": [1], "embedding": [other.vectors[0]], "bundle_version": ["hllm-other"]}))
     with pytest.raises(VersionMismatchError, match="hllm-other"):
-        store.request_features(user, ["m0", "m1"])
+        store.request_features(user, [0, 1])
 
 
 def test_rerun_for_the_same_version_replaces_it_whole(run):
