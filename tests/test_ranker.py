@@ -1,0 +1,119 @@
+"""The TF ranker: it learns from the HLLM features, its SavedModel scores exactly like the trained model,
+and the request-time scorer (online Feast reads) scores like the training set (offline point-in-time join)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_gen.config import RankerConfig, StoreConfig
+from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING
+from ranker_integration.feature_config import load_feature_config
+from ranker_integration.metrics import auc, gauc
+from ranker_integration.training_set import build_training_set
+
+SHIPPED = Path(__file__).resolve().parent.parent / "ranker_integration" / "feature_config.yaml"
+VERSION = "hllm-abcabcabcabc"
+DIM = 8
+T0 = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """40 users and 60 items with random embeddings; a user clicks an item when their cosine is positive.
+    Offline: one snapshot per user before the labels. Labels: 3000 rows over time, the later half = test."""
+    from feature_gen.feature_store import open_store
+
+    root = tmp_path_factory.mktemp("ranker_world")
+    cfg = StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline"))
+    store = open_store(cfg)
+    rng = np.random.default_rng(3)
+    users = rng.normal(size=(40, DIM)).astype(np.float32)
+    items = rng.normal(size=(60, DIM)).astype(np.float32)
+    user_rows = pd.DataFrame({"user_id": [f"u{i}" for i in range(40)], "embedding": list(users),
+                              "seq_len": rng.integers(1, 50, 40), "last_event_ts": T0 - rng.integers(1, 10_000, 40)})
+    item_rows = pd.DataFrame({"item_id": [f"i{j}" for j in range(60)], "embedding": list(items)})
+    store.write_offline(USER_EMBEDDING, VERSION, user_rows)
+    store.write_offline(ITEM_EMBEDDING, VERSION, item_rows)
+    n = 3000
+    u, i = rng.integers(0, 40, n), rng.integers(0, 60, n)
+    ts = np.sort(T0 + rng.integers(1, 30 * 86_400, n))
+    label = ((users[u] * items[i]).sum(axis=1) > 0).astype(np.int8)
+    labels = pd.DataFrame({"user_id": [f"u{k}" for k in u], "item_id": [f"i{k}" for k in i], "timestamp": ts,
+                           "label": label, "split": np.where(np.arange(n) < n // 2, "train", "test")})
+    fc = load_feature_config(SHIPPED)
+    ts_all = build_training_set(labels, cfg, VERSION, fc)
+    return {"cfg": cfg, "store": store, "fc": fc, "ts": ts_all, "user_rows": user_rows, "item_rows": item_rows}
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    from ranker_integration.ranker import train_ranker
+
+    cfg = RankerConfig(epochs=4, batch_size=128, hidden_units=[32, 16], learning_rate=3e-3)
+    ts = world["ts"]
+    return {flag: train_ranker(ts.split("train"), ts.split("test"), world["fc"], cfg, use_hllm=flag, seed=0)
+            for flag in (True, False)}
+
+
+def test_metrics_auc_and_gauc():
+    assert auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auc([0, 1], [0.5, 0.5]) == 0.5
+    assert np.isnan(auc([1, 1], [0.1, 0.2]))
+    # group a perfectly ordered (4 rows), group b reversed (2 rows); group c has one class (ignored)
+    g = ["a", "a", "a", "a", "b", "b", "c"]
+    assert gauc(g, [0, 0, 1, 1, 0, 1, 1], [1, 2, 3, 4, 2, 1, 5]) == pytest.approx((1.0 * 4 + 0.0 * 2) / 6)
+
+
+def test_hllm_features_lift_the_ranker_on_the_later_split(trained):
+    with_hllm, without = trained[True], trained[False]
+    assert with_hllm.test_rows == without.test_rows == 1500
+    assert "user_item_score" in with_hllm.feature_names and without.feature_names == []
+    assert with_hllm.auc > 0.8, with_hllm.summary()
+    assert with_hllm.auc > without.auc + 0.1 and with_hllm.gauc > without.gauc
+
+
+def test_saved_model_round_trip_scores_identically(world, trained, tmp_path):
+    from ranker_integration.ranker import export_ranker, load_ranker, model_inputs, predict
+
+    result = trained[True]
+    path = export_ranker(result, tmp_path / "saved_model")
+    assert (path / "saved_model.pb").is_file()
+    test = world["ts"].split("test")
+    inputs = model_inputs(test.frame, test.features, world["fc"], use_hllm=True)
+    before = predict(result.model, inputs)
+    reloaded = load_ranker(path)
+    after = reloaded.score(inputs)
+    assert reloaded.bundle_version == VERSION and reloaded.use_hllm
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    assert auc(test.frame["label"].to_numpy(), after) == pytest.approx(result.auc)
+
+
+def test_request_scorer_reads_online_and_matches_training_features(world, trained, tmp_path):
+    from ranker_integration.ranker import export_ranker, load_ranker, model_inputs
+    from ranker_integration.serving import RequestScorer
+
+    store, fc = world["store"], world["fc"]
+    ranker = load_ranker(export_ranker(trained[True], tmp_path / "saved_model"))
+    store.push_user_embeddings(world["user_rows"].assign(bundle_version=VERSION))
+    store.push_item_embeddings(world["item_rows"].assign(bundle_version=VERSION))
+    store.push_item_embeddings(pd.DataFrame({"item_id": ["i59"], "embedding": [np.ones(DIM, np.float32)],
+                                             "bundle_version": ["hllm-otherversion"]}))
+    now = T0 + 40 * 86_400
+    candidates = ["i0", "i1", "i2", "i59", "unknown-item"]
+    scored = RequestScorer(ranker, store, fc).score("u5", candidates, now_ts=now)
+    assert scored.user_found and scored.items_found.tolist() == [True, True, True, False, False]
+
+    # the same request through the offline path: a label at `now` joins the same user row point in time
+    labels = pd.DataFrame({"user_id": "u5", "item_id": candidates, "timestamp": now, "label": 0, "split": "test"})
+    offline = build_training_set(labels, world["cfg"], VERSION, fc)
+    offline.features["item_embedding"][3] = 0.0  # i59 offline is this version's row; online it is another
+    offline.features["user_item_score"][3] = 0.0  # version's, so it counts as missing: the default
+    expected = ranker.score(model_inputs(offline.frame, offline.features, fc, use_hllm=True))
+    np.testing.assert_allclose(scored.scores, expected, rtol=1e-5, atol=1e-6)
+
+    cold = RequestScorer(ranker, store, fc).score("never-seen-user", ["i0", "i1"], now_ts=now)
+    assert not cold.user_found and np.all((cold.scores > 0) & (cold.scores < 1))
