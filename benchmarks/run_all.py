@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["benchmarks.eval_bench", "benchmarks.harness_sanity", "benchmarks.spark_bench", "benchmarks.onnx_bench"]
+BENCHMARKS = ["benchmarks.eval_bench", "benchmarks.harness_sanity", "benchmarks.spark_bench", "benchmarks.onnx_bench",
+              "benchmarks.stream_bench"]
 
 
 def main() -> int:

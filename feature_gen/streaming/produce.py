@@ -17,12 +17,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from feature_gen.data.contract import DataError
 from feature_gen.streaming.events import user_event_json
 
 USER_LOG_COLUMNS = ("user_id", "item_id", "timestamp")
 
 
-class EventLogError(ValueError):
+class EventLogError(DataError):
     """An event log that cannot be replayed; the message names the file and the column."""
 
 
