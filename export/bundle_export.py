@@ -136,6 +136,7 @@ def export_bundle(path: str | Path, cfg: ExportConfig | None = None, precision: 
         cases = _check_parity(scratch, bundle, cfg, precision)
         target = path / ONNX_DIR
         if target.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left by an interrupted earlier swap
             target.rename(old)
         scratch.rename(target)
         shutil.rmtree(old, ignore_errors=True)

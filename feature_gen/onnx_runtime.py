@@ -102,8 +102,8 @@ def open_session(model_path: Path, providers: list[str], threads: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: optimizer notes are not worth a line per session
     # Idle worker threads sleep instead of spinning: these sessions share the cores with PyTorch, Spark
-    # or Kafka work in the same process or machine, and spinning threads starve them (measured: a
-    # spinning ONNX session made the next eager PyTorch call in the same process several times slower).
+    # or Kafka work in the same process or machine, and spinning threads starve them (in the benchmark's
+    # interleaved calls on 2 busy cores, eager PyTorch ran markedly slower with spinning on).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
         try:  # CUDA/cuDNN libraries from pip wheels (torch's), where the system has none
