@@ -283,7 +283,8 @@ class RankerConfig(_Section):
     Labels are the interactions after the `history_quantile` of all event times (everything before is
     history the features may see); the last `test_fraction` of the labelled period is the held-out time
     split. `labels: sampled_negatives` makes every held-out interaction a positive with
-    `negatives_per_positive` items the user never touched as negatives at the same time; `rating` makes
+    `negatives_per_positive` items the user never touched as negatives at the same time (drawn by
+    `negative_sampling`); `rating` makes
     ratings >= `min_positive_rating` positives and lower ratings negatives. User-embedding snapshots are
     taken at `snapshots` evenly spaced times over the labelled period, so each label joins the newest
     one strictly before it.
@@ -292,6 +293,10 @@ class RankerConfig(_Section):
     features_path: str = "ranker_integration/feature_config.yaml"
     labels: Literal["sampled_negatives", "rating"] = "sampled_negatives"
     negatives_per_positive: int = Field(4, gt=0)
+    # popularity: negatives drawn in proportion to how often items occur in the history, like the
+    # impressions a production ranker sees; uniform negatives are mostly obscure items, which an item-ID
+    # feature alone separates from what people watch.
+    negative_sampling: Literal["popularity", "uniform"] = "popularity"
     min_positive_rating: float = Field(4.0, gt=0)
     history_quantile: float = Field(0.8, gt=0.0, lt=1.0, description="labels come after this quantile of event times")
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="the newest share of labels is the test split")

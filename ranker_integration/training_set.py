@@ -5,7 +5,8 @@
 
 Labels: interactions after the `history_quantile` of all event times (the features may see everything
 before). `sampled_negatives`: each such interaction is a positive, and `negatives_per_positive` items
-the user never interacted with (at any time) are negatives at the same timestamp. `rating`: rating >=
+the user never interacted with (at any time) are negatives at the same timestamp, drawn uniformly or
+(default) in proportion to the items' popularity in the history (add-one smoothed). `rating`: rating >=
 `min_positive_rating` is positive, a lower rating negative. The newest `test_fraction` of labels (by
 time) is the test split, so the ranker is judged on the future, never on a shuffle.
 
@@ -55,7 +56,13 @@ def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConf
             raise TrainingSetError("interactions: labels 'rating' needs a rating column")
         labels = held[["user_id", "item_id", "timestamp"]].assign(label=(held["rating"] >= cfg.min_positive_rating).astype(np.int8))
     else:
-        labels = _with_sampled_negatives(held, events, items["item_id"].to_numpy(), cfg.negatives_per_positive, seed)
+        catalogue = items["item_id"].to_numpy()
+        weights = None
+        if cfg.negative_sampling == "popularity":  # counts in the history only: the future is not known yet
+            counts = events.loc[events["timestamp"] <= cut, "item_id"].value_counts()
+            weights = pd.Series(catalogue).map(counts).fillna(0).to_numpy(dtype=np.float64) + 1.0
+            weights /= weights.sum()
+        labels = _with_sampled_negatives(held, events, catalogue, cfg.negatives_per_positive, seed, weights)
     test_start = np.quantile(labels["timestamp"].to_numpy(), 1.0 - cfg.test_fraction)
     labels = labels.assign(split=np.where(labels["timestamp"] > test_start, "test", "train"))
     labels["user_id"] = labels["user_id"].astype(str)
@@ -64,7 +71,8 @@ def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConf
     return labels.reset_index(drop=True)[list(LABEL_COLUMNS)]
 
 
-def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue: np.ndarray, k: int, seed: int) -> pd.DataFrame:
+def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue: np.ndarray, k: int, seed: int,
+                            weights: np.ndarray | None = None) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     seen = events.groupby("user_id")["item_id"].agg(set).to_dict()
     users, items, ts = held["user_id"].to_numpy(), held["item_id"].to_numpy(), held["timestamp"].to_numpy()
@@ -75,7 +83,7 @@ def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue:
             raise TrainingSetError(f"user {user} has interacted with the whole catalogue; no negative to sample")
         picked: list = []
         while len(picked) < k:  # rejection sampling: users touch a small share of the catalogue
-            cand = catalogue[rng.integers(0, len(catalogue), size=2 * k)]
+            cand = rng.choice(catalogue, size=2 * k, p=weights)
             picked += [c for c in cand if c not in exclude][: k - len(picked)]
         neg[row] = picked
     positives = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts, "label": np.int8(1)})
