@@ -44,6 +44,7 @@ def demo_bundle() -> Path:
     from feature_gen.model import build_hllm
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
+    torch.manual_seed(cfg.seed)  # the randomly initialised heads too: same content, same version, reused
     model, tokenizer = build_hllm(cfg)
     return save_bundle(model.eval(), tokenizer, cfg, OUT / "bundles", base_models={"item_llm": "SmolLM2-135M[:8]"})
 
@@ -223,6 +224,13 @@ def run(n_items: int | None = None, batch_size: int = 64) -> dict:
         "plain_load_s": plain["load_s"],
         "spark_wall_s": {"no bucketing": spark_plain["wall_s"], "bucketing": spark_bucket["wall_s"]},
         "spark_model_loads": {"no bucketing": spark_plain["model_loads"], "bucketing": spark_bucket["model_loads"]},
+        "spark_load_worker_s": {"no bucketing": spark_plain["load_worker_s"], "bucketing": spark_bucket["load_worker_s"]},
+        # Steady state: items over the inference time of the 2 workers running side by side.
+        "spark_inference_items_per_s": {
+            "no bucketing": n / (spark_plain["inference_worker_s"] / 2),
+            "bucketing": n / (spark_bucket["inference_worker_s"] / 2),
+        },
+        "plain_loop_only_items_per_s": {"input order": n / plain["loop_s"], "sorted": n / plain_sorted["loop_s"]},
         "useful_gflop": flops / 1e9,
         "achieved_gflops": {k: flops / v / 1e9 for k, v in rows.items()},
         "matmul_peak_gflops": peak / 1e9,
@@ -252,7 +260,12 @@ def markdown(r: dict) -> str:
         f"Padded tokens: input order {r['padded_tokens_plain']}, sorted {r['padded_tokens_sorted']} "
         f"(real {r['real_tokens']}). Spark end-to-end spark-submit wall: "
         f"{r['spark_wall_s']['no bucketing']:.1f} s / {r['spark_wall_s']['bucketing']:.1f} s; model loads "
-        f"{r['spark_model_loads']['no bucketing']} / {r['spark_model_loads']['bucketing']}. Plain-loop seconds include "
+        f"{r['spark_model_loads']['no bucketing']} / {r['spark_model_loads']['bucketing']} taking "
+        f"{r['spark_load_worker_s']['no bucketing']:.1f} / {r['spark_load_worker_s']['bucketing']:.1f} worker-s. "
+        f"Inference alone (no session, load or I/O): Spark {r['spark_inference_items_per_s']['no bucketing']:.1f} / "
+        f"{r['spark_inference_items_per_s']['bucketing']:.1f} items/s (no bucketing / bucketing), plain loop "
+        f"{r['plain_loop_only_items_per_s']['input order']:.1f} / {r['plain_loop_only_items_per_s']['sorted']:.1f} "
+        f"items/s (input order / sorted). Plain-loop seconds include "
         f"its model load ({r['plain_load_s']:.1f} s). Max |Spark - loop| embedding difference: "
         f"{r['max_abs_diff_spark_vs_loop']:.2e}. Load average during the run: {r['load_average']:.1f}.",
         "",
