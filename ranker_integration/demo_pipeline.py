@@ -89,6 +89,38 @@ def _demo_config(config_path: str | Path | None, out: Path) -> HLLMConfig:
     return HLLMConfig.model_validate(raw)
 
 
+@contextmanager
+def _progress_from_metrics(log: Path, total: int | None, desc: str):
+    """A progress bar fed by the trainer's metrics.jsonl (steps done, latest loss) while it trains."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+
+    def follow():
+        with tqdm(total=total, desc=desc, unit="step") as bar:
+            while not stop.wait(1.0):
+                if not log.is_file():
+                    continue
+                losses = []
+                for line in log.read_text().splitlines():
+                    try:
+                        losses += [json.loads(line)["loss"]]
+                    except (ValueError, KeyError):  # a line being written, or an evaluation row
+                        pass
+                if losses:
+                    bar.n = len(losses)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+                    bar.refresh()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 # ----------------------------------------------------------------------------------------------- steps
 
 
@@ -120,7 +152,12 @@ def step_train(run: DemoRun) -> None:
     with _step(run, "train", f"HLLM stage {t.stage} ({run.cfg.item_llm.source} Item LLM[:{run.cfg.item_llm.keep_layers}] "
                              f"frozen, User LLM[:{run.cfg.user_llm.keep_layers}] trained), {t.epochs} epochs") as note:
         shutil.rmtree(t.output_dir, ignore_errors=True)
-        result = run_training(run.cfg, resume=False)
+        users = pd.read_parquet(run.out / "data" / "history.parquet")["user_id"].value_counts()
+        steps = None
+        if t.windows == "last":  # one training window per user with a train part: known step count
+            steps = t.epochs * -(-int((users >= run.cfg.data.min_user_interactions).sum()) // t.batch_size)
+        with _progress_from_metrics(Path(t.output_dir) / "metrics.jsonl", steps, "   training"):
+            result = run_training(run.cfg, resume=False)
         run.facts.update(bundle=Path(result.bundle), train=result)
         note.append(f"bundle {Path(result.bundle).name}; test NDCG@10 {result.test.get('ndcg@10', float('nan')):.4f}")
 
@@ -256,7 +293,7 @@ def step_ranker(run: DemoRun) -> None:
               f"{rcfg.negatives_per_positive} negatives per positive); {added} snapshot rows backfilled")
         results = {}
         for use_hllm in (False, True):
-            r = train_ranker(train, test, run.facts["fc"], rcfg, use_hllm=use_hllm, seed=run.cfg.seed)
+            r = train_ranker(train, test, run.facts["fc"], rcfg, use_hllm=use_hllm, seed=run.cfg.seed, verbose=2)
             results["with HLLM features" if use_hllm else "IDs + context only"] = r
             print(f"   {'with' if use_hllm else 'without'} HLLM features: AUC {r.auc:.4f}  GAUC {r.gauc:.4f} "
                   f"(train {r.train_seconds:.1f} s)")
