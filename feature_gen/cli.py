@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser("validate-features", help="check the ranker's feature config against the feature store and a bundle")
-    p.add_argument("--features", default="ranker_integration/feature_config.yaml", help="feature config YAML")
+    p.add_argument("--features", default=None, help="feature config YAML (default: the shipped ranker_integration/feature_config.yaml)")
     p.add_argument("--bundle", required=True, help="bundle folder (<root>/<version>/) the features must match")
     _config_args(p, required=False)
     p.set_defaults(func=cmd_validate_features)

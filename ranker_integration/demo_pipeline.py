@@ -34,10 +34,10 @@ import pandas as pd
 import yaml
 
 from feature_gen.config import HLLMConfig, load_config
+from ranker_integration.feature_config import SHIPPED_CONFIG as FEATURE_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "demo_e2e.yaml"
-FEATURE_CONFIG = Path(__file__).resolve().parent / "feature_config.yaml"
 STREAM_EVENTS = 2000  # future events replayed through the refresh consumer
 STREAM_RATE = 250.0  # events per second
 WELL_KNOWN = ["Star Wars (1977)", "Toy Story (1995)", "Pulp Fiction (1994)", "Fargo (1996)", "Scream (1996)"]

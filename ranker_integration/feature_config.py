@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+SHIPPED_CONFIG = Path(__file__).with_name("feature_config.yaml")  # the template in this package
 ANY_VERSION = "any"
 ITEM_DIM = "item_dim"
 FUNCTIONS = {"cosine": 2, "age_seconds": 1}  # request-time function -> number of inputs
@@ -296,10 +297,11 @@ def validate_feature_config(fc: FeatureConfig, store_cfg, bundle_dir: str | Path
     return report
 
 
-def run_validate_features(features_path: str, bundle_dir: str, store_cfg) -> int:
+def run_validate_features(features_path: str | None, bundle_dir: str, store_cfg) -> int:
     """`hllm validate-features`: exit 0 and print what was checked, or 2 and one line per problem."""
     import sys
 
+    features_path = features_path or str(SHIPPED_CONFIG)
     try:
         fc = load_feature_config(features_path)
         report = validate_feature_config(fc, store_cfg, bundle_dir)

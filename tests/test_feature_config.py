@@ -135,7 +135,7 @@ def test_cli_exit_codes(applied_store, tiny_bundle, tmp_path, capsys):
     from feature_gen.cli import main
 
     store_args = ["--set", f"store.repo_path={applied_store.repo_path}", "--set", f"store.offline_root={applied_store.offline_root}"]
-    assert main(["validate-features", "--features", str(SHIPPED), "--bundle", str(tiny_bundle), *store_args]) == 0
+    assert main(["validate-features", "--bundle", str(tiny_bundle), *store_args]) == 0  # the shipped config
     assert "5 features match" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("sequence_length", dtype="float32")))
