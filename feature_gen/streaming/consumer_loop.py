@@ -100,8 +100,8 @@ class ConsumerLoop:
                     continue
                 started = time.monotonic()
                 outcome = self.processor.process(records)
-                self._deliver(outcome.dead_letters)
-                self._commit(records, outcome.held)
+                if self._deliver(outcome.dead_letters):
+                    self._commit(records, outcome.held)
                 self._observe(records, outcome, time.monotonic() - started)
         finally:
             self.consumer.close(autocommit=False)
@@ -141,7 +141,9 @@ class ConsumerLoop:
         log.info("%s: revoked %s (%d buffered records left to the next owner)",
                  self.settings.group_id, sorted(tp.partition for tp in revoked), len(dropped))
 
-    def _deliver(self, letters: list[DeadLetter]) -> None:
+    def _deliver(self, letters: list[DeadLetter]) -> bool:
+        """True once the broker has every letter; False when a stop came first (then nothing is
+        committed, and the batch is read again on restart)."""
         pending = letters
         attempt = 0
         while pending:
@@ -149,11 +151,16 @@ class ConsumerLoop:
                 self.dead_letters.deliver(pending)
                 pending = []
             except DeadLetterError as exc:
+                if self.stop.is_set() and attempt > 0:
+                    log.warning("%s: stopping with undelivered dead letters; the batch is not committed",
+                                self.settings.group_id)
+                    return False
                 pending = exc.letters
                 attempt = self._backoff("dead_letter", attempt, exc)
         for letter in letters:
             self.metrics.dead_letters.labels(letter.reason).inc()
         self.metrics.count("dead_letter", len(letters))
+        return True
 
     def _commit(self, records: list, held: dict) -> None:
         from kafka import TopicPartition

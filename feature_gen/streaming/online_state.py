@@ -23,8 +23,11 @@ from feature_gen.inference import UserEmbeddings
 from feature_gen.streaming.recent_items import RecentSequence
 
 
+MAX_CACHED_ITEMS = 500_000  # ~130 MB at 64 floats; past it the cache starts over
+
+
 class OnlineState:
-    def __init__(self, store, bundle_version: str, item_cache_ttl_ms: int = 5_000):
+    def __init__(self, store, bundle_version: str, item_cache_ttl_ms: int = 10_000):
         self.store = store  # feature_gen.feature_store.HLLMFeatureStore
         self.version = bundle_version
         self.item_cache_ttl_s = item_cache_ttl_ms / 1000
@@ -75,6 +78,8 @@ class OnlineState:
             else:
                 to_read.append(i)
         if to_read:
+            if len(self._items) + len(to_read) > MAX_CACHED_ITEMS:
+                self._items.clear()
             got = self.store.item_embeddings(to_read)
             for i, vector, version, found in zip(got.item_ids, got.vectors, got.bundle_versions, got.found):
                 if found and version == self.version:

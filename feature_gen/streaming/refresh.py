@@ -127,14 +127,17 @@ class UserRefresh:
         kept = [[(i, t) for i, t in zip(s.item_ids, s.timestamps) if i in vectors] for s in histories]
         missing = sum(len(s) for s in histories) - sum(len(k) for k in kept)
         self.metrics.count("history_item_without_embedding", missing)
-        embeddings = self.encoders.embed_histories(
-            vectors, [[i for i, _ in k] for k in kept], [[t for _, t in k] for k in kept]
-        )
-        self.state.write_user_embeddings(users, embeddings)
+        # (a user whose only new events were too late, over a history of another version's items)
+        embeddable = [k for k, history in enumerate(kept) if history]
+        if embeddable:
+            embeddings = self.encoders.embed_histories(
+                vectors, [[i for i, _ in kept[k]] for k in embeddable], [[t for _, t in kept[k]] for k in embeddable]
+            )
+            self.state.write_user_embeddings([users[k] for k in embeddable], embeddings)
 
         written_at = time.time()  # the record timestamp is the producer's clock (CreateTime)
         self.metrics.observe_freshness([max(0.0, written_at - h.record.timestamp / 1000) for h in ready])
-        self.metrics.batch_entities.observe(len(users))
+        self.metrics.batch_entities.observe(len(embeddable))
 
     def _held_offsets(self) -> dict:
         from kafka import TopicPartition
