@@ -107,3 +107,33 @@ def test_pinned_config_of_another_version_is_refused(store_with_history):
     raw["bundle_version"] = "hllm-aaaaaaaaaaaa"
     with pytest.raises(TrainingSetError, match="pinned to hllm-aaaaaaaaaaaa"):
         build_training_set(_labels([("u1", "a", 5, 1)]), store_with_history, VERSION, feature_config_from_dict(raw))
+
+
+def test_backfilled_snapshots_hold_only_events_up_to_their_cutoff(tmp_path, tiny_bundle):
+    """Snapshots through the real bundle: each row reflects exactly the user's events up to its cut-off
+    (same vector as embedding that truncated history directly), stamped with its newest event."""
+    import torch
+
+    from feature_gen.bundle import load_bundle
+    from feature_gen.feature_store import open_store
+    from feature_gen.inference import embed_users
+    from feature_gen.offline_store import read_version
+    from ranker_integration.user_snapshots import backfill_user_snapshots, snapshot_cutoffs
+
+    cfg = StoreConfig(repo_path=str(tmp_path / "repo"), offline_root=str(tmp_path / "offline"))
+    store = open_store(cfg)
+    bundle = load_bundle(tiny_bundle)
+    version, dim = bundle.version, bundle.manifest["item_dim"]
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(6, dim)).astype(np.float32)
+    store.write_offline(ITEM_EMBEDDING, version, pd.DataFrame({"item_id": [str(i) for i in range(6)], "embedding": list(table)}))
+    events = pd.DataFrame({"user_id": [7, 7, 7, 7, 8], "item_id": [0, 1, 2, 3, 4], "timestamp": [10, 20, 30, 40, 35]})
+    assert snapshot_cutoffs(0, 40, 2) == [0, 20]
+    added = backfill_user_snapshots(tiny_bundle, events, [25, 35], cfg)
+    rows = read_version(cfg.offline_root, USER_EMBEDDING, version).sort_values(["user_id", "last_event_ts"])
+    assert added == 3 and list(zip(rows["user_id"], rows["last_event_ts"], rows["seq_len"])) == [("7", 20, 2), ("7", 30, 3), ("8", 35, 1)]
+    item_table = torch.from_numpy(np.concatenate([np.zeros((1, dim), np.float32), table]))
+    direct = embed_users(bundle.model.user_llm, item_table, [np.array([1, 2])], [np.array([10, 20])], 20)
+    np.testing.assert_allclose(rows["embedding"].iloc[0], direct.vectors[0], rtol=1e-5, atol=1e-6)
+    # a second backfill over the same cut-offs adds nothing (rows are keyed by user and newest event)
+    assert backfill_user_snapshots(tiny_bundle, events, [25, 35], cfg) == 0
