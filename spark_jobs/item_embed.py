@@ -14,7 +14,7 @@ import time
 import uuid
 
 from feature_gen.bundle import read_manifest
-from feature_gen.config import ItemTextConfig
+from feature_gen.config import ConfigError, ItemTextConfig
 from feature_gen.offline_store import ITEM_EMBEDDING, ITEM_REJECTS
 
 
@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     version = manifest["version"]
     text_cfg = ItemTextConfig(**manifest["item_text"])
+    try:
+        _check_prompt_budget(args.bundle, text_cfg)
+    except ConfigError as exc:  # every item would embed to the same vector: refuse before any work
+        print(f"item_embed: {args.bundle}: {exc}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
 
     spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
@@ -37,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         return _run(spark, args, cfg, version, text_cfg, started)
     finally:
         spark.stop()
+
+
+def _check_prompt_budget(bundle: str, text_cfg: ItemTextConfig) -> None:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from feature_gen.item_text import check_prompt_budget
+
+    check_prompt_budget(AutoTokenizer.from_pretrained(Path(bundle) / "tokenizer"), text_cfg)
 
 
 def _run(spark, args, cfg, version, text_cfg, started) -> int:

@@ -88,9 +88,9 @@ def _submit(script: str, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def spark_bundle(tmp_path_factory):
-    """A tiny random bundle like conftest's, but with room for item text after the prompt: the shared
-    fixture's 48-token budget is filled by the prompt alone with the byte-level tiny tokenizer, which
-    gives every item the same embedding and would make an equality check vacuous."""
+    """A tiny random bundle like conftest's, with its own generous token budget: the byte-level tiny
+    tokenizer spends ~49 tokens on the prompt, and a budget the prompt fills would give every item the
+    same embedding and make the equality checks vacuous (test_item_embeddings_... checks they differ)."""
     from feature_gen.bundle import save_bundle
     from feature_gen.model import build_hllm
     from tests.conftest import tiny_config
@@ -265,3 +265,19 @@ def test_rerun_for_the_same_version_replaces_it_whole(run):
     assert files_after != files_before or not files_before  # a new run's files (Spark names parts by job id)
     leftovers = [p.name for p in (offline / ITEM_EMBEDDING).iterdir() if not p.name.startswith("bundle_version=")]
     assert leftovers == []
+
+
+def test_item_job_refuses_a_bundle_whose_prompt_fills_the_token_budget(tmp_path, capsys):
+    """Checked on the driver before Spark starts: otherwise every item would get the same embedding."""
+    from feature_gen.bundle import save_bundle
+    from feature_gen.model import build_hllm
+    from spark_jobs.item_embed import main
+    from tests.conftest import tiny_config
+
+    model, tok = build_hllm(tiny_config(item_text={"max_item_tokens": 48}))
+    bundle = save_bundle(model.eval(), tok, tiny_config(item_text={"max_item_tokens": 48}), tmp_path / "b")
+    _catalogue().to_parquet(tmp_path / "items.parquet", index=False)
+    code = main(["--bundle", str(bundle), "--items", str(tmp_path / "items.parquet"), "--output", str(tmp_path / "off")])
+    assert code == 2
+    assert "item_text.max_item_tokens: 48 leaves no room" in capsys.readouterr().err
+    assert not (tmp_path / "off").exists()
