@@ -286,8 +286,8 @@ class RankerConfig(_Section):
     `negatives_per_positive` items the user never touched as negatives at the same time (drawn by
     `negative_sampling`); `rating` makes
     ratings >= `min_positive_rating` positives and lower ratings negatives. User-embedding snapshots are
-    taken at `snapshots` evenly spaced times over the labelled period, so each label joins the newest
-    one strictly before it.
+    taken every `snapshot_interval_s` over the labelled period (for the users with new events), so each
+    label joins the newest one strictly before it.
     """
 
     features_path: str = "ranker_integration/feature_config.yaml"
@@ -300,7 +300,9 @@ class RankerConfig(_Section):
     min_positive_rating: float = Field(4.0, gt=0)
     history_quantile: float = Field(0.8, gt=0.0, lt=1.0, description="labels come after this quantile of event times")
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="the newest share of labels is the test split")
-    snapshots: int = Field(4, gt=0, description="user-embedding snapshots over the labelled period")
+    snapshot_interval_s: int = Field(3600, gt=0, description="user-embedding snapshots every this many seconds of the labelled period")
+    # Bundles store the whole config, so a bundle frozen while this field existed must still load.
+    snapshots: Optional[int] = Field(None, description="unused (replaced by snapshot_interval_s)")
     model: Literal["mlp", "dcn"] = "dcn"
     id_embedding_dim: int = Field(16, gt=0)
     hidden_units: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)

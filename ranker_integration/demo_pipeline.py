@@ -285,7 +285,7 @@ def step_ranker(run: DemoRun) -> None:
     with _step(run, "ranker", f"TF ranker ({rcfg.model}) with and without HLLM features, time split") as note:
         labels = make_labels(run.facts["items"], run.facts["interactions"], rcfg, seed=run.cfg.seed)
         cut, end = run.facts["cut"], int(labels["timestamp"].max())
-        cutoffs = snapshot_cutoffs(cut, end, rcfg.snapshots)[1:]  # the first is the Spark job's snapshot
+        cutoffs = snapshot_cutoffs(cut, end, rcfg.snapshot_interval_s)  # the Spark job's snapshot covers `cut`
         added = backfill_user_snapshots(run.facts["bundle"], run.facts["interactions"], cutoffs, run.cfg.store, progress=True)
         ts = build_training_set(labels, run.cfg.store, version, run.facts["fc"])
         train, test = ts.split("train"), ts.split("test")

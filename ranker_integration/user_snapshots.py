@@ -17,15 +17,19 @@ from feature_gen.config import StoreConfig
 from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, OfflineStoreError, read_version
 
 
-def snapshot_cutoffs(start: int, end: int, count: int) -> list[int]:
-    """`count` evenly spaced cut-off times from `start` (inclusive) towards `end` (exclusive)."""
-    return [int(start + i * (end - start) / count) for i in range(count)]
+def snapshot_cutoffs(start: int, end: int, interval_s: int) -> list[int]:
+    """Cut-off times every `interval_s` after `start` (which the batch job's snapshot covers) up to and
+    including the first one at or past `end`."""
+    return list(range(start + interval_s, end + interval_s, interval_s))
 
 
 def backfill_user_snapshots(bundle_dir, interactions: pd.DataFrame, cutoffs: list[int], store_cfg: StoreConfig,
                             progress: bool = False) -> int:
-    """Embed every user's history as of each cut-off and add the rows to the offline user_embedding
-    table of the bundle's version (rows already there are kept); returns rows added."""
+    """Add, for each cut-off, the embedding of every user whose history changed since the previous
+    cut-off (every user with events, at the first), over the history up to the cut-off, to the offline
+    user_embedding table of the bundle's version (rows already there are kept); returns rows added.
+    One batched inference pass over all snapshots: what a streaming refresh would have written, at the
+    granularity of the cut-offs."""
     from feature_gen.bundle import load_bundle
     from feature_gen.feature_store import open_store
     from feature_gen.inference import embed_users, load_encoders
@@ -41,22 +45,32 @@ def backfill_user_snapshots(bundle_dir, interactions: pd.DataFrame, cutoffs: lis
     events = interactions.reset_index(drop=True)
     events = events.iloc[np.argsort(events["timestamp"].to_numpy(), kind="stable")]  # file order breaks ties
     events = events.assign(row=events["item_id"].astype(str).map(index)).dropna(subset=["row"])
+    times = events["timestamp"].to_numpy()
+    by_user = {u: (g["row"].to_numpy(dtype=np.int64), g["timestamp"].to_numpy(dtype=np.int64))
+               for u, g in events.groupby("user_id", sort=True)}
+    user_ids, histories, stamps = [], [], []
+    previous = None
+    for cutoff in cutoffs:
+        window = (times <= cutoff) if previous is None else ((times > previous) & (times <= cutoff))
+        for user in pd.unique(events["user_id"].to_numpy()[window]):
+            rows, ts = by_user[user]
+            n = int(np.searchsorted(ts, cutoff, side="right"))
+            user_ids.append(str(user))
+            histories.append(rows[:n])
+            stamps.append(ts[:n])
+        previous = cutoff
     frames = []
-    steps = cutoffs
-    if progress:
-        from tqdm import tqdm
+    if histories:
+        batches = range(0, len(histories), 256)
+        if progress:
+            from tqdm import tqdm
 
-        steps = tqdm(cutoffs, desc="user snapshots", unit="snapshot")
-    for cutoff in steps:
-        seen = events[events["timestamp"] <= cutoff]
-        if seen.empty:
-            continue
-        groups = list(seen.groupby("user_id", sort=True))
-        histories = [g["row"].to_numpy(dtype=np.int64) for _, g in groups]
-        stamps = [g["timestamp"].to_numpy(dtype=np.int64) for _, g in groups]
-        users = embed_users(encoders.user, table, histories, stamps, max_seq_len)
-        frames.append(pd.DataFrame({"user_id": [str(u) for u, _ in groups], "embedding": list(users.vectors),
-                                    "seq_len": users.seq_len, "last_event_ts": users.last_event_ts}))
+            batches = tqdm(batches, desc=f"   user snapshots ({len(histories)} over {len(cutoffs)} cut-offs)", unit="batch")
+        for start in batches:
+            chunk = slice(start, start + 256)
+            users = embed_users(encoders.user, table, histories[chunk], stamps[chunk], max_seq_len)
+            frames.append(pd.DataFrame({"user_id": user_ids[chunk], "embedding": list(users.vectors),
+                                        "seq_len": users.seq_len, "last_event_ts": users.last_event_ts}))
     if not frames:
         return 0
     new = pd.concat(frames, ignore_index=True)

@@ -128,7 +128,7 @@ def test_backfilled_snapshots_hold_only_events_up_to_their_cutoff(tmp_path, tiny
     table = rng.normal(size=(6, dim)).astype(np.float32)
     store.write_offline(ITEM_EMBEDDING, version, pd.DataFrame({"item_id": [str(i) for i in range(6)], "embedding": list(table)}))
     events = pd.DataFrame({"user_id": [7, 7, 7, 7, 8], "item_id": [0, 1, 2, 3, 4], "timestamp": [10, 20, 30, 40, 35]})
-    assert snapshot_cutoffs(0, 40, 2) == [0, 20]
+    assert snapshot_cutoffs(0, 40, 20) == [20, 40] and snapshot_cutoffs(0, 41, 20) == [20, 40, 60]
     added = backfill_user_snapshots(tiny_bundle, events, [25, 35], cfg)
     rows = read_version(cfg.offline_root, USER_EMBEDDING, version).sort_values(["user_id", "last_event_ts"])
     assert added == 3 and list(zip(rows["user_id"], rows["last_event_ts"], rows["seq_len"])) == [("7", 20, 2), ("7", 30, 3), ("8", 35, 1)]
