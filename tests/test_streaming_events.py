@@ -101,3 +101,14 @@ def test_sasl_and_tls_settings_pass_through(monkeypatch):
         connection_options(cfg)
     with pytest.raises(ValueError, match="sasl_mechanism"):
         StreamConfig(security_protocol="SASL_PLAINTEXT")
+
+
+def test_a_broker_that_loses_its_port_is_refused_not_mistaken_for_another():
+    """Another process listening on the port must not pass for our broker (a race of free_port)."""
+    from feature_gen.streaming.broker import BrokerError, LocalBroker
+
+    with LocalBroker.start() as first:
+        with pytest.raises(BrokerError, match="taken"):
+            LocalBroker.start(port=first.port, timeout_s=5)
+        with LocalBroker.start() as second:
+            assert second.port != first.port and second.process.poll() is None

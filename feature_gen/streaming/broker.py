@@ -68,20 +68,32 @@ class LocalBroker:
         return f"127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, port: int | None = None, log_path: str | Path | None = None, timeout_s: float = 15.0) -> "LocalBroker":
-        port = port or free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
-        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        broker = cls(port=port, process=proc, log_path=Path(log_path) if log_path else None, _log=log)
-        try:
-            _wait_listening(port, proc, timeout_s)
-        except BaseException:
-            broker.stop()
-            raise
-        return broker
+    def start(cls, port: int | None = None, log_path: str | Path | None = None, timeout_s: float = 15.0,
+              attempts: int = 5) -> "LocalBroker":
+        """Start Tansu on `port` (default: a free one, retried on a new port if another process takes it
+        between our pick and Tansu's bind: the port answering is not proof that *our* broker answers)."""
+        for attempt in range(attempts):
+            chosen = port or free_port()
+            url = f"tcp://127.0.0.1:{chosen}"
+            cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"]
+            log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            broker = cls(port=chosen, process=proc, log_path=Path(log_path) if log_path else None, _log=log)
+            try:
+                _wait_listening(chosen, proc, timeout_s)
+                time.sleep(0.3)  # a Tansu that lost the port exits at once: make sure ours is the listener
+                if proc.poll() is not None:
+                    raise BrokerError(f"Tansu exited with code {proc.returncode}: port {chosen} is taken")
+                return broker
+            except BrokerError:
+                broker.stop()
+                if port is not None or attempt == attempts - 1:
+                    raise
+            except BaseException:
+                broker.stop()
+                raise
+        raise BrokerError("unreachable")  # pragma: no cover
 
     def stop(self) -> None:
         if self.process.poll() is None:
