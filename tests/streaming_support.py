@@ -4,6 +4,7 @@ the stream must agree with, and polling helpers. No mocks: every test talks Kafk
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def broker(tmp_path_factory):
 
 def stream_config(tmp_path: Path, broker, bundle, **stream) -> HLLMConfig:
     """A config of its own topics, group and store, so tests sharing a broker never see each other."""
-    n = next(_SUFFIX)
+    n = f"{os.getpid()}-{next(_SUFFIX)}"  # unique even across test runs sharing a machine
     raw = {
         "store": {"repo_path": str(tmp_path / "repo"), "offline_root": str(tmp_path / "offline")},
         "stream": {
