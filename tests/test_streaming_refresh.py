@@ -21,9 +21,10 @@ from feature_gen.streaming.events import user_event_json
 from feature_gen.streaming.item_refresh import build_item_loop
 from feature_gen.streaming.produce import item_messages, send_paced, user_messages
 from feature_gen.streaming.refresh import build_user_loop
-from tests.streaming_support import (  # noqa: F401  (broker is a fixture)
+from tests.streaming_support import (  # noqa: F401  (broker, own_broker are fixtures)
     batch_user_embeddings,
     broker,
+    own_broker,
     create_stream_topics,
     expected_sequences,
     item_row,
@@ -130,9 +131,9 @@ def test_events_in_embeddings_equal_batch_recomputation(tmp_path, broker, tiny_b
     np.testing.assert_allclose(got.vectors, batch.vectors, rtol=1e-4, atol=1e-5)
 
 
-def test_replay_never_moves_sequences_or_embeddings_backwards(tmp_path, broker, tiny_bundle, encoders):
+def test_replay_never_moves_sequences_or_embeddings_backwards(tmp_path, own_broker, tiny_bundle, encoders):
     """The whole log read again by a fresh group (a full replay), plus stale events, changes nothing."""
-    cfg = stream_config(tmp_path, broker, tiny_bundle, max_recent_items=20)
+    cfg = stream_config(tmp_path, own_broker, tiny_bundle, max_recent_items=20)
     create_stream_topics(cfg)
     store = store_of(cfg)
     seed_item_embeddings(store, encoders, range(20))
