@@ -97,7 +97,7 @@ def _progress_from_metrics(log: Path, total: int | None, desc: str):
     stop = threading.Event()
 
     def follow():
-        with tqdm(total=total, desc=desc, unit="step") as bar:
+        with tqdm(total=total, desc=desc, unit="step", postfix="caching the catalogue's item embeddings") as bar:
             while not stop.wait(1.0):
                 if not log.is_file():
                     continue
@@ -113,6 +113,27 @@ def _progress_from_metrics(log: Path, total: int | None, desc: str):
                     bar.refresh()
 
     thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def _elapsed_bar(desc: str):
+    """An elapsed-time bar for a step that has no natural progress count (it runs in this process)."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+
+    def tick():
+        with tqdm(desc=desc, unit="s", bar_format="{desc}: {elapsed} elapsed") as bar:
+            while not stop.wait(1.0):
+                bar.update(1)
+
+    thread = threading.Thread(target=tick, daemon=True)
     thread.start()
     try:
         yield
@@ -149,8 +170,10 @@ def step_train(run: DemoRun) -> None:
     from trainer.train import run_training
 
     t = run.cfg.train
-    with _step(run, "train", f"HLLM stage {t.stage} ({run.cfg.item_llm.source} Item LLM[:{run.cfg.item_llm.keep_layers}] "
-                             f"frozen, User LLM[:{run.cfg.user_llm.keep_layers}] trained), {t.epochs} epochs") as note:
+    layers = lambda llm: f"[:{llm.keep_layers}]" if llm.keep_layers else ""  # noqa: E731
+    frozen = "frozen" if t.stage == 2 else "trained"
+    with _step(run, "train", f"HLLM stage {t.stage} ({run.cfg.item_llm.source} Item LLM{layers(run.cfg.item_llm)} {frozen}, "
+                             f"User LLM{layers(run.cfg.user_llm)} trained), {t.epochs} epochs") as note:
         shutil.rmtree(t.output_dir, ignore_errors=True)
         users = pd.read_parquet(run.out / "data" / "history.parquet")["user_id"].value_counts()
         steps = None
@@ -166,7 +189,8 @@ def step_export(run: DemoRun) -> None:
     from export.bundle_export import export_bundle
 
     with _step(run, "export", "ONNX item and user encoders (fp32, parity-checked)") as note:
-        report = export_bundle(run.facts["bundle"], run.cfg.export)
+        with _elapsed_bar("   export + parity check"):
+            report = export_bundle(run.facts["bundle"], run.cfg.export)
         errors = ", ".join(f"{k} {v:.1e}" for k, v in report.rel_error.items())
         print(f"   worst relative error vs PyTorch: {errors}")
         note.append(f"onnx/ in the bundle; relative error {errors}")
@@ -339,15 +363,17 @@ def step_evaluate(run: DemoRun) -> None:
         table = torch.from_numpy(np.stack([np.zeros_like(items["embedding"].iloc[0])] +
                                           [by_id[str(i)] for i in data.items["item_id"]]).astype(np.float32))
         bundle = load_bundle(run.facts["bundle"])
-        users = embed_users(bundle.model.user_llm, table, split.test.histories, split.test.history_timestamps,
-                            cfg.data.max_seq_len)
+        with _elapsed_bar("   user embeddings (test histories)"):
+            users = embed_users(bundle.model.user_llm, table, split.test.histories, split.test.history_timestamps,
+                                cfg.data.max_seq_len)
         scorers = {
             "HLLM (trained User LLM)": (torch.from_numpy(users.vectors), table),
             "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(table, split.test.histories), table),
             "popularity": reference_scorers.popularity_vectors(split.train, data.num_users, data.num_items),
             "random": reference_scorers.random_vectors(data.num_users, data.num_items),
         }
-        metrics = {name: evaluate_vectors(u, i, split.test, cfg).values for name, (u, i) in scorers.items()}
+        with _elapsed_bar("   ranking the catalogue"):
+            metrics = {name: evaluate_vectors(u, i, split.test, cfg).values for name, (u, i) in scorers.items()}
         frame = pd.DataFrame(metrics).T
         run.facts.update(recall=frame, ks=cfg.eval.ks, eval_users=data.num_users, item_table=table, catalogue=data.items)
         print(frame[[c for c in frame.columns if c.endswith(("@10", "@50", "@200"))]].to_string(float_format=lambda v: f"{v:.4f}"))
