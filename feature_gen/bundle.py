@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from feature_gen.config import HLLMConfig, config_from_dict
 
 MANIFEST = "manifest.json"
+MODEL_SECTIONS = ("seed", "data", "item_text", "item_llm", "user_llm", "loss", "eval")
 FORMAT_VERSION = 1
 
 
@@ -198,6 +199,9 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     manifest = verify_bundle(path)
     raw = yaml.safe_load((path / "config.yaml").read_text())
+    # Only the sections that define the model: a bundle must keep loading when an unrelated section
+    # (ranker, stream, spark ...) of the schema gains or renames a field.
+    raw = {k: v for k, v in raw.items() if k in MODEL_SECTIONS}
     for name in ("item_llm", "user_llm"):
         raw[name]["path"] = str(path / raw[name]["path"])
     cfg = config_from_dict(raw, str(path / "config.yaml"))
