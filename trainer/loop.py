@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ def train(
         seqs, tss = history_windows(seqs, tss, max_seq_len)
     # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
     never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
     total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
     ds_config = build_deepspeed_config(cfg, total_steps, world)
@@ -164,8 +165,9 @@ def train(
         state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
         _truncate_log(log_path, state.step)
         print(f"resumed from {ckpt_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
-    elif log_path.exists():
-        log_path.unlink()
+    else:  # a fresh start must not select, or append to, what an earlier run left behind
+        log_path.unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)
 
     def checkpoint() -> None:
         engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=state.as_client_state())
