@@ -43,7 +43,9 @@ def stream_config(tmp_path: Path, broker, bundle, **stream) -> HLLMConfig:
     """A config of its own topics, group and store, so tests sharing a broker never see each other."""
     n = f"{os.getpid()}-{next(_SUFFIX)}"  # unique even across test runs sharing a machine
     raw = {
-        "store": {"repo_path": str(tmp_path / "repo"), "offline_root": str(tmp_path / "offline")},
+        # a Feast project of its own too: Feast caches per project within a process
+        "store": {"repo_path": str(tmp_path / "repo"), "offline_root": str(tmp_path / "offline"),
+                  "project": "stream_" + n.replace("-", "_")},
         "stream": {
             "bundle_path": str(bundle),
             "bootstrap_servers": broker.bootstrap,
