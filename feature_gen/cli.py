@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
 def cmd_quality(args) -> int:
     from trainer.quality import run_quality
 
-    return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets)
+    return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs)
 
 
 def cmd_demo(args) -> int:
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=["ml-100k", "ml-latest-small"])
     p.add_argument("--output", default="runs/quality")
+    p.add_argument("--runs", nargs="+", default=None, help="only these models of the suite (e.g. sasrec): "
+                   "lets two processes share a suite; rerun without it for the full table")
     p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")

@@ -19,19 +19,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 # name -> list of (config file, overrides) stages; a later stage starts from the previous stage's
 # bundle. Sizes are CPU-bound choices (2 cores): see BENCHMARKS.md.
+REUSE_STAGE1 = ("reuse", {})
 STAGE2 = {"train.stage": 2, "train.windows": "all", "train.epochs": 6, "train.lr": 3e-4,
           "train.eval_every_epochs": 1, "train.batch_size": 64}
+STAGE1 = ("configs/quality_hllm.yaml", {})
 RUNS: dict[str, list[tuple[str, dict]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
     # freezes it and trains the User LLM on long histories
-    "hllm": [("configs/quality_hllm.yaml", {}), ("configs/quality_hllm.yaml", STAGE2)],
-    # ablation: the same stage 2 from the pretrained (not fine-tuned) Item LLM
-    "hllm-frozen-item": [("configs/quality_hllm.yaml", STAGE2)],
+    "hllm": [STAGE1, ("configs/quality_hllm.yaml", STAGE2)],
+    # ablations. "reuse" = the warm suite's HLLM stage 1 for the same dataset and seed (run there if
+    # missing), so a stage-2-only ablation differs from "hllm" in exactly one thing.
+    "hllm-frozen-item": [("configs/quality_hllm.yaml", STAGE2)],  # Item LLM never fine-tuned
+    "hllm-text-id": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "train.text_plus_id": True})],
+    "hllm-negatives-32": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "loss.num_negatives": 32})],
+    "hllm-mean-pooling": [("configs/quality_hllm.yaml", {"item_llm.pooling": "mean"}),
+                          ("configs/quality_hllm.yaml", {**STAGE2, "item_llm.pooling": "mean"})],
+    "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
+                        ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
 SUITES = {
     "warm": ["sasrec", "hllm"],
-    "ablations": ["hllm-frozen-item"],
+    "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps"],
     "cold": ["sasrec", "hllm"],
     "efficiency": ["sasrec", "hllm"],
 }
@@ -44,16 +53,23 @@ SUITE_OVERRIDES = {
 METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200"]
 
 
-def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path) -> dict:
+def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reuse_dir: Path | None = None) -> dict:
     """Run each stage in its own folder (stage k+1 from stage k's bundle); return the last result.
-    Finished stages (result.json present) are not run again."""
+    Finished stages (result.json present) are not run again. A ("reuse", {}) stage is the HLLM
+    stage 1 in `reuse_dir` (run there first if it is not finished)."""
     from trainer.train import run_training
 
     init_bundle = None
     result = {}
     for k, (config, stage_overrides) in enumerate(stages, start=1):
-        folder = out_dir / f"stage{k}" if len(stages) > 1 else out_dir
-        last = k == len(stages)
+        if config == "reuse":
+            if reuse_dir is None:
+                raise ValueError("a 'reuse' stage needs reuse_dir")
+            folder, config, stage_overrides = reuse_dir, *STAGE1
+            last = False
+        else:
+            folder = out_dir / f"stage{k}" if len(stages) > 1 else out_dir
+            last = k == len(stages)
         extra = {**stage_overrides, **overrides, "train.output_dir": str(folder), "train.freeze_bundle": not last}
         if init_bundle:
             extra["train.init_bundle"] = init_bundle
@@ -77,7 +93,10 @@ def summarise(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str]) -> int:
+def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None) -> int:
+    """Run (or pick up) every run of `suite` and write its tables; `runs` limits which models run
+    (several processes can share one output folder, one model each; a later call without `runs`
+    finds them all finished and writes the complete table)."""
     suites = list(SUITES) if suite == "all" else [suite]
     out = Path(output)
     tables = []
@@ -89,12 +108,16 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str]) 
                 # seed-major order: whenever the suite stops, the finished seeds are complete pairs
                 for seed in seeds:
                     for name in SUITES[s]:
+                        if runs and name not in runs:
+                            continue
                         folder = out / dataset / s / tag / name / f"seed{seed}"
-                        res = run_one(RUNS[name], {**extra, "data.source": dataset, "seed": seed}, folder)
+                        reuse = out / dataset / "warm" / "standard" / "hllm" / f"seed{seed}" / "stage1"
+                        res = run_one(RUNS[name], {**extra, "data.source": dataset, "seed": seed}, folder, reuse)
                         results.setdefault(name, []).append(res)
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"
                 print(table, flush=True)
                 tables.append(table)
-    (out / f"quality-{suite}.md").write_text("\n".join(tables))
-    print(f"tables -> {out / f'quality-{suite}.md'}")
+    name = f"quality-{suite}" + (f"-{'-'.join(runs)}" if runs else "")
+    (out / f"{name}.md").write_text("\n".join(tables))
+    print(f"tables -> {out / f'{name}.md'}")
     return 0

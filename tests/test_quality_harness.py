@@ -1,0 +1,52 @@
+"""The quality harness's bookkeeping (which stage runs where, from which bundle), with training faked:
+the real training paths are covered by test_trainer.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import trainer.quality as quality
+import trainer.train
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    calls = []
+
+    def fake_run_training(cfg, resume=True):
+        out = cfg.train.output_dir
+        calls.append({"out": out, "stage": cfg.train.stage, "init": cfg.train.init_bundle,
+                      "negatives": cfg.loss.num_negatives, "text_id": cfg.train.text_plus_id,
+                      "seed": cfg.seed, "freeze": cfg.train.freeze_bundle})
+        from pathlib import Path
+
+        Path(out, "bundles", f"hllm-{len(calls):04d}").mkdir(parents=True)
+        Path(out, "result.json").write_text(json.dumps({"test": {m: len(calls) / 100 for m in quality.METRICS}}))
+
+    monkeypatch.setattr(trainer.train, "run_training", fake_run_training)
+    return calls
+
+
+def test_stage2_ablation_reuses_the_warm_stage1_and_runs_it_once(tmp_path, fake_training):
+    quality.run_quality("ablations", seeds=[3], output=str(tmp_path), datasets=["ml-100k"],
+                        runs=["hllm-text-id", "hllm-negatives-32"])
+    warm_stage1 = tmp_path / "ml-100k" / "warm" / "standard" / "hllm" / "seed3" / "stage1"
+    outs = [c["out"] for c in fake_training]
+    assert outs.count(str(warm_stage1)) == 1  # run once, then picked up by the second ablation
+    stage2 = [c for c in fake_training if c["stage"] == 2]
+    assert len(stage2) == 2
+    assert all(c["init"].startswith(str(warm_stage1 / "bundles")) for c in stage2)
+    assert {(c["text_id"], c["negatives"]) for c in stage2} == {(True, 128), (False, 32)}
+    assert all(c["seed"] == 3 for c in fake_training)
+    assert [c["freeze"] for c in fake_training] == [True, False, False]
+
+
+def test_runs_filter_lets_processes_share_a_suite(tmp_path, fake_training):
+    quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["sasrec"])
+    assert [c["stage"] for c in fake_training] == [1] and "sasrec" in fake_training[0]["out"]
+    quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"])  # picks sasrec up
+    assert len(fake_training) == 3  # + HLLM stage 1 and 2 only
+    table = (tmp_path / "quality-warm.md").read_text()
+    assert "| sasrec | 1 |" in table and "| hllm | 1 |" in table
