@@ -27,6 +27,13 @@ def _is_missing(value: Any) -> bool:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
+    try:  # pandas' missing scalars: pd.NA (nullable string/Int columns), NaT, numpy float32 NaN
+        import pandas as pd
+
+        if pd.api.types.is_scalar(value) and not isinstance(value, str) and bool(pd.isna(value)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
     if isinstance(value, str) and not value.strip():
         return True
     if isinstance(value, (list, tuple)) and not [v for v in value if not _is_missing(v)]:

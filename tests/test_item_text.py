@@ -27,6 +27,15 @@ def test_missing_fields_are_skipped_and_pipe_lists_split():
     assert build_item_text({"title": "  ", "tags": [], "description": None}, CFG) is None
 
 
+def test_pandas_missing_values_are_missing_not_text():
+    """Nullable pandas columns hand out pd.NA / NaT; neither may become the text "<NA>" or "NaT"."""
+    import pandas as pd
+
+    assert build_item_text({"title": pd.NA, "tags": ["Drama", pd.NA], "description": pd.NaT}, CFG) == "P: tags: Drama."
+    assert build_item_text({"title": np.float32("nan"), "tags": None}, CFG) is None
+    assert item_text_or_reject({"item_id": 3, "title": pd.NA}, CFG).reject_reason == REJECT_NO_TEXT
+
+
 def test_text_keys_are_configurable():
     cfg = ItemTextConfig(prompt="", text_keys=["year", "title"])
     assert build_item_text({"title": "Heat", "year": "1995", "tags": ["Crime"]}, cfg) == "year: 1995. title: Heat."
