@@ -13,18 +13,16 @@ a tie). A replay re-applies the same changes in the same order and ends in the s
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
 from feature_gen.config import HLLMConfig
 from feature_gen.item_text import item_text_or_reject
-from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop, LoopSettings, stop_on_signals
+from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
 from feature_gen.streaming.dead_letter import DeadLetter
 from feature_gen.streaming.events import InvalidEvent, parse_item_event
 from feature_gen.streaming.metrics import StreamMetrics
-
-log = logging.getLogger(__name__)
+from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
 
 
 class ItemRefresh:
@@ -74,39 +72,17 @@ class ItemRefresh:
 
 def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders=None, store=None) -> ConsumerLoop:
     """Everything `hllm refresh-items` runs, wired from one config."""
-    from feature_gen.streaming.clients import make_consumer, make_producer
-    from feature_gen.streaming.dead_letter import DeadLetterWriter
     from feature_gen.streaming.online_state import OnlineState
-    from feature_gen.streaming.refresh import _encoders
 
     s = cfg.stream
-    encoders = encoders or _encoders(cfg)
-    if store is None:
-        from feature_gen.feature_store import open_store
-
-        store = open_store(cfg.store)
+    encoders = encoders or consumer_encoders(cfg)
     metrics = StreamMetrics("item_refresh")
-    processor = ItemRefresh(OnlineState(store, encoders.version, s.item_cache_ttl_ms), encoders, metrics,
-                            s.max_item_event_bytes)
-    return ConsumerLoop(
-        make_consumer(s, s.item_group_id),
-        processor,
-        DeadLetterWriter(make_producer(s), s.dead_letter_topic, s.item_group_id),
-        metrics,
-        LoopSettings(s.item_events_topic, s.item_group_id, s.max_batch_events, s.max_batch_ms,
-                     s.retry_backoff_ms, s.retry_backoff_max_ms),
-        stop,
-    )
+    processor = ItemRefresh(OnlineState(consumer_store(cfg, store), encoders.version, s.item_cache_ttl_ms), encoders,
+                            metrics, s.max_item_event_bytes)
+    return wire_loop(cfg, processor, metrics, topic=s.item_events_topic, group_id=s.item_group_id, stop=stop)
 
 
 def run_item_refresh(cfg: HLLMConfig, max_batches: int | None = None) -> int:
     """`hllm refresh-items`: consume item events until SIGTERM/SIGINT; returns the exit code."""
-    stop = threading.Event()
-    stop_on_signals(stop)
-    loop = build_item_loop(cfg, stop)
-    if cfg.stream.metrics_port is not None:
-        loop.metrics.serve(cfg.stream.metrics_port)
-    log.info("refresh-items: group %s on %s, bundle %s", cfg.stream.item_group_id, cfg.stream.item_events_topic,
-             loop.processor.encoders.version)
-    loop.run(max_batches=max_batches)
-    return 0
+    return run_until_signalled(cfg, build_item_loop, "refresh-items", cfg.stream.item_events_topic,
+                               cfg.stream.item_group_id, max_batches)

@@ -16,20 +16,18 @@ One micro-batch (see consumer_loop for the loop and its delivery rules):
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 from feature_gen.config import HLLMConfig
-from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop, LoopSettings, stop_on_signals
+from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
 from feature_gen.streaming.dead_letter import DeadLetter
 from feature_gen.streaming.events import REASON_UNKNOWN_ITEM, InvalidEvent, UserEvent, parse_user_event
 from feature_gen.streaming.metrics import StreamMetrics
 from feature_gen.streaming.recent_items import merge_events
-
-log = logging.getLogger(__name__)
+from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
 
 
 @dataclass
@@ -155,54 +153,20 @@ class UserRefresh:
 
 def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders=None, store=None) -> ConsumerLoop:
     """Everything `hllm refresh` runs, wired from one config (tests pass a preloaded encoders/store)."""
-    from feature_gen.streaming.clients import make_consumer, make_producer
-    from feature_gen.streaming.dead_letter import DeadLetterWriter
     from feature_gen.streaming.online_state import OnlineState
 
     s = cfg.stream
-    encoders = encoders or _encoders(cfg)
-    if store is None:
-        from feature_gen.feature_store import open_store
-
-        store = open_store(cfg.store)
+    encoders = encoders or consumer_encoders(cfg)
     metrics = StreamMetrics("user_refresh")
     processor = UserRefresh(
-        OnlineState(store, encoders.version, s.item_cache_ttl_ms), encoders, metrics,
+        OnlineState(consumer_store(cfg, store), encoders.version, s.item_cache_ttl_ms), encoders, metrics,
         max_event_bytes=s.max_event_bytes, max_recent_items=max(s.max_recent_items, encoders.max_seq_len),
         unknown_item_wait_ms=s.unknown_item_wait_ms, max_waiting_events=s.max_waiting_events,
     )
-    return ConsumerLoop(
-        make_consumer(s, s.group_id),
-        processor,
-        DeadLetterWriter(make_producer(s), s.dead_letter_topic, s.group_id),
-        metrics,
-        LoopSettings(s.user_events_topic, s.group_id, s.max_batch_events, s.max_batch_ms,
-                     s.retry_backoff_ms, s.retry_backoff_max_ms),
-        stop,
-    )
-
-
-def _encoders(cfg: HLLMConfig):
-    import torch
-
-    from feature_gen.config import ConfigError
-    from feature_gen.streaming.encoders import load_stream_encoders
-
-    if not cfg.stream.bundle_path:
-        raise ConfigError("stream.bundle_path: required (the model bundle folder the consumer loads)")
-    if cfg.stream.torch_threads:
-        torch.set_num_threads(cfg.stream.torch_threads)
-    return load_stream_encoders(cfg.stream.bundle_path, cfg.stream.runtime, cfg.stream.torch_threads)
+    return wire_loop(cfg, processor, metrics, topic=s.user_events_topic, group_id=s.group_id, stop=stop)
 
 
 def run_refresh(cfg: HLLMConfig, max_batches: int | None = None) -> int:
     """`hllm refresh`: consume user events until SIGTERM/SIGINT; returns the exit code."""
-    stop = threading.Event()
-    stop_on_signals(stop)
-    loop = build_user_loop(cfg, stop)
-    if cfg.stream.metrics_port is not None:
-        loop.metrics.serve(cfg.stream.metrics_port)
-    log.info("refresh: group %s on %s, bundle %s (%s)", cfg.stream.group_id, cfg.stream.user_events_topic,
-             loop.processor.encoders.version, loop.processor.encoders.runtime)
-    loop.run(max_batches=max_batches)
-    return 0
+    return run_until_signalled(cfg, build_user_loop, "refresh", cfg.stream.user_events_topic, cfg.stream.group_id,
+                               max_batches)
