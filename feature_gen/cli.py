@@ -69,7 +69,8 @@ def cmd_train(args) -> int:
 def cmd_quality(args) -> int:
     from trainer.quality import run_quality
 
-    return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs)
+    return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
+                       report_only=args.report_only)
 
 
 def cmd_demo(args) -> int:
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/quality")
     p.add_argument("--runs", nargs="+", default=None, help="only these models of the suite (e.g. sasrec): "
                    "lets two processes share a suite; rerun without it for the full table")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
     p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")

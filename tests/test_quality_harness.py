@@ -49,4 +49,14 @@ def test_runs_filter_lets_processes_share_a_suite(tmp_path, fake_training):
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"])  # picks sasrec up
     assert len(fake_training) == 3  # + HLLM stage 1 and 2 only
     table = (tmp_path / "quality-warm.md").read_text()
-    assert "| sasrec | 1 |" in table and "| hllm | 1 |" in table
+    assert "| sasrec | 0 |" in table and "| hllm | 0 |" in table  # the seed column names the seeds
+
+
+def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path, fake_training):
+    quality.run_quality("warm", seeds=[0, 1], output=str(tmp_path), datasets=["ml-100k"], runs=["sasrec"])
+    assert len(fake_training) == 2
+    quality.run_quality("warm", seeds=[0, 1, 2], output=str(tmp_path), datasets=["ml-100k"], report_only=True)
+    assert len(fake_training) == 2  # nothing trained
+    table = (tmp_path / "quality-warm-report.md").read_text()
+    assert "| sasrec | 0, 1 | 0.0150 ± 0.0071 |" in table  # fake recall@10 = 0.01, 0.02
+    assert "hllm" not in table.split("\n", 2)[2]

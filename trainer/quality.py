@@ -84,19 +84,28 @@ def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reus
 
 def summarise(results: dict[str, list[dict]]) -> str:
     lines = ["| run | seeds | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+    if not results:
+        return "(no finished runs)"
     for name, runs in results.items():
         cells = []
         for m in METRICS:
             values = np.array([r["test"][m] for r in runs])
             cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        seeds = ", ".join(str(r["seed"]) for r in runs if "seed" in r) or str(len(runs))
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None) -> int:
+def final_result(stages: list, folder: Path) -> Path:
+    return folder / f"stage{len(stages)}" / "result.json" if len(stages) > 1 else folder / "result.json"
+
+
+def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None,
+                report_only: bool = False) -> int:
     """Run (or pick up) every run of `suite` and write its tables; `runs` limits which models run
     (several processes can share one output folder, one model each; a later call without `runs`
-    finds them all finished and writes the complete table)."""
+    finds them all finished and writes the complete table). `report_only`: train nothing, tabulate
+    the finished runs (the table names the seeds each row averages)."""
     suites = list(SUITES) if suite == "all" else [suite]
     out = Path(output)
     tables = []
@@ -112,12 +121,17 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                             continue
                         folder = out / dataset / s / tag / name / f"seed{seed}"
                         reuse = out / dataset / "warm" / "standard" / "hllm" / f"seed{seed}" / "stage1"
+                        if report_only:
+                            done = final_result(RUNS[name], folder)
+                            if done.is_file():
+                                results.setdefault(name, []).append({**json.loads(done.read_text()), "seed": seed})
+                            continue
                         res = run_one(RUNS[name], {**extra, "data.source": dataset, "seed": seed}, folder, reuse)
-                        results.setdefault(name, []).append(res)
+                        results.setdefault(name, []).append({**res, "seed": seed})
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"
                 print(table, flush=True)
                 tables.append(table)
-    name = f"quality-{suite}" + (f"-{'-'.join(runs)}" if runs else "")
+    name = f"quality-{suite}" + (f"-{'-'.join(runs)}" if runs else "") + ("-report" if report_only else "")
     (out / f"{name}.md").write_text("\n".join(tables))
     print(f"tables -> {out / f'{name}.md'}")
     return 0
