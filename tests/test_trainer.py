@@ -108,6 +108,31 @@ def test_stage2_cache_equals_a_fresh_computation(tmp_path, tiny_bundle):
     torch.testing.assert_close(rec.encode_items(ids), fresh[ids])
 
 
+def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):
+    """Stage 1 encodes a step's items in length-sorted chunks; the result and its gradients must be
+    those of one padded batch, in the caller's id order."""
+    from feature_gen.data.sequences import load_interaction_data
+    from feature_gen.item_text import pad_token_ids
+
+    cfg = toy_config(tmp_path, stage=1)
+    cfg = cfg.model_copy(update={"item_text": cfg.item_text.model_copy(update={"max_item_tokens": 64})})
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    ids = torch.tensor([7, 30, 1, 12, 9, 30, 2])  # mixed lengths ("item number 7" vs "... 30"), a repeat
+    assert len({len(rec.catalogue_tokens[i]) for i in ids.tolist()}) > 1
+    rec.length_chunk = 2
+    chunked = rec.encode_items(ids)
+    (chunked * torch.arange(chunked.numel()).view_as(chunked)).sum().backward()
+    grads = [p.grad.clone() for p in rec.hllm.item_llm.parameters()]
+    rec.zero_grad()
+    batch = pad_token_ids([rec.catalogue_tokens[i] for i in ids.tolist()], rec.pad_id, rec.padding_side)
+    whole = rec.hllm.item_llm(batch.input_ids, batch.attention_mask)
+    (whole * torch.arange(whole.numel()).view_as(whole)).sum().backward()
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, (p.grad for p in rec.hllm.item_llm.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_gradient_clipping_is_applied(tmp_path):
     moved = {}
     for norm in (1.0, 1e-12):

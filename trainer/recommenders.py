@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from feature_gen.inference import embed_token_ids
+from feature_gen.inference import batches_by_length, embed_token_ids
 from feature_gen.item_text import pad_token_ids
 from feature_gen.losses import LogitScale
 from feature_gen.model import HLLM
@@ -69,12 +69,22 @@ class HLLMRecommender(nn.Module):
         """(Item LLM, User model) parameters that cost matmul FLOPs per token (embedding tables excluded)."""
         return _matmul_params(self.hllm.item_llm.backbone), _matmul_params(self.user_model)
 
+    # Stage 1 encodes a step's items in chunks of similar length: padding every item to the longest
+    # title wasted ~40 % of the Item LLM's tokens on MovieLens (mean 19 of 32). Same vectors either way.
+    length_chunk = 128
+
     def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
         if self.stage == 2:
             text = self.cached_items[ids]
         else:
-            batch = pad_token_ids([self.catalogue_tokens[i] for i in ids.tolist()], self.pad_id, self.padding_side)
-            text = self.hllm.item_llm(batch.input_ids, batch.attention_mask)
+            tokens = [self.catalogue_tokens[i] for i in ids.tolist()]
+            chunks = batches_by_length([len(t) for t in tokens], self.length_chunk)
+            parts = []
+            for idx in chunks:
+                batch = pad_token_ids([tokens[i] for i in idx], self.pad_id, self.padding_side)
+                parts.append(self.hllm.item_llm(batch.input_ids, batch.attention_mask))
+            order = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, dtype=torch.long)
+            text = torch.cat(parts)[torch.argsort(order)] if parts else self.cached_items[:0]
         if self.id_embedding is not None:
             return text + self.id_embedding(ids)
         return text
