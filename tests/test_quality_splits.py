@@ -5,7 +5,7 @@ import pandas as pd
 
 from feature_gen.config import ItemTextConfig
 from feature_gen.data.sequences import build_interaction_data, cold_item_split, history_windows, leave_one_out
-from trainer.loop import _user_order
+from trainer.loop import training_users
 
 
 def _data(num_users=40, num_items=50, length=15):
@@ -47,8 +47,10 @@ def test_cold_items_never_reach_training_and_test_targets_are_cold():
     assert len(leave_one_out(data).test) == data.num_users
 
 
-def test_user_fraction_is_a_fixed_subset_across_epochs():
-    a = set(_user_order(100, seed=3, epoch=0, fraction=0.25).tolist())
-    b = set(_user_order(100, seed=3, epoch=5, fraction=0.25).tolist())
-    assert len(a) == 25 and a == b
-    assert len(set(_user_order(100, seed=3, epoch=0, fraction=0.5).tolist())) == 50
+def test_user_fraction_is_a_fixed_subset_chosen_by_the_seed():
+    a = training_users(100, seed=3, fraction=0.25)
+    assert len(a) == 25 and len(set(a.tolist())) == 25 and list(a) == sorted(a)
+    assert list(training_users(100, seed=3, fraction=0.25)) == list(a)  # the same subset every call
+    assert set(training_users(100, seed=4, fraction=0.25).tolist()) != set(a.tolist())
+    assert len(training_users(100, seed=3, fraction=0.5)) == 50
+    assert list(training_users(7, seed=3, fraction=1.0)) == list(range(7))

@@ -109,13 +109,13 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _user_order(num_users: int, seed: int, epoch: int, fraction: float) -> np.ndarray:
-    users = np.arange(num_users)
-    if fraction < 1.0:
-        # the same subset every epoch (data-efficiency runs): fixed by seed, not by epoch
-        keep = np.random.default_rng([seed, 10_007]).permutation(num_users)[: max(1, int(round(fraction * num_users)))]
-        users = np.sort(keep)
-    return numpy_seed_for(seed, epoch).permutation(users)
+def training_users(num_users: int, seed: int, fraction: float) -> np.ndarray:
+    """Sorted indices of the users a run trains on: all, or (data-efficiency runs) a fixed
+    `fraction` of them chosen by the seed alone, so every epoch and every model sees the same subset."""
+    if fraction >= 1.0:
+        return np.arange(num_users)
+    keep = np.random.default_rng([seed, 10_007]).permutation(num_users)[: max(1, int(round(fraction * num_users)))]
+    return np.sort(keep)
 
 
 def train(
@@ -143,7 +143,7 @@ def train(
     torch.manual_seed(cfg.seed)
 
     trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
-    chosen = np.sort(_user_order(len(trainable_users), cfg.seed, 0, t_cfg.train_user_fraction))
+    chosen = training_users(len(trainable_users), cfg.seed, t_cfg.train_user_fraction)
     seqs = [split.train[trainable_users[i]] for i in chosen]
     tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
     if t_cfg.windows == "all":
