@@ -69,8 +69,14 @@ def cmd_train(args) -> int:
 def cmd_quality(args) -> int:
     from trainer.quality import run_quality
 
-    return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
-                       report_only=args.report_only)
+    try:
+        return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
+                           report_only=args.report_only)
+    except ValueError as exc:  # a bad --runs name: one line, before anything runs
+        if not str(exc).startswith("--runs"):
+            raise
+        print(f"quality: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args) -> int:

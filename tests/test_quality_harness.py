@@ -60,3 +60,9 @@ def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path, fake_t
     table = (tmp_path / "quality-warm-report.md").read_text()
     assert "| sasrec | 0, 1 | 0.0150 ± 0.0071 |" in table  # fake recall@10 = 0.01, 0.02
     assert "hllm" not in table.split("\n", 2)[2]
+
+
+def test_an_unknown_run_name_is_refused_before_anything_runs(tmp_path, fake_training):
+    with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, sasrec\)"):
+        quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm-typo"])
+    assert fake_training == []

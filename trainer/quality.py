@@ -107,6 +107,11 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
     finds them all finished and writes the complete table). `report_only`: train nothing, tabulate
     the finished runs (the table names the seeds each row averages)."""
     suites = list(SUITES) if suite == "all" else [suite]
+    if runs:
+        offered = sorted({name for s in suites for name in SUITES[s]})
+        unknown = [r for r in runs if r not in offered]
+        if unknown:
+            raise ValueError(f"--runs: {', '.join(unknown)} not in suite {suite!r} (its runs: {', '.join(offered)})")
     out = Path(output)
     tables = []
     for dataset in datasets:
