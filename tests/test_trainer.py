@@ -133,6 +133,26 @@ def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_zero3_run_freezes_whole_weights_into_the_bundle(tmp_path):
+    """ZeRO-3 shards every parameter (a rank's local tensor is empty): the selected checkpoint, the
+    bundle and the parameter count must still hold the whole weights."""
+    from safetensors.torch import load_file
+
+    from feature_gen.data.sequences import load_interaction_data
+
+    cfg = toy_config(tmp_path, stage=1, epochs=1, deepspeed_config=str(REPO / "configs/deepspeed/zero3.json"))
+    result = run_training(cfg, resume=False)
+    best = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
+    bundle = load_bundle(result.bundle)  # verifies every checksum
+    state = bundle.model.state_dict()
+    assert state and all(v.numel() > 0 for v in state.values())
+    for name, value in state.items():
+        torch.testing.assert_close(value, best[f"hllm.{name}"])
+    rec, _, _ = build_recommender(cfg, load_interaction_data(cfg.data, cfg.item_text))
+    assert result.throughput["trainable_params"] == sum(p.numel() for p in rec.parameters() if p.requires_grad)
+    assert result.throughput["achieved_flops"] > 0
+
+
 def test_gradient_clipping_is_applied(tmp_path):
     moved = {}
     for norm in (1.0, 1e-12):

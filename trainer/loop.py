@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import (
@@ -39,7 +39,7 @@ from feature_gen.data.sequences import (
 from feature_gen.evaluation import RankingMetrics, full_ranking_metrics
 from feature_gen.inference import embed_users
 from feature_gen.losses import sequence_info_nce
-from trainer.recommenders import count_parameters, numpy_seed_for
+from trainer.recommenders import count_parameters, full_parameters, numpy_seed_for, whole_state_dict
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,8 +86,9 @@ def evaluate(recommender, eval_set: EvalSet, cfg: HLLMConfig, max_seq_len: int) 
     """Cosine full ranking of each eval user's next item (the model is trained on cosine)."""
     was_training = recommender.training
     recommender.eval()
-    table = recommender.item_table().float()  # [N+1, D], what the User model reads
-    users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
+    with full_parameters(recommender):  # ZeRO-3: item_table reads ID/heads weights directly
+        table = recommender.item_table().float()  # [N+1, D], what the User model reads
+        users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
     recommender.train(was_training)
     user_vecs = torch.nn.functional.normalize(torch.from_numpy(users.vectors), dim=-1)
     item_vecs = torch.nn.functional.normalize(table, dim=-1)
@@ -253,7 +254,9 @@ def train(
                 if ndcg > state.best_ndcg:
                     state.best_ndcg, state.best_epoch, state.bad_epochs = ndcg, state.epoch, 0
                     best_path.parent.mkdir(parents=True, exist_ok=True)
-                    save_model(model, str(best_path))
+                    state_now = whole_state_dict(model)  # every rank (ZeRO-3 gathers), rank 0 writes
+                    if engine.global_rank == 0:
+                        save_file(state_now, str(best_path))
                 else:
                     state.bad_epochs += 1
                     if state.bad_epochs >= t_cfg.early_stopping_patience:
@@ -262,7 +265,8 @@ def train(
             checkpoint()
 
     if best_path.is_file():
-        load_model(model, str(best_path), strict=False)
+        with full_parameters(model):  # ZeRO-3: loaded on rank 0, re-sharded to every rank on exit
+            model.load_state_dict(load_file(str(best_path)), strict=False)
     valid = evaluate(model, split.valid, cfg, cfg.data.max_seq_len)
     test = evaluate(model, split.test, cfg, cfg.data.max_seq_len)
     # forward + backward ~ 6 FLOP per parameter per token (matmul parameters only; lookups are free)

@@ -78,14 +78,23 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     result = train(rec, split, data.num_items, cfg, t.output_dir, max_seq_len=max_len, resume=resume,
                    never_sample=cold)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
-    if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id and is_rank0:
+    if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id:
         from feature_gen.bundle import save_bundle
+        from trainer.recommenders import is_sharded, whole_state_dict
 
-        result.bundle = save_bundle(
-            rec.hllm, tokenizer, cfg, Path(t.output_dir) / "bundles", data_fingerprint=data.fingerprint,
-            metrics={"stage": t.stage, "valid": result.valid, "test": result.test, "best_epoch": result.state.best_epoch},
-            base_models=bases,
-        )
+        hllm = rec.hllm
+        if is_sharded(rec):
+            # ZeRO-3 leaves each rank a shard: gather the selected weights (all ranks) into a plain copy
+            state = whole_state_dict(rec.hllm)
+            if is_rank0:
+                hllm = build_recommender(cfg, data)[0].hllm
+                hllm.load_state_dict(state)
+        if is_rank0:
+            result.bundle = save_bundle(
+                hllm, tokenizer, cfg, Path(t.output_dir) / "bundles", data_fingerprint=data.fingerprint,
+                metrics={"stage": t.stage, "valid": result.valid, "test": result.test, "best_epoch": result.state.best_epoch},
+                base_models=bases,
+            )
     if is_rank0:
         print(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.state.best_epoch,
                           "valid": result.valid, "test": result.test,
