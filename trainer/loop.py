@@ -159,14 +159,23 @@ def train(
     engine, _, _, scheduler = deepspeed.initialize(model=recommender, model_parameters=params, config=ds_config)
     model = engine.module
     dtype = next(p for p in model.parameters()).dtype
+    # Data parallel: every rank trains and evaluates; rank 0 alone writes the log, the selected
+    # weights and result.json (DeepSpeed checkpoints are written by every rank, as DeepSpeed requires).
+    writer = engine.global_rank == 0
+    say = print if writer else (lambda *args, **kwargs: None)
+
+    def log(record: dict) -> None:
+        if writer:
+            _log(log_path, record)
 
     state = TrainState()
     if resume and (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
-        _truncate_log(log_path, state.step)
-        print(f"resumed from {ckpt_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
-    else:  # a fresh start must not select, or append to, what an earlier run left behind
+        if writer:
+            _truncate_log(log_path, state.step)
+        say(f"resumed from {ckpt_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
+    elif writer:  # a fresh start must not select, or append to, what an earlier run left behind
         log_path.unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)
 
@@ -207,14 +216,20 @@ def train(
                 target_ids=targets, negative_ids=negatives, threshold=cfg.loss.nce_threshold,
             )
             loss = nce.loss
+            # The mean over ranks: what is logged, and what every rank checks, so that a NaN on one rank
+            # stops all of them at the same step instead of leaving the others waiting in a collective.
+            mean_loss = loss.detach().clone()
+            if engine.world_size > 1:
+                torch.distributed.all_reduce(mean_loss)
+                mean_loss /= engine.world_size
             # Negatives that survive the same-item masks. When item embeddings have collapsed (a random
             # or badly initialised Item LLM), the cosine > nce_threshold mask removes nearly all of them
             # and the loss carries no signal: the log makes that visible.
             kept_negatives = float(nce.valid_negatives.float().mean())
-            if not torch.isfinite(loss):
+            if not torch.isfinite(mean_loss):
                 last = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else "none"
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {state.step} (epoch {state.epoch}); stopped without "
+                    f"loss is {mean_loss.item()} at step {state.step} (epoch {state.epoch}); stopped without "
                     f"updating; last good checkpoint: {ckpt_dir / last if last != 'none' else 'none'}"
                 )
             engine.backward(loss)
@@ -227,11 +242,11 @@ def train(
             positions_done += int(mask.sum())
             state.step += 1
             state.batch_in_epoch += 1
-            _log(log_path, {"step": state.step, "epoch": state.epoch, "loss": round(loss.item(), 6),
-                            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                            "seconds": round(dt, 4), "negatives_kept": round(kept_negatives, 2), "item_tokens": text_tokens, "positions": int(mask.sum())})
+            log({"step": state.step, "epoch": state.epoch, "loss": round(mean_loss.item(), 6),
+                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(dt, 4),
+                 "negatives_kept": round(kept_negatives, 2), "item_tokens": text_tokens, "positions": int(mask.sum())})
             if state.step == 1 and kept_negatives < 0.1 * cfg.loss.num_negatives:
-                print(f"warning: only {kept_negatives:.1f} of {cfg.loss.num_negatives} negatives survive the "
+                say(f"warning: only {kept_negatives:.1f} of {cfg.loss.num_negatives} negatives survive the "
                       f"cosine > {cfg.loss.nce_threshold} mask: item embeddings are nearly identical, the loss "
                       "has almost no signal (raise loss.nce_threshold to 1.0 for randomly initialised models)", flush=True)
             if on_step is not None:
@@ -248,8 +263,8 @@ def train(
                 metrics = evaluate(model, split.valid, cfg, cfg.data.max_seq_len)
                 ndcg = metrics.values["ndcg@10"]
                 state.history.append({"epoch": state.epoch, "step": state.step, **metrics.values})
-                _log(log_path, {"step": state.step, "epoch": state.epoch, "valid": metrics.values})
-                print(f"epoch {state.epoch} step {state.step}: valid ndcg@10 {ndcg:.4f} recall@10 "
+                log({"step": state.step, "epoch": state.epoch, "valid": metrics.values})
+                say(f"epoch {state.epoch} step {state.step}: valid ndcg@10 {ndcg:.4f} recall@10 "
                       f"{metrics.values['recall@10']:.4f}", flush=True)
                 if ndcg > state.best_ndcg:
                     state.best_ndcg, state.best_epoch, state.bad_epochs = ndcg, state.epoch, 0
@@ -260,7 +275,7 @@ def train(
                 else:
                     state.bad_epochs += 1
                     if state.bad_epochs >= t_cfg.early_stopping_patience:
-                        print(f"early stop: no validation gain for {state.bad_epochs} evaluations", flush=True)
+                        say(f"early stop: no validation gain for {state.bad_epochs} evaluations", flush=True)
                         stop = True
             checkpoint()
 
@@ -272,6 +287,7 @@ def train(
     # forward + backward ~ 6 FLOP per parameter per token (matmul parameters only; lookups are free)
     flops = 6.0 * (item_params * tokens_done + user_params * positions_done)
     throughput = {
+        "world_size": engine.world_size,  # figures below are rank 0's; the data-parallel total is x world_size
         "train_seconds": train_seconds,
         "item_tokens_per_s": tokens_done / train_seconds if train_seconds else 0.0,
         "positions_per_s": positions_done / train_seconds if train_seconds else 0.0,
@@ -280,9 +296,10 @@ def train(
         "matmul_peak_flops": peak,
     }
     throughput["fraction_of_matmul_peak"] = throughput["achieved_flops"] / peak
-    (run_dir / "result.json").write_text(json.dumps(
-        {"best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
-         "history": state.history}, indent=2))
+    if writer:
+        (run_dir / "result.json").write_text(json.dumps(
+            {"best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
+             "history": state.history}, indent=2))
     return TrainResult(run_dir=run_dir, state=state, valid=valid.values, test=test.values, throughput=throughput)
 
 
