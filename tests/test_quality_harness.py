@@ -62,6 +62,14 @@ def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path, fake_t
     assert "hllm" not in table.split("\n", 2)[2]
 
 
+def test_report_lists_stage1_of_two_stage_runs(tmp_path, fake_training):
+    quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm"])
+    quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], report_only=True)
+    table = (tmp_path / "quality-warm-report.md").read_text()
+    assert "| hllm | 0 | 0.0200 ± 0.0000 |" in table  # stage 2 was the second fake run
+    assert "| hllm (stage 1 only) | 0 | 0.0100 ± 0.0000 |" in table
+
+
 def test_an_unknown_run_name_is_refused_before_anything_runs(tmp_path, fake_training):
     with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, sasrec\)"):
         quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm-typo"])
