@@ -112,13 +112,8 @@ def _progress_from_metrics(log: Path, total: int | None, desc: str):
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
                     bar.refresh()
 
-    thread = threading.Thread(target=follow, daemon=True)
-    thread.start()
-    try:
+    with _while_block_runs(follow, stop):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 @contextmanager
@@ -133,7 +128,14 @@ def _elapsed_bar(desc: str):
             while not stop.wait(1.0):
                 bar.update(1)
 
-    thread = threading.Thread(target=tick, daemon=True)
+    with _while_block_runs(tick, stop):
+        yield
+
+
+@contextmanager
+def _while_block_runs(work, stop: threading.Event):
+    """Run `work` (a loop that ends when `stop` is set) in a daemon thread for the length of the block."""
+    thread = threading.Thread(target=work, daemon=True)
     thread.start()
     try:
         yield
