@@ -23,6 +23,7 @@ def fake_training(monkeypatch):
         from pathlib import Path
 
         Path(out, "bundles", f"hllm-{len(calls):04d}").mkdir(parents=True)
+        Path(out, "checkpoints", "step7").mkdir(parents=True)  # what DeepSpeed leaves for resuming
         Path(out, "result.json").write_text(json.dumps({"test": {m: len(calls) / 100 for m in quality.METRICS}}))
 
     monkeypatch.setattr(trainer.train, "run_training", fake_run_training)
@@ -74,3 +75,11 @@ def test_an_unknown_run_name_is_refused_before_anything_runs(tmp_path, fake_trai
     with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, sasrec\)"):
         quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm-typo"])
     assert fake_training == []
+
+
+def test_finished_stages_keep_their_bundle_and_result_but_not_their_checkpoints(tmp_path, fake_training):
+    quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm"])
+    seed0 = tmp_path / "ml-100k" / "warm" / "standard" / "hllm" / "seed0"
+    for stage in ("stage1", "stage2"):
+        assert (seed0 / stage / "result.json").is_file() and any((seed0 / stage / "bundles").iterdir())
+        assert not (seed0 / stage / "checkpoints").exists()

@@ -1,4 +1,5 @@
-"""DeepSpeed configuration from the trainer's settings, and the single-process CPU switch.
+"""DeepSpeed glue: the config from the trainer's settings, the single-process CPU switch, and ZeRO-3's
+whole-parameter access (sizes, gathering, saving).
 
 The trainer's config (`train.*`) is the source of truth. A DeepSpeed JSON (`train.deepspeed_config`,
 e.g. configs/deepspeed/zero2.json) contributes what the trainer does not own (ZeRO stage, offload,
@@ -19,7 +20,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import contextlib
+
 import torch
+from torch import nn
 
 from feature_gen.config import ConfigError, HLLMConfig
 
@@ -105,3 +109,52 @@ def build_deepspeed_config(cfg: HLLMConfig, total_steps: int, world_size: int = 
     ds.setdefault("steps_per_print", 10**9)  # the trainer logs its own figures
     ds.setdefault("wall_clock_breakdown", False)
     return ds
+
+
+# ZeRO-3 partitions every parameter across ranks: locally a parameter is then an empty tensor and its
+# real size is `ds_numel`. Code that reads weights directly (counting, saving, loading the selected
+# checkpoint, the bundle, the ID table used in evaluation) goes through the helpers below.
+
+
+def full_numel(p: torch.Tensor) -> int:
+    """A parameter's full size, also when ZeRO-3 has partitioned it away (its local numel is then 0)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when ZeRO-3 has partitioned the module's parameters across ranks."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def full_parameters(module: nn.Module):
+    """Context in which every parameter of `module` is whole on this rank. Under ZeRO-3 forward hooks
+    gather what a forward needs, but nothing else does; changes made inside (loading weights) are
+    taken from rank 0 and re-sharded on exit. Without ZeRO-3: no-op."""
+    if not is_sharded(module):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0)
+
+
+def whole_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state, whole even under ZeRO-3 (every rank must call it: gathering is collective),
+    each tensor once: a submodule reachable under two names (HLLMRecommender's `user_model` is
+    `hllm.user_llm`) is saved under its first name; `load_state_dict(strict=False)` fills both.
+    Unsharded: the module's own tensors, no copy (safetensors moves them to CPU as it writes).
+    Sharded: standalone CPU copies, because gathered parameters are views into one flat buffer that
+    safetensors rightly refuses to save as separate tensors, and the buffer is freed on exit."""
+    def once(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        seen, kept = set(), {}
+        for name, tensor in state.items():
+            key = (tensor.data_ptr(), tuple(tensor.shape))
+            if tensor.numel() and key in seen:
+                continue
+            seen.add(key)
+            kept[name] = tensor.detach()
+        return kept
+
+    if not is_sharded(module):
+        return once(module.state_dict())
+    with full_parameters(module):
+        return {k: v.to("cpu", copy=True) for k, v in once(module.state_dict()).items()}

@@ -39,7 +39,8 @@ from feature_gen.data.sequences import (
 from feature_gen.evaluation import RankingMetrics, full_ranking_metrics
 from feature_gen.inference import embed_users
 from feature_gen.losses import sequence_info_nce
-from trainer.recommenders import count_parameters, full_parameters, numpy_seed_for, whole_state_dict
+from trainer.deepspeed_setup import full_parameters, whole_state_dict
+from trainer.recommenders import count_parameters, numpy_seed_for
 
 
 class TrainingDiverged(RuntimeError):

@@ -9,6 +9,7 @@ checkpoint selected on validation NDCG@10 (test is never used for selection).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@2
 
 def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reuse_dir: Path | None = None) -> dict:
     """Run each stage in its own folder (stage k+1 from stage k's bundle); return the last result.
-    Finished stages (result.json present) are not run again. A ("reuse", {}) stage is the HLLM
+    Finished stages (result.json present) are not run again and keep no DeepSpeed checkpoints. A ("reuse", {}) stage is the HLLM
     stage 1 in `reuse_dir` (run there first if it is not finished)."""
     from trainer.train import run_training
 
@@ -76,6 +77,9 @@ def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reus
         done = folder / "result.json"
         if not done.is_file():
             run_training(load_config(REPO / config, extra), resume=True)
+        # A finished stage's DeepSpeed checkpoints (weights + AdamW state, up to ~1.2 GB per HLLM stage)
+        # only served resuming it; result.json, the selected weights and the bundle are what stays.
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         result = json.loads(done.read_text())
         bundles = sorted((folder / "bundles").glob("hllm-*")) if not last else []
         init_bundle = str(bundles[-1]) if bundles else None

@@ -22,6 +22,7 @@ from feature_gen.item_text import pad_token_ids
 from feature_gen.losses import LogitScale
 from feature_gen.model import HLLM
 from feature_gen.user_llm import UserLLMOutput, last_real_index
+from trainer.deepspeed_setup import full_numel
 
 
 class HLLMRecommender(nn.Module):
@@ -176,47 +177,14 @@ class SASRecRecommender(nn.Module):
         return table
 
 
-def _numel(p: torch.Tensor) -> int:
-    """A parameter's full size, also when ZeRO-3 has partitioned it away (its local numel is then 0)."""
-    return int(getattr(p, "ds_numel", p.numel()))
-
-
 def _matmul_params(module: nn.Module) -> int:
-    return sum(_numel(m.weight) for m in module.modules() if isinstance(m, nn.Linear)) + sum(
-        _numel(m.in_proj_weight) for m in module.modules() if isinstance(m, nn.MultiheadAttention)
+    return sum(full_numel(m.weight) for m in module.modules() if isinstance(m, nn.Linear)) + sum(
+        full_numel(m.in_proj_weight) for m in module.modules() if isinstance(m, nn.MultiheadAttention)
     )
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    return sum(_numel(p) for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """True when ZeRO-3 has partitioned the module's parameters across ranks."""
-    return any(hasattr(p, "ds_id") for p in module.parameters())
-
-
-def whole_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state as standalone CPU tensors, whole even under ZeRO-3 (every rank must call it:
-    gathering is collective). Standalone copies, because gathered parameters are views into one flat
-    buffer, which safetensors rightly refuses to save as separate tensors."""
-    with full_parameters(module):
-        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def full_parameters(module: nn.Module):
-    """Context in which every parameter of `module` is whole on this rank. Under ZeRO-3 each rank holds
-    a shard and forward hooks gather what a forward needs; code that reads weights directly (saving,
-    loading the selected checkpoint, the bundle, the ID table for evaluation) runs inside this. Changes
-    made inside (loading weights) are taken from rank 0 and re-sharded on exit. Without ZeRO-3: no-op."""
-    import contextlib
-
-    params = list(module.parameters())
-    if not is_sharded(module):
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return sum(full_numel(p) for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def catalogue_token_ids(items, text_cfg, tokenizer) -> list[list[int]]:

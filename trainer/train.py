@@ -80,7 +80,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
     if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id:
         from feature_gen.bundle import save_bundle
-        from trainer.recommenders import is_sharded, whole_state_dict
+        from trainer.deepspeed_setup import is_sharded, whole_state_dict
 
         hllm = rec.hllm
         if is_sharded(rec):
