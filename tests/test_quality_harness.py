@@ -49,7 +49,7 @@ def test_runs_filter_lets_processes_share_a_suite(tmp_path, fake_training):
     assert [c["stage"] for c in fake_training] == [1] and "sasrec" in fake_training[0]["out"]
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"])  # picks sasrec up
     assert len(fake_training) == 3  # + HLLM stage 1 and 2 only
-    table = (tmp_path / "quality-warm.md").read_text()
+    table = (tmp_path / "quality-ml-100k-warm.md").read_text()
     assert "| sasrec | 0 |" in table and "| hllm | 0 |" in table  # the seed column names the seeds
 
 
@@ -58,7 +58,7 @@ def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path, fake_t
     assert len(fake_training) == 2
     quality.run_quality("warm", seeds=[0, 1, 2], output=str(tmp_path), datasets=["ml-100k"], report_only=True)
     assert len(fake_training) == 2  # nothing trained
-    table = (tmp_path / "quality-warm-report.md").read_text()
+    table = (tmp_path / "quality-ml-100k-warm-report.md").read_text()
     assert "| sasrec | 0, 1 | 0.0150 ± 0.0071 |" in table  # fake recall@10 = 0.01, 0.02
     assert "hllm" not in table.split("\n", 2)[2]
 
@@ -66,7 +66,7 @@ def test_report_only_tabulates_finished_runs_and_trains_nothing(tmp_path, fake_t
 def test_report_lists_stage1_of_two_stage_runs(tmp_path, fake_training):
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm"])
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], report_only=True)
-    table = (tmp_path / "quality-warm-report.md").read_text()
+    table = (tmp_path / "quality-ml-100k-warm-report.md").read_text()
     assert "| hllm | 0 | 0.0200 ± 0.0000 |" in table  # stage 2 was the second fake run
     assert "| hllm (stage 1 only) | 0 | 0.0100 ± 0.0000 |" in table
 
@@ -83,3 +83,10 @@ def test_finished_stages_keep_their_bundle_and_result_but_not_their_checkpoints(
     for stage in ("stage1", "stage2"):
         assert (seed0 / stage / "result.json").is_file() and any((seed0 / stage / "bundles").iterdir())
         assert not (seed0 / stage / "checkpoints").exists()
+
+
+def test_tables_of_different_datasets_do_not_overwrite_each_other(tmp_path, fake_training):
+    for dataset in ("ml-100k", "ml-latest-small"):
+        quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=[dataset], runs=["sasrec"])
+    assert "### ml-100k, warm" in (tmp_path / "quality-ml-100k-warm-sasrec.md").read_text()
+    assert "### ml-latest-small, warm" in (tmp_path / "quality-ml-latest-small-warm-sasrec.md").read_text()

@@ -145,7 +145,8 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"
                 print(table, flush=True)
                 tables.append(table)
-    name = f"quality-{suite}" + (f"-{'-'.join(runs)}" if runs else "") + ("-report" if report_only else "")
+    # the datasets are in the name: tables of different data sets must not overwrite each other
+    name = f"quality-{'-'.join(datasets)}-{suite}" + (f"-{'-'.join(runs)}" if runs else "") + ("-report" if report_only else "")
     (out / f"{name}.md").write_text("\n".join(tables))
     print(f"tables -> {out / f'{name}.md'}")
     return 0
