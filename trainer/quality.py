@@ -36,12 +36,16 @@ RUNS: dict[str, list[tuple[str, dict]]] = {
     "hllm-negatives-32": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "loss.num_negatives": 32})],
     "hllm-mean-pooling": [("configs/quality_hllm.yaml", {"item_llm.pooling": "mean"}),
                           ("configs/quality_hllm.yaml", {**STAGE2, "item_llm.pooling": "mean"})],
+    # stage-1 compute: 12 instead of 4 epochs (the cosine schedule stretched with them), all else equal
+    "hllm-stage1-12-epochs": [("configs/quality_hllm.yaml", {"train.epochs": 12, "train.early_stopping_patience": 3}),
+                              ("configs/quality_hllm.yaml", STAGE2)],
     "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
                         ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
 SUITES = {
     "warm": ["sasrec", "hllm"],
-    "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps"],
+    "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
+                  "hllm-stage1-12-epochs"],
     "cold": ["sasrec", "hllm"],
     "efficiency": ["sasrec", "hllm"],
 }
