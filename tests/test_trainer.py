@@ -287,3 +287,19 @@ def test_deepspeed_launcher_runs_two_data_parallel_ranks(tmp_path):
     bundles = sorted((run_dir / "bundles").glob("hllm-*"))
     assert len(bundles) == 1
     load_bundle(bundles[0])  # whole and checksum-valid
+
+
+def test_stage2_evaluates_its_starting_point_and_can_select_it(tmp_path):
+    stage1 = run_training(toy_config(tmp_path, epochs=4, eval_every_epochs=2), resume=False)
+    cfg = toy_config(tmp_path, stage=2, init_bundle=str(stage1.bundle), epochs=2, eval_every_epochs=1,
+                     output_dir=str(tmp_path / "stage2"), freeze_bundle=False)
+    result = run_training(cfg, resume=False)
+    history = result.state.history
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    # epoch 0 is the stage-1 selection, evaluated again through the stage-2 cache
+    assert history[0]["ndcg@10"] == pytest.approx(stage1.valid["ndcg@10"], abs=1e-6)
+    best = max(history, key=lambda h: h["ndcg@10"])
+    assert result.state.best_epoch == best["epoch"]
+    assert result.valid["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-6)
+    logged = [json.loads(l) for l in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[0]["step"] == 0 and "valid" in logged[0]

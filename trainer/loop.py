@@ -5,6 +5,7 @@
         -> User model -> InfoNCE over real positions -> DeepSpeed backward/step (clipping inside)
         -> log loss, tokens/s, FLOP/s; checkpoint every N steps
     evaluate on validation (full ranking, NDCG@10) -> keep the best weights, stop early
+        (a run from a bundle evaluates its starting weights first: epoch 0 can be selected)
     -> test metrics for the selected weights only -> stage 3: freeze into a bundle
 
 Resume: DeepSpeed checkpoints (weights, optimizer, scheduler) carry the step, epoch and batch index
@@ -185,6 +186,28 @@ def train(
         for old in sorted(ckpt_dir.glob("step*"), key=lambda p: int(p.name[4:]))[:-2]:
             shutil.rmtree(old, ignore_errors=True)  # keep the two newest
 
+    def select(metrics: RankingMetrics) -> None:
+        """Record a validation result; keep the weights if they are the best so far."""
+        ndcg = metrics.values["ndcg@10"]
+        state.history.append({"epoch": state.epoch, "step": state.step, **metrics.values})
+        log({"step": state.step, "epoch": state.epoch, "valid": metrics.values})
+        say(f"epoch {state.epoch} step {state.step}: valid ndcg@10 {ndcg:.4f} recall@10 "
+            f"{metrics.values['recall@10']:.4f}", flush=True)
+        if ndcg > state.best_ndcg:
+            state.best_ndcg, state.best_epoch, state.bad_epochs = ndcg, state.epoch, 0
+            best_path.parent.mkdir(parents=True, exist_ok=True)
+            state_now = whole_state_dict(model)  # every rank (ZeRO-3 gathers), rank 0 writes
+            if engine.global_rank == 0:
+                save_file(state_now, str(best_path))
+        else:
+            state.bad_epochs += 1
+
+    # A run that starts from trained weights (stage 2 from the stage-1 bundle) first evaluates where it
+    # starts: epoch 0 is a candidate, so a stage that only makes validation worse selects its start
+    # instead of its least bad epoch.
+    if cfg.train.init_bundle and state.step == 0 and not state.history:
+        select(evaluate(model, split.valid, cfg, cfg.data.max_seq_len))
+
     item_params, user_params = model.compute_params()
     peak = matmul_peak_flops()
     tokens_done = positions_done = 0
@@ -261,23 +284,10 @@ def train(
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.epoch % t_cfg.eval_every_epochs == 0 or stop or state.epoch == t_cfg.epochs:
-                metrics = evaluate(model, split.valid, cfg, cfg.data.max_seq_len)
-                ndcg = metrics.values["ndcg@10"]
-                state.history.append({"epoch": state.epoch, "step": state.step, **metrics.values})
-                log({"step": state.step, "epoch": state.epoch, "valid": metrics.values})
-                say(f"epoch {state.epoch} step {state.step}: valid ndcg@10 {ndcg:.4f} recall@10 "
-                      f"{metrics.values['recall@10']:.4f}", flush=True)
-                if ndcg > state.best_ndcg:
-                    state.best_ndcg, state.best_epoch, state.bad_epochs = ndcg, state.epoch, 0
-                    best_path.parent.mkdir(parents=True, exist_ok=True)
-                    state_now = whole_state_dict(model)  # every rank (ZeRO-3 gathers), rank 0 writes
-                    if engine.global_rank == 0:
-                        save_file(state_now, str(best_path))
-                else:
-                    state.bad_epochs += 1
-                    if state.bad_epochs >= t_cfg.early_stopping_patience:
-                        say(f"early stop: no validation gain for {state.bad_epochs} evaluations", flush=True)
-                        stop = True
+                select(evaluate(model, split.valid, cfg, cfg.data.max_seq_len))
+                if state.bad_epochs >= t_cfg.early_stopping_patience:
+                    say(f"early stop: no validation gain for {state.bad_epochs} evaluations", flush=True)
+                    stop = True
             checkpoint()
 
     if best_path.is_file():
