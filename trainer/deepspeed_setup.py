@@ -14,13 +14,12 @@ rank variables the launcher would have set (otherwise DeepSpeed looks for mpi4py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 from pathlib import Path
 from typing import Any
-
-import contextlib
 
 import torch
 from torch import nn
@@ -144,17 +143,19 @@ def whole_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     Unsharded: the module's own tensors, no copy (safetensors moves them to CPU as it writes).
     Sharded: standalone CPU copies, because gathered parameters are views into one flat buffer that
     safetensors rightly refuses to save as separate tensors, and the buffer is freed on exit."""
-    def once(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        seen, kept = set(), {}
-        for name, tensor in state.items():
-            key = (tensor.data_ptr(), tuple(tensor.shape))
-            if tensor.numel() and key in seen:
-                continue
-            seen.add(key)
-            kept[name] = tensor.detach()
-        return kept
-
     if not is_sharded(module):
-        return once(module.state_dict())
+        return _each_tensor_once(module.state_dict())
     with full_parameters(module):
-        return {k: v.to("cpu", copy=True) for k, v in once(module.state_dict()).items()}
+        return {k: v.to("cpu", copy=True) for k, v in _each_tensor_once(module.state_dict()).items()}
+
+
+def _each_tensor_once(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without aliases: a tensor reachable under several names is kept under its first."""
+    seen, kept = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        kept[name] = tensor.detach()
+    return kept

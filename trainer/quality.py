@@ -60,8 +60,8 @@ METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@2
 
 def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reuse_dir: Path | None = None) -> dict:
     """Run each stage in its own folder (stage k+1 from stage k's bundle); return the last result.
-    Finished stages (result.json present) are not run again and keep no DeepSpeed checkpoints. A ("reuse", {}) stage is the HLLM
-    stage 1 in `reuse_dir` (run there first if it is not finished)."""
+    Finished stages (result.json present) are not run again and keep no DeepSpeed checkpoints.
+    A ("reuse", {}) stage is the HLLM stage 1 in `reuse_dir` (run there first if it is not finished)."""
     from trainer.train import run_training
 
     init_bundle = None
