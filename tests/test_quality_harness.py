@@ -19,7 +19,8 @@ def fake_training(monkeypatch):
         out = cfg.train.output_dir
         calls.append({"out": out, "stage": cfg.train.stage, "init": cfg.train.init_bundle,
                       "negatives": cfg.loss.num_negatives, "text_id": cfg.train.text_plus_id,
-                      "seed": cfg.seed, "freeze": cfg.train.freeze_bundle})
+                      "seed": cfg.seed, "freeze": cfg.train.freeze_bundle,
+                      "epochs": cfg.train.epochs, "lr": cfg.train.lr})
         from pathlib import Path
 
         Path(out, "bundles", f"hllm-{len(calls):04d}").mkdir(parents=True)
@@ -42,6 +43,16 @@ def test_stage2_ablation_reuses_the_warm_stage1_and_runs_it_once(tmp_path, fake_
     assert {(c["text_id"], c["negatives"]) for c in stage2} == {(True, 128), (False, 32)}
     assert all(c["seed"] == 3 for c in fake_training)
     assert [c["freeze"] for c in fake_training] == [True, False, False]
+
+
+def test_an_ablation_can_reuse_another_ablations_stage1(tmp_path, fake_training):
+    quality.run_quality("ablations", seeds=[1], output=str(tmp_path), datasets=["ml-100k"],
+                        runs=["hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4"])
+    stage1 = tmp_path / "ml-100k" / "ablations" / "standard" / "hllm-stage1-12-epochs" / "seed1" / "stage1"
+    assert [(c["stage"], c["epochs"]) for c in fake_training] == [(1, 12), (2, 6), (2, 6)]  # one stage 1
+    assert fake_training[0]["out"] == str(stage1)
+    assert all(c["init"].startswith(str(stage1 / "bundles")) for c in fake_training[1:])
+    assert sorted(c["lr"] for c in fake_training[1:]) == [1e-4, 3e-4]
 
 
 def test_runs_filter_lets_processes_share_a_suite(tmp_path, fake_training):

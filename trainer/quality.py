@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,7 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 # name -> list of (config file, overrides) stages; a later stage starts from the previous stage's
 # bundle. Sizes are CPU-bound choices (2 cores): see BENCHMARKS.md.
-REUSE_STAGE1 = ("reuse", {})
+# ("reuse", run) as a first stage = `run`'s own stage 1 for the same dataset and seed, from the folder
+# of the suite that tabulates `run` (trained there first if missing), so a stage-2-only ablation
+# differs from `run` in exactly one thing and no stage 1 is trained twice.
+REUSE_STAGE1 = ("reuse", "hllm")
 STAGE2 = {"train.stage": 2, "train.windows": "all", "train.epochs": 6, "train.lr": 3e-4,
           "train.eval_every_epochs": 1, "train.batch_size": 64}
 STAGE1 = ("configs/quality_hllm.yaml", {})
@@ -29,8 +33,7 @@ RUNS: dict[str, list[tuple[str, dict]]] = {
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
     # freezes it and trains the User LLM on long histories
     "hllm": [STAGE1, ("configs/quality_hllm.yaml", STAGE2)],
-    # ablations. "reuse" = the warm suite's HLLM stage 1 for the same dataset and seed (run there if
-    # missing), so a stage-2-only ablation differs from "hllm" in exactly one thing.
+    # ablations
     "hllm-frozen-item": [("configs/quality_hllm.yaml", STAGE2)],  # Item LLM never fine-tuned
     "hllm-text-id": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "train.text_plus_id": True})],
     "hllm-negatives-32": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "loss.num_negatives": 32})],
@@ -39,13 +42,17 @@ RUNS: dict[str, list[tuple[str, dict]]] = {
     # stage-1 compute: 12 instead of 4 epochs (the cosine schedule stretched with them), all else equal
     "hllm-stage1-12-epochs": [("configs/quality_hllm.yaml", {"train.epochs": 12, "train.early_stopping_patience": 3}),
                               ("configs/quality_hllm.yaml", STAGE2)],
+    # stage 2 at a third of the learning rate on that 12-epoch stage 1 (at 3e-4 its first stage-2 epoch
+    # fell below its start on validation)
+    "hllm-stage1-12-epochs-stage2-lr1e-4": [("reuse", "hllm-stage1-12-epochs"),
+                                            ("configs/quality_hllm.yaml", {**STAGE2, "train.lr": 1e-4})],
     "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
                         ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
 SUITES = {
     "warm": ["sasrec", "hllm"],
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
-                  "hllm-stage1-12-epochs"],
+                  "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4"],
     "cold": ["sasrec", "hllm"],
     "efficiency": ["sasrec", "hllm"],
 }
@@ -58,10 +65,16 @@ SUITE_OVERRIDES = {
 METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200"]
 
 
-def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reuse_dir: Path | None = None) -> dict:
+def home_suite(run: str) -> str:
+    """The suite whose folder holds `run`'s stage 1 when another run reuses it."""
+    return "warm" if run in SUITES["warm"] else "ablations"
+
+
+def run_one(stages: list[tuple[str, dict | str]], overrides: dict, out_dir: Path,
+            reuse_dir: Callable[[str], Path] | None = None) -> dict:
     """Run each stage in its own folder (stage k+1 from stage k's bundle); return the last result.
     Finished stages (result.json present) are not run again and keep no DeepSpeed checkpoints.
-    A ("reuse", {}) stage is the HLLM stage 1 in `reuse_dir` (run there first if it is not finished)."""
+    A ("reuse", run) stage is `run`'s stage 1 in `reuse_dir(run)` (run there first if not finished)."""
     from trainer.train import run_training
 
     init_bundle = None
@@ -70,7 +83,7 @@ def run_one(stages: list[tuple[str, dict]], overrides: dict, out_dir: Path, reus
         if config == "reuse":
             if reuse_dir is None:
                 raise ValueError("a 'reuse' stage needs reuse_dir")
-            folder, config, stage_overrides = reuse_dir, *STAGE1
+            folder, (config, stage_overrides) = reuse_dir(stage_overrides), RUNS[stage_overrides][0]
             last = False
         else:
             folder = out_dir / f"stage{k}" if len(stages) > 1 else out_dir
@@ -133,7 +146,9 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                         if runs and name not in runs:
                             continue
                         folder = out / dataset / s / tag / name / f"seed{seed}"
-                        reuse = out / dataset / "warm" / "standard" / "hllm" / f"seed{seed}" / "stage1"
+                        def reuse(run: str, seed: int = seed) -> Path:
+                            return out / dataset / home_suite(run) / "standard" / run / f"seed{seed}" / "stage1"
+
                         if report_only:
                             done = final_result(RUNS[name], folder)
                             if done.is_file():
