@@ -54,7 +54,7 @@ SUITES = {
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4"],
     "cold": ["sasrec", "hllm"],
-    "efficiency": ["sasrec", "hllm"],
+    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs"],
 }
 SUITE_OVERRIDES = {
     "warm": [{}],
