@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = ["benchmarks.eval_bench", "benchmarks.harness_sanity", "benchmarks.spark_bench", "benchmarks.onnx_bench",
-              "benchmarks.stream_bench"]
+              "benchmarks.stream_bench", "benchmarks.data_facts"]
 
 
 def main() -> int:
