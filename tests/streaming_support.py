@@ -19,17 +19,6 @@ from feature_gen.item_text import build_item_text
 _SUFFIX = itertools.count()
 
 
-@pytest.fixture
-def own_broker(tmp_path_factory):
-    """A broker for one test alone: for assertions on exact event counts, which records of other
-    tests' topics must not be able to disturb (seen once in a full-suite run on a shared broker)."""
-    from feature_gen.streaming.broker import LocalBroker
-
-    log = tmp_path_factory.mktemp("tansu-own") / "tansu.log"
-    with LocalBroker.start(log_path=log) as b:
-        yield b
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     from feature_gen.streaming.broker import LocalBroker

@@ -130,18 +130,41 @@ def test_events_in_embeddings_equal_batch_recomputation(tmp_path, broker, tiny_b
     np.testing.assert_allclose(got.vectors, batch.vectors, rtol=1e-4, atol=1e-5)
 
 
-def test_replay_never_moves_sequences_or_embeddings_backwards():
-    """A full replay by a fresh group, plus stale events, changes no sequence and no embedding
-    (tests/isolated_replay.py, in a fresh interpreter: see its docstring for why)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_replay_never_moves_sequences_or_embeddings_backwards(tmp_path, broker, tiny_bundle, encoders):
+    """The whole log read again by a fresh group (a full replay), plus stale events, changes nothing."""
+    cfg = stream_config(tmp_path, broker, tiny_bundle, max_recent_items=20)
+    create_stream_topics(cfg)
+    store = store_of(cfg)
+    seed_item_embeddings(store, encoders, range(20))
+    events = user_events(num_users=5, num_items=20, num_events=150, seed=2)  # ~30 per user: windows are full
+    producer = make_producer(cfg.stream)
+    send_paced(producer, cfg.stream.user_events_topic, user_messages(pd.DataFrame(events, columns=["user_id", "item_id", "timestamp"])))
+    loop = build_user_loop(cfg, threading.Event(), encoders, store)
+    with running(loop):
+        wait_until(lambda: settled(loop) >= len(events), 60, what="first pass")
+    users = sorted({u for u, _, _ in events})
+    before_seq = store.recent_items(users)
+    before_emb = store.user_embeddings(users)
 
-    here = Path(__file__).resolve().parent
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here / "isolated_replay.py")],
-                         cwd=here.parent, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "1 passed" in run.stdout
+    # stale events: older than every user's window (too late), and a second group replaying everything
+    first_ts = {u: min(t for uu, _, t in events if uu == u) for u in users}
+    stale = [(u, "3", first_ts[u] - 10) for u in users]
+    send_paced(producer, cfg.stream.user_events_topic, user_messages(pd.DataFrame(stale, columns=["user_id", "item_id", "timestamp"])))
+    replay_cfg = cfg.model_copy(update={"stream": cfg.stream.model_copy(update={"group_id": cfg.stream.group_id + "-replay"})})
+    replay = build_user_loop(replay_cfg, threading.Event(), encoders, store)
+    with running(replay):
+        wait_until(lambda: settled(replay) >= len(events) + len(stale), 60, what="the replay")
+
+    m = replay.metrics
+    assert m.value("hllm_stream_events_total", {"consumer": USER, "outcome": "added"}) == 0
+    assert m.value("hllm_stream_events_total", {"consumer": USER, "outcome": "too_late"}) >= len(stale)
+    after_seq = store.recent_items(users)
+    after_emb = store.user_embeddings(users)
+    assert after_seq.item_ids == before_seq.item_ids
+    for a, b in zip(after_seq.item_ts, before_seq.item_ts):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(after_emb.last_event_ts, before_emb.last_event_ts)
+    np.testing.assert_allclose(after_emb.vectors, before_emb.vectors, rtol=1e-5, atol=1e-6)
 
 
 def test_new_item_event_makes_its_embedding_readable_and_releases_waiting_user_events(tmp_path, broker, tiny_bundle, encoders):

@@ -20,14 +20,28 @@ benchmark that needs exact freshness percentiles (not histogram buckets) sets `f
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
 
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def keep_values_in_process() -> None:
+    """Make prometheus_client keep metric values in the metric objects, whatever was imported first.
+
+    Importing Feast sets PROMETHEUS_MULTIPROC_DIR (for its pre-forked feature server), and a
+    prometheus_client first imported after that keeps every value in one mmap file per process, keyed
+    by metric name and labels only: a consumer created after another one in the same process then
+    starts its counters from the other's totals, whatever registry each uses (seen in the test suite:
+    a fresh consumer reported 2,026 events 'added' that it never read). A refresh consumer owns its
+    registry and serves it from its own process, so in-process values are always what it wants.
+    Metrics created before this call (Feast's own) keep their storage."""
+    values.ValueClass = values.MutexValue
+
+
 class StreamMetrics:
     def __init__(self, consumer: str):
+        keep_values_in_process()
         self.consumer = consumer
         self.registry = CollectorRegistry()
         r = self.registry
