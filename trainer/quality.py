@@ -42,6 +42,10 @@ RUNS: dict[str, list[tuple[str, dict]]] = {
     # stage-1 compute: 12 instead of 4 epochs (the cosine schedule stretched with them), all else equal
     "hllm-stage1-12-epochs": [("configs/quality_hllm.yaml", {"train.epochs": 12, "train.early_stopping_patience": 3}),
                               ("configs/quality_hllm.yaml", STAGE2)],
+    # 24 epochs: validation was still rising at epoch 12 in 2 of 3 seeds; patience 4 so that one noisy
+    # evaluation early in the long schedule does not end it
+    "hllm-stage1-24-epochs": [("configs/quality_hllm.yaml", {"train.epochs": 24, "train.early_stopping_patience": 4}),
+                              ("configs/quality_hllm.yaml", STAGE2)],
     # stage 2 at a third of the learning rate on that 12-epoch stage 1 (at 3e-4 its first stage-2 epoch
     # fell below its start on validation)
     "hllm-stage1-12-epochs-stage2-lr1e-4": [("reuse", "hllm-stage1-12-epochs"),
@@ -52,7 +56,7 @@ RUNS: dict[str, list[tuple[str, dict]]] = {
 SUITES = {
     "warm": ["sasrec", "hllm"],
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
-                  "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4"],
+                  "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs"],
     "cold": ["sasrec", "hllm"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs"],
 }
