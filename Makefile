@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR := cpu
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: setup system-deps test demo bench lint clean
+.PHONY: setup system-deps test demo bench clean
 
 setup: $(STAMP) system-deps
 

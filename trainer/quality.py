@@ -28,7 +28,7 @@ REUSE_STAGE1 = ("reuse", "hllm")
 STAGE2 = {"train.stage": 2, "train.windows": "all", "train.epochs": 6, "train.lr": 3e-4,
           "train.eval_every_epochs": 1, "train.batch_size": 64}
 STAGE1 = ("configs/quality_hllm.yaml", {})
-RUNS: dict[str, list[tuple[str, dict]]] = {
+RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
     # freezes it and trains the User LLM on long histories
@@ -72,6 +72,11 @@ METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@2
 def home_suite(run: str) -> str:
     """The suite whose folder holds `run`'s stage 1 when another run reuses it."""
     return "warm" if run in SUITES["warm"] else "ablations"
+
+
+def reused_stage1(out: Path, dataset: str, seed: int) -> Callable[[str], Path]:
+    """run name -> the folder of that run's stage 1 for this dataset and seed (a "reuse" stage)."""
+    return lambda run: out / dataset / home_suite(run) / "standard" / run / f"seed{seed}" / "stage1"
 
 
 def run_one(stages: list[tuple[str, dict | str]], overrides: dict, out_dir: Path,
@@ -150,9 +155,6 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                         if runs and name not in runs:
                             continue
                         folder = out / dataset / s / tag / name / f"seed{seed}"
-                        def reuse(run: str, seed: int = seed) -> Path:
-                            return out / dataset / home_suite(run) / "standard" / run / f"seed{seed}" / "stage1"
-
                         if report_only:
                             done = final_result(RUNS[name], folder)
                             if done.is_file():
@@ -163,7 +165,8 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                                 results.setdefault(f"{name} (stage 1 only)", []).append(
                                     {**json.loads(first.read_text()), "seed": seed})
                             continue
-                        res = run_one(RUNS[name], {**extra, "data.source": dataset, "seed": seed}, folder, reuse)
+                        res = run_one(RUNS[name], {**extra, "data.source": dataset, "seed": seed}, folder,
+                                      reused_stage1(out, dataset, seed))
                         results.setdefault(name, []).append({**res, "seed": seed})
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"
                 print(table, flush=True)
