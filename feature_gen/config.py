@@ -146,8 +146,9 @@ class TrainConfig(_Section):
     sasrec_heads: int = Field(2, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     freeze_bundle: bool = Field(True, description="stage 3: freeze the selected checkpoint into a bundle")
-    windows: Literal["last", "all"] = Field(
-        "all", description="train on each user's most recent window only, or on every window of the history")
+    windows: Literal["last", "all", "random"] = Field(
+        "all", description="train on each user's most recent window only, on every window of the history, "
+                           "or on one randomly placed window per user, drawn afresh each epoch")
     output_dir: str = "runs/hllm"
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)

@@ -101,3 +101,18 @@ def test_tables_of_different_datasets_do_not_overwrite_each_other(tmp_path, fake
         quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=[dataset], runs=["sasrec"])
     assert "### ml-100k, warm" in (tmp_path / "quality-ml-100k-warm-sasrec.md").read_text()
     assert "### ml-latest-small, warm" in (tmp_path / "quality-ml-latest-small-warm-sasrec.md").read_text()
+
+
+def test_every_stage_of_every_run_is_a_valid_config():
+    """A misspelt override or a value outside the schema fails here, not an hour into a suite."""
+    from feature_gen.config import load_config
+
+    for name, stages in quality.RUNS.items():
+        for config, overrides in stages:
+            if config == "reuse":
+                assert overrides in quality.RUNS, f"{name} reuses unknown run {overrides}"
+                continue
+            for suite_overrides in quality.SUITE_OVERRIDES.values():
+                for extra in suite_overrides:
+                    load_config(quality.REPO / config, {**overrides, **extra})
+    assert quality.RUNS["hllm-stage1-24-epochs-random-windows"][0][1]["train.windows"] == "random"

@@ -4,7 +4,13 @@ import numpy as np
 import pandas as pd
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.data.sequences import build_interaction_data, cold_item_split, history_windows, leave_one_out
+from feature_gen.data.sequences import (
+    build_interaction_data,
+    cold_item_split,
+    history_windows,
+    leave_one_out,
+    random_windows,
+)
 from trainer.loop import training_users
 
 
@@ -27,6 +33,27 @@ def test_history_windows_cover_every_transition_once():
     for w, t in zip(seqs, tss):
         assert (t == w * 10).all()
     assert history_windows([np.array([5])], [np.array([1])], 5) == ([], [])
+
+
+def test_random_windows_are_full_length_contiguous_and_reach_every_transition():
+    seq = np.arange(1, 24)  # 23 items -> 22 transitions
+    short = np.array([7, 8, 9])
+    rng = np.random.default_rng(0)
+    seen, ends = set(), set()
+    for _ in range(200):  # 200 epochs
+        seqs, tss = random_windows([seq, short], [seq * 10, short * 10], max_seq_len=5, rng=rng)
+        window, kept_short = seqs[0], seqs[1]
+        assert len(window) == 6 and (np.diff(window) == 1).all()  # one contiguous slice, full length
+        assert (tss[0] == window * 10).all()
+        assert kept_short.tolist() == [7, 8, 9]  # shorter than a window: kept whole
+        ends.add(int(window[-1]))
+        seen |= {(int(window[i]), int(window[i + 1])) for i in range(5)}
+    assert ends == set(range(6, 24))  # every full-length end drawn, not only the latest
+    assert seen == {(i, i + 1) for i in range(1, 23)}
+    # the same generator state draws the same windows: what makes a resumed epoch repeat its windows
+    a, _ = random_windows([seq], [seq], 5, np.random.default_rng([3, 7, 1]))
+    b, _ = random_windows([seq], [seq], 5, np.random.default_rng([3, 7, 1]))
+    assert a[0].tolist() == b[0].tolist()
 
 
 def test_cold_items_never_reach_training_and_test_targets_are_cold():

@@ -221,12 +221,15 @@ def test_shipped_deepspeed_configs_agree_with_the_trainer(tmp_path):
 
 def test_kill_and_resume_continues_the_loss_curve(tmp_path):
     """kill -9 mid-run, resume: steps continue from the checkpoint, the curve has no repeats or gaps,
-    and every loss matches an uninterrupted run of the same config."""
-    reference = toy_config(tmp_path / "ref", epochs=3, freeze_bundle=False, eval_every_epochs=3)
+    and every loss matches an uninterrupted run of the same config. Random windows (redrawn each epoch)
+    are the windowing with per-epoch state, so equal losses also show a resumed epoch trains on the
+    windows it was killed in."""
+    run = dict(epochs=3, freeze_bundle=False, eval_every_epochs=3, windows="random", stage1_max_seq_len=4)
+    reference = toy_config(tmp_path / "ref", **run)
     ref = run_training(reference, resume=False)
     ref_curve = losses(ref.run_dir)
 
-    cfg = toy_config(tmp_path / "killed", epochs=3, freeze_bundle=False, eval_every_epochs=3)
+    cfg = toy_config(tmp_path / "killed", **run)
     cfg_path = tmp_path / "killed.yaml"
     import yaml
 

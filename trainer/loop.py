@@ -35,6 +35,7 @@ from feature_gen.data.sequences import (
     LeaveOneOutSplit,
     UniformNegativeSampler,
     history_windows,
+    random_windows,
     training_windows,
 )
 from feature_gen.evaluation import RankingMetrics, full_ranking_metrics
@@ -214,6 +215,9 @@ def train(
     train_seconds = 0.0
     stop = False
     while state.epoch < t_cfg.epochs and not stop:
+        epoch_seqs, epoch_tss = seqs, tss
+        if t_cfg.windows == "random":  # depends on (seed, epoch) only, so a resumed epoch sees the same windows
+            epoch_seqs, epoch_tss = random_windows(seqs, tss, max_seq_len, np.random.default_rng([cfg.seed, state.epoch, 1]))
         order = numpy_seed_for(cfg.seed, state.epoch).permutation(len(seqs))
         order = order[engine.global_rank :: engine.world_size]  # data parallel: each rank its share
         batches = [order[i : i + t_cfg.batch_size] for i in range(0, len(order), t_cfg.batch_size)]
@@ -221,7 +225,7 @@ def train(
         while state.batch_in_epoch < len(batches):
             rows = batches[state.batch_in_epoch]
             t0 = time.perf_counter()
-            window = training_windows([seqs[r] for r in rows], [tss[r] for r in rows], max_seq_len)
+            window = training_windows([epoch_seqs[r] for r in rows], [epoch_tss[r] for r in rows], max_seq_len)
             inputs, targets, mask = window.inputs.item_ids, window.targets, window.inputs.attention_mask
             sampler = UniformNegativeSampler(num_items, seed=cfg.seed * 1_000_003 + state.step)
             negatives = sampler.sample(cfg.loss.num_negatives, exclude=torch.cat([targets[targets > 0], never]))

@@ -224,6 +224,24 @@ def history_windows(
     return seqs, tss
 
 
+def random_windows(
+    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One window of `max_seq_len + 1` items per history, ending at a uniformly drawn position (a
+    history shorter than that is kept whole). Drawn afresh each epoch, a short-history stage sees a
+    different slice of every user's history each time at the cost of one window, where `last` would
+    repeat the same most recent slice: every full-length end position is equally likely, so over
+    epochs every transition of the history can be trained on."""
+    seqs, tss = [], []
+    width = max_seq_len + 1
+    for seq, ts in zip(sequences, timestamps):
+        n = len(seq)
+        end = int(rng.integers(width, n + 1)) if n > width else n
+        seqs.append(seq[end - min(width, n):end])
+        tss.append(ts[end - min(width, n):end])
+    return seqs, tss
+
+
 def cold_item_split(data: "InteractionData", fraction: float, seed: int) -> tuple[LeaveOneOutSplit, np.ndarray]:
     """Withhold a random `fraction` of items from training entirely: they are removed from every
     sequence used for training and as inputs, and the test set keeps only users whose test target is
