@@ -64,7 +64,7 @@ SUITES = {
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
                   "hllm-stage1-24-epochs-random-windows"],
     "cold": ["sasrec", "hllm"],
-    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs"],
+    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs"],
 }
 SUITE_OVERRIDES = {
     "warm": [{}],
