@@ -90,6 +90,10 @@ class ItemLLMConfig(BaseModelConfig):
 
 
 class UserLLMConfig(BaseModelConfig):
+    # "linear": a User LLM of another hidden size than the Item LLM's gets a linear map in and out, so
+    # predictions stay in item-embedding space. "none": no extra weights (the paper's same-size pairs);
+    # then the two sizes must agree, and a mismatch fails when the model is built, before training.
+    projection: Literal["linear", "none"] = "linear"
     use_timestamps: bool = False
     num_time_buckets: int = Field(64, gt=1)
 

@@ -130,11 +130,18 @@ def build_user_llm(cfg: HLLMConfig, item_dim: int):
         raise ConfigError(
             f"user_llm: {backbone.description} is not a causal decoder; the User LLM must not see future items"
         )
+    user_dim = backbone.model.config.hidden_size
+    if cfg.user_llm.projection == "none" and user_dim != item_dim:
+        raise ConfigError(
+            f"user_llm.projection: 'none' needs the User LLM's hidden size ({user_dim}, {backbone.description}) "
+            f"to equal the Item LLM's ({item_dim}); set it to 'linear' or pick models of one size"
+        )
     user = UserLLM(
         backbone.model,
         item_dim=item_dim,
         use_timestamps=cfg.user_llm.use_timestamps,
         num_time_buckets=cfg.user_llm.num_time_buckets,
+        projection=cfg.user_llm.projection,
     )
     return user, backbone.description
 

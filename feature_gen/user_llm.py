@@ -44,11 +44,17 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class UserLLM(nn.Module):
-    def __init__(self, backbone: nn.Module, item_dim: int, use_timestamps: bool = False, num_time_buckets: int = 64):
+    def __init__(self, backbone: nn.Module, item_dim: int, use_timestamps: bool = False, num_time_buckets: int = 64,
+                 projection: str = "linear"):
         super().__init__()
         self.backbone = backbone
         self.item_dim = item_dim
         user_dim = backbone.config.hidden_size
+        if projection not in ("linear", "none"):
+            raise ValueError(f"projection must be 'linear' or 'none'; got {projection!r}")
+        if projection == "none" and user_dim != item_dim:
+            raise ValueError(f"projection 'none' needs equal hidden sizes; the User LLM has {user_dim}, "
+                             f"the item embeddings {item_dim}")
         self.in_proj = nn.Linear(item_dim, user_dim) if user_dim != item_dim else nn.Identity()
         self.out_proj = nn.Linear(user_dim, item_dim) if user_dim != item_dim else nn.Identity()
         self.num_time_buckets = num_time_buckets

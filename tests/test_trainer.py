@@ -199,12 +199,16 @@ def test_bad_settings_fail_before_training(tmp_path):
     ds.write_text(json.dumps({"gradient_clipping": 5.0}))
     with pytest.raises(ConfigError, match=r"gradient_clipping is 5.0 but train.max_grad_norm is 1.0"):
         run_training(cfg, resume=False)
-    from feature_gen.config import ItemLLMConfig
+    from feature_gen.config import ItemLLMConfig, UserLLMConfig
 
     missing = toy_config(tmp_path).model_copy(
         update={"item_llm": ItemLLMConfig(source="folder", path=str(tmp_path / "no-model"))})
     with pytest.raises(ConfigError, match="is not a Hugging Face model folder"):
         run_training(missing, resume=False)
+    narrow_user = {"source": "tiny_random", "projection": "none", "tiny": {**TINY, "hidden_size": 16, "seed": 1}}
+    unprojected = toy_config(tmp_path).model_copy(update={"user_llm": UserLLMConfig(**narrow_user)})
+    with pytest.raises(ConfigError, match=r"user_llm.projection: 'none' needs the User LLM's hidden size \(16"):
+        run_training(unprojected, resume=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

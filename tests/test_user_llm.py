@@ -97,3 +97,14 @@ def test_user_llm_must_be_a_decoder():
     cfg = tiny_config(user_llm={"source": "folder", "path": str(folder)})
     with pytest.raises(ConfigError, match="is not a causal decoder"):
         build_user_llm(cfg, item_dim=64)
+
+
+def test_projection_none_needs_equal_sizes_and_adds_no_weights():
+    mismatched = tiny_config(user_llm={"projection": "none"})  # user hidden 32, item embeddings 64
+    with pytest.raises(ConfigError, match=r"user_llm.projection: 'none' needs the User LLM's hidden size \(32"):
+        build_user_llm(mismatched, item_dim=64)
+    same, _ = build_user_llm(mismatched, item_dim=32)
+    assert isinstance(same.in_proj, torch.nn.Identity) and isinstance(same.out_proj, torch.nn.Identity)
+    linear, _ = build_user_llm(tiny_config(), item_dim=64)
+    extra = sum(p.numel() for p in linear.parameters()) - sum(p.numel() for p in same.parameters())
+    assert extra == 2 * 64 * 32 + 32 + 64  # in and out maps with biases: what 'none' does without
