@@ -118,14 +118,24 @@ class HLLM(nn.Module):
         raise ConfigError("loss.objective: click scores need objective 'discriminative'")
 
 
+def _load_section_backbone(section: str, model_cfg, with_tokenizer: bool):
+    """load_backbone, with its errors naming the config section they came from (`item_llm.path: ...`),
+    since the base-model loader cannot tell the Item LLM's settings from the User LLM's."""
+    try:
+        return load_backbone(model_cfg, with_tokenizer=with_tokenizer)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith(f"{section}") else f"{section}.{message}") from None
+
+
 def build_item_llm(cfg: HLLMConfig, with_tokenizer: bool = True):
     """(ItemLLM, tokenizer or None, description) from cfg.item_llm."""
-    backbone = load_backbone(cfg.item_llm, with_tokenizer=with_tokenizer)
+    backbone = _load_section_backbone("item_llm", cfg.item_llm, with_tokenizer)
     return ItemLLM(backbone.model, pooling=cfg.item_llm.pooling), backbone.tokenizer, backbone.description
 
 
 def build_user_llm(cfg: HLLMConfig, item_dim: int):
-    backbone = load_backbone(cfg.user_llm, with_tokenizer=False)
+    backbone = _load_section_backbone("user_llm", cfg.user_llm, with_tokenizer=False)
     if not backbone.is_causal:
         raise ConfigError(
             f"user_llm: {backbone.description} is not a causal decoder; the User LLM must not see future items"

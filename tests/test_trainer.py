@@ -203,7 +203,7 @@ def test_bad_settings_fail_before_training(tmp_path):
 
     missing = toy_config(tmp_path).model_copy(
         update={"item_llm": ItemLLMConfig(source="folder", path=str(tmp_path / "no-model"))})
-    with pytest.raises(ConfigError, match="is not a Hugging Face model folder"):
+    with pytest.raises(ConfigError, match=r"^item_llm.path: .* is not a Hugging Face model folder"):
         run_training(missing, resume=False)
     narrow_user = {"source": "tiny_random", "projection": "none", "tiny": {**TINY, "hidden_size": 16, "seed": 1}}
     unprojected = toy_config(tmp_path).model_copy(update={"user_llm": UserLLMConfig(**narrow_user)})
