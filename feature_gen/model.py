@@ -125,7 +125,7 @@ def _load_section_backbone(section: str, model_cfg, with_tokenizer: bool):
         return load_backbone(model_cfg, with_tokenizer=with_tokenizer)
     except ConfigError as err:
         message = str(err)
-        raise ConfigError(message if message.startswith(f"{section}") else f"{section}.{message}") from None
+        raise ConfigError(message if message.startswith(section) else f"{section}.{message}") from None
 
 
 def build_item_llm(cfg: HLLMConfig, with_tokenizer: bool = True):
@@ -140,19 +140,16 @@ def build_user_llm(cfg: HLLMConfig, item_dim: int):
         raise ConfigError(
             f"user_llm: {backbone.description} is not a causal decoder; the User LLM must not see future items"
         )
-    user_dim = backbone.model.config.hidden_size
-    if cfg.user_llm.projection == "none" and user_dim != item_dim:
-        raise ConfigError(
-            f"user_llm.projection: 'none' needs the User LLM's hidden size ({user_dim}, {backbone.description}) "
-            f"to equal the Item LLM's ({item_dim}); set it to 'linear' or pick models of one size"
+    try:
+        user = UserLLM(
+            backbone.model,
+            item_dim=item_dim,
+            use_timestamps=cfg.user_llm.use_timestamps,
+            num_time_buckets=cfg.user_llm.num_time_buckets,
+            projection=cfg.user_llm.projection,
         )
-    user = UserLLM(
-        backbone.model,
-        item_dim=item_dim,
-        use_timestamps=cfg.user_llm.use_timestamps,
-        num_time_buckets=cfg.user_llm.num_time_buckets,
-        projection=cfg.user_llm.projection,
-    )
+    except ValueError as err:  # the constructor's only refusal is a projection that cannot join the sizes
+        raise ConfigError(f"user_llm.projection: {err} ({backbone.description})") from None
     return user, backbone.description
 
 

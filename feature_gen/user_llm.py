@@ -53,8 +53,8 @@ class UserLLM(nn.Module):
         if projection not in ("linear", "none"):
             raise ValueError(f"projection must be 'linear' or 'none'; got {projection!r}")
         if projection == "none" and user_dim != item_dim:
-            raise ValueError(f"projection 'none' needs equal hidden sizes; the User LLM has {user_dim}, "
-                             f"the item embeddings {item_dim}")
+            raise ValueError(f"'none' needs the User LLM's hidden size ({user_dim}) to equal the Item LLM's "
+                             f"({item_dim}); set it to 'linear' or pick models of one size")
         self.in_proj = nn.Linear(item_dim, user_dim) if user_dim != item_dim else nn.Identity()
         self.out_proj = nn.Linear(user_dim, item_dim) if user_dim != item_dim else nn.Identity()
         self.num_time_buckets = num_time_buckets
