@@ -1,4 +1,4 @@
-"""Benchmark: wall time of feature_gen.evaluation.full_ranking_metrics on random data (CPU, float32).
+"""Benchmark: wall time of feature_gen.evaluation.metrics.full_ranking_metrics on random data (CPU, float32).
 
 Reproduce: .venv/bin/python -m benchmarks.eval_bench
 """
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from feature_gen.evaluation import full_ranking_metrics
+from feature_gen.evaluation.metrics import full_ranking_metrics
 
 COMMAND = ".venv/bin/python -m benchmarks.eval_bench"
 

@@ -6,11 +6,11 @@ Reproduce: .venv/bin/hllm evaluate --scorer random   (and --scorer popularity)
 
 from __future__ import annotations
 
-from feature_gen import reference_scorers
+from feature_gen.evaluation import reference_scorers
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
-from feature_gen.evaluate_cli import evaluate_vectors, seen_items
-from feature_gen.evaluation import chance_recall
+from feature_gen.evaluation.protocol import evaluate_vectors, seen_items
+from feature_gen.evaluation.metrics import chance_recall
 
 COMMAND = ".venv/bin/python -m benchmarks.harness_sanity"
 
@@ -22,9 +22,9 @@ def run(seeds=(0, 1, 2)) -> dict:
     rows = {}
     for seed in seeds:
         u, i = reference_scorers.random_vectors(data.num_users, data.num_items, seed=seed)
-        rows[f"random (seed {seed})"] = evaluate_vectors(u, i, split.test, cfg).values
+        rows[f"random (seed {seed})"] = evaluate_vectors(u, i, split.test, cfg, "dot").values
     u, i = reference_scorers.popularity_vectors(split.train, data.num_users, data.num_items)
-    rows["popularity"] = evaluate_vectors(u, i, split.test, cfg).values
+    rows["popularity"] = evaluate_vectors(u, i, split.test, cfg, "dot").values
     sizes = [len(s) for s in seen_items(split.test)]
     rows["chance (expected)"] = {f"recall@{k}": chance_recall(k, data.num_items, sizes) for k in cfg.eval.ks}
     return {"data": "ml-100k", "split": "leave-one-out test", "users": data.num_users, "items": data.num_items, "rows": rows}

@@ -34,9 +34,9 @@ def _bundle(name: str) -> Path:
     """Freeze the model of `name` into a bundle (content-versioned: the same weights reuse a folder)
     and export it if it has no fp32 ONNX yet."""
     from export import export_bundle
-    from feature_gen.bundle import read_manifest, save_bundle
+    from feature_gen.model.bundle import read_manifest, save_bundle
     from feature_gen.config import load_config
-    from feature_gen.model import build_hllm
+    from feature_gen.model.hllm import build_hllm
 
     config, overrides = MODELS[name]
     cfg = load_config(config, overrides)
@@ -70,8 +70,8 @@ def _stats(samples: list[float], batch: int) -> dict:
 
 @torch.inference_mode()
 def _bench_model(name: str, reps_small: int, reps_large: int, threads: tuple[int, ...]) -> dict:
-    from feature_gen.inference import load_encoders
-    from feature_gen.onnx_runtime import load_onnx_encoders
+    from feature_gen.inference.encoders import load_encoders
+    from feature_gen.inference.onnx_runtime import load_onnx_encoders
 
     path = _bundle(name)
     eager = load_encoders(path, "torch")
@@ -112,7 +112,7 @@ def _bench_rows(name, eager, onnx, n_threads, reps_small, reps_large) -> list[di
 
 
 def runtime_section(path: Path) -> dict:
-    from feature_gen.onnx_runtime import onnx_section
+    from feature_gen.inference.onnx_runtime import onnx_section
 
     return onnx_section(path)
 

@@ -39,9 +39,9 @@ OUT = REPO / "outputs" / "bench" / "spark"
 
 def demo_bundle() -> Path:
     """configs/demo.yaml's model frozen into a bundle (content-versioned: a re-run reuses it)."""
-    from feature_gen.bundle import save_bundle
+    from feature_gen.model.bundle import save_bundle
     from feature_gen.config import load_config
-    from feature_gen.model import build_hllm
+    from feature_gen.model.hllm import build_hllm
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
     torch.manual_seed(cfg.seed)  # the randomly initialised heads too: same content, same version, reused
@@ -50,7 +50,7 @@ def demo_bundle() -> Path:
 
 
 def item_texts(items: pd.DataFrame, text_cfg) -> list[str]:
-    from feature_gen.item_text import item_text_or_reject
+    from feature_gen.model.item_text import item_text_or_reject
 
     texts = [item_text_or_reject(row, text_cfg).text for row in items.to_dict("records")]
     return [t for t in texts if t is not None]
@@ -122,7 +122,7 @@ def useful_flops(bundle: Path, texts: list[str], max_tokens: int) -> tuple[float
     """2 x non-embedding params per real token + attention scores (QK^T and AV) per sequence."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from feature_gen.item_text import tokenize_item_texts
+    from feature_gen.model.item_text import tokenize_item_texts
 
     tokenizer = AutoTokenizer.from_pretrained(bundle / "tokenizer")
     config = AutoConfig.from_pretrained(bundle / "item_llm")
@@ -137,7 +137,7 @@ def useful_flops(bundle: Path, texts: list[str], max_tokens: int) -> tuple[float
 
 def online_latency(dim: int, n_users: int = 1000, batch: int = 100, repeats: int = 200) -> dict:
     from feature_gen.config import StoreConfig
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
     from tests.redis_fixture import start_redis
 
     rng = np.random.default_rng(0)
@@ -171,10 +171,10 @@ def online_latency(dim: int, n_users: int = 1000, batch: int = 100, repeats: int
 
 
 def run(n_items: int | None = None, batch_size: int = 64) -> dict:
-    from feature_gen.bundle import read_manifest
+    from feature_gen.model.bundle import read_manifest
     from feature_gen.config import ItemTextConfig
     from feature_gen.data.movielens import load_ml100k
-    from feature_gen.offline_store import ITEM_EMBEDDING, read_version
+    from feature_gen.store.offline_store import ITEM_EMBEDDING, read_version
 
     OUT.mkdir(parents=True, exist_ok=True)
     threads = max(1, min(2, os.cpu_count() or 1))

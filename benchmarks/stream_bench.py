@@ -41,9 +41,9 @@ MODELS = {  # name -> (config file, overrides, torch threads, items, max_batch_e
 
 
 def _bundle(name: str) -> Path:
-    from feature_gen.bundle import save_bundle
+    from feature_gen.model.bundle import save_bundle
     from feature_gen.config import load_config
-    from feature_gen.model import build_hllm
+    from feature_gen.model.hllm import build_hllm
 
     config, overrides = MODELS[name][:2]
     cfg = load_config(config, overrides)
@@ -74,9 +74,9 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
     import torch
 
     from feature_gen.config import HLLMConfig
-    from feature_gen.feature_store import open_store
-    from feature_gen.item_text import build_item_text
-    from feature_gen.streaming.broker import LocalBroker
+    from feature_gen.store.feature_store import open_store
+    from feature_gen.model.item_text import build_item_text
+    from hllm.local_broker import LocalBroker
     from feature_gen.streaming.clients import create_topics, make_producer
     from feature_gen.streaming.encoders import load_stream_encoders
     from feature_gen.streaming.online_state import OnlineState
@@ -89,7 +89,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
     bundle = _bundle(name)
     if runtime == "onnx":
         from export import export_bundle
-        from feature_gen.bundle import read_manifest
+        from feature_gen.model.bundle import read_manifest
 
         if read_manifest(bundle).get("onnx", {}).get("precision") != "fp32":
             export_bundle(bundle)
@@ -158,7 +158,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
             batch_count0, batch_sum0 = m.value("hllm_stream_batch_events_count"), m.value("hllm_stream_batch_events_sum")
             batch_s0 = m.value("hllm_stream_batch_seconds_sum")
             produced = subprocess.run(
-                [sys.executable, "-m", "feature_gen.cli", "produce-events", "--config", str(config_path),
+                [sys.executable, "-m", "hllm.cli", "produce-events", "--config", str(config_path),
                  "--input", str(log_path), "--rate", str(rate)],
                 capture_output=True, text=True, check=True)
             _wait(lambda: m.value("hllm_stream_batch_events_sum") >= events + n_paced, 600, "the paced events")

@@ -5,7 +5,7 @@ precision.py      fp16 conversion and dynamic int8 quantisation of an exported f
 parity.py         fresh random inputs of several shapes; relative error of ONNX Runtime vs PyTorch
 bundle_export.py  export -> convert -> parity check -> write into the bundle and its manifest
 
-The runtime that reads the graphs lives in the core (feature_gen/onnx_runtime.py), which imports
+The runtime that reads the graphs lives in the core (feature_gen/inference/onnx_runtime.py), which imports
 nothing from here.
 """
 

@@ -21,9 +21,9 @@ import torch
 from export.graphs import export_item_encoder, export_user_encoder
 from export.parity import ITEM_CASES, USER_CASES, ParityCase, item_parity, user_parity
 from export.precision import convert
-from feature_gen.bundle import load_bundle, record_files
+from feature_gen.model.bundle import load_bundle, record_files
 from feature_gen.config import ExportConfig
-from feature_gen.onnx_runtime import (
+from feature_gen.inference.onnx_runtime import (
     ITEM_FILE, ITEM_INPUTS, ONNX_DIR, USER_FILE, USER_INPUTS, OnnxItemEncoder, OnnxUserEncoder, open_session,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from feature_gen.bundle import BundleError
+from feature_gen.model.bundle import BundleError
 from feature_gen.config import HLLMConfig
 
 

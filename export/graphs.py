@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from feature_gen.item_llm import ItemLLM
-from feature_gen.onnx_runtime import ITEM_INPUTS, ITEM_OUTPUTS, USER_INPUTS, USER_OUTPUTS
-from feature_gen.user_llm import UserLLM
+from feature_gen.model.item_llm import ItemLLM
+from feature_gen.inference.onnx_runtime import ITEM_INPUTS, ITEM_OUTPUTS, USER_INPUTS, USER_OUTPUTS
+from feature_gen.model.user_llm import UserLLM
 
 
 class UserEncoderGraph(nn.Module):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from feature_gen.item_text import pad_token_ids
-from feature_gen.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder
+from feature_gen.model.item_text import pad_token_ids
+from feature_gen.inference.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder
 
 # (batch, length) cases; lengths are capped by the bundle's max_item_tokens / max_seq_len.
 ITEM_CASES = [(1, 1), (3, 9), (8, 40)]

@@ -43,7 +43,7 @@ class TinyModelConfig(_Section):
 
 
 class BaseModelConfig(_Section):
-    """Where a pretrained (or tiny random) backbone comes from; see feature_gen/base_models.py.
+    """Where a pretrained (or tiny random) backbone comes from; see feature_gen/model/base_models.py.
 
     source:
       folder       a Hugging Face folder (config.json + weights + tokenizer) at `path` (relative to the
@@ -188,7 +188,7 @@ class SparkConfig(_Section):
 
 
 class StoreConfig(_Section):
-    """The Feast feature repo, its offline Parquet and its online store. Owned by feature_gen/feature_store.py.
+    """The Feast feature repo, its offline Parquet and its online store. Owned by feature_gen/store/feature_store.py.
 
     offline_root holds `<view>/bundle_version=<v>/*.parquet` (written by the Spark jobs); the online store
     is SQLite (embedded file, default `<repo_path>/online.db`) or Redis (`redis_connection`, host:port).

@@ -1,2 +1,3 @@
-"""Stage 3 for ranking teams: the declarative feature config, a point-in-time-correct training set from
-the offline store, an example TensorFlow ranker, and the end-to-end demo pipeline."""
+"""Stage 3 for ranking teams, consumers of the features only: the declarative feature config and its
+validator, a point-in-time-correct training set from the offline store, an example TensorFlow ranker
+and its request-time scorer."""

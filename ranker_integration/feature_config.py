@@ -213,7 +213,7 @@ class ValidationReport:
 
 def _registered_views(store_cfg) -> dict:
     """Feature views as registered in the Feast repo (not as the code would define them)."""
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     store = open_store(store_cfg, apply=False)
     try:
@@ -242,7 +242,7 @@ def _check_view_ref(where: str, view_name: str, field_name: str, views: dict, pr
 def validate_feature_config(fc: FeatureConfig, store_cfg, bundle_dir: str | Path) -> ValidationReport:
     """Check `fc` against the registered feature views and the bundle; raise FeatureConfigError listing
     every problem (one line each), else return what was checked."""
-    from feature_gen.bundle import BundleError, verify_bundle
+    from feature_gen.model.bundle import BundleError, verify_bundle
 
     try:
         manifest = verify_bundle(bundle_dir)

@@ -80,7 +80,7 @@ def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows) -> di
 
 
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine, the definition of feature_gen.feature_store.cosine_scores (0 where a norm is 0),
+    """Row-wise cosine, the definition of feature_gen.store.feature_store.cosine_scores (0 where a norm is 0),
     vectorised over rows that each pair a different user and item."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)

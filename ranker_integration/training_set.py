@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from feature_gen.config import RankerConfig, StoreConfig
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
 from ranker_integration.feature_config import FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.inference import embed_texts
-from feature_gen.item_text import item_text_or_reject
+from feature_gen.inference.encoders import embed_texts
+from feature_gen.model.item_text import item_text_or_reject
 
 ITEM_ID = "item_id"
 ORDER = "_order"  # position in the input, the tie-break that keeps duplicate handling deterministic
@@ -46,7 +46,7 @@ def prepare_item_batch(pdf: pd.DataFrame, text_cfg: ItemTextConfig) -> pd.DataFr
 
 
 def embed_item_batch(pdf: pd.DataFrame, bundle, batch_size: int, bucket: bool) -> pd.DataFrame:
-    """Embeddings [n] (float32 arrays, input order) for rows with texts, through feature_gen.inference."""
+    """Embeddings [n] (float32 arrays, input order) for rows with texts, through feature_gen.inference.encoders."""
     if len(pdf) == 0:
         return pd.DataFrame({ITEM_ID: pd.Series([], dtype=object), "embedding": pd.Series([], dtype=object)})
     cfg = bundle.cfg

@@ -13,9 +13,9 @@ import sys
 import time
 import uuid
 
-from feature_gen.bundle import read_manifest
+from feature_gen.model.bundle import read_manifest
 from feature_gen.config import ConfigError, ItemTextConfig
-from feature_gen.offline_store import ITEM_EMBEDDING, ITEM_REJECTS
+from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,7 @@ def _check_prompt_budget(bundle: str, text_cfg: ItemTextConfig) -> None:
 
     from transformers import AutoTokenizer
 
-    from feature_gen.item_text import check_prompt_budget
+    from feature_gen.model.item_text import check_prompt_budget
 
     check_prompt_budget(AutoTokenizer.from_pretrained(Path(bundle) / "tokenizer"), text_cfg)
 
@@ -94,7 +94,7 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
         flush=True,
     )
     if args.materialize:
-        from feature_gen.feature_store import open_store
+        from feature_gen.store.feature_store import open_store
 
         written = open_store(cfg.store).materialize_version(version, views=[ITEM_EMBEDDING])
         print(f"item_embed: materialized {written[ITEM_EMBEDDING]} item embeddings of {version} into the "

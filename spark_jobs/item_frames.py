@@ -55,7 +55,7 @@ def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, s
     """item_id, embedding (array<float>) for prepared rows with a text, via mapInPandas.
 
     With `opts.bucket`, rows are spread evenly over the tasks and sorted by text length inside each, so
-    every Arrow batch holds texts of similar length and pads little; feature_gen.inference then sorts
+    every Arrow batch holds texts of similar length and pads little; feature_gen.inference.encoders then sorts
     by token length within the batch."""
     spread = accepted.select(ITEM_ID, "text").repartition(opts.partitions)
     if opts.bucket:

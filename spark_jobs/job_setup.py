@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feature_gen.config import HLLMConfig, config_from_dict, load_config, parse_override, set_dotted
-from feature_gen.offline_store import PARTITION_PREFIX, STAGING_DIR, check_version
+from feature_gen.store.offline_store import PARTITION_PREFIX, STAGING_DIR, check_version
 from spark_jobs.item_frames import InferenceOptions
 
 

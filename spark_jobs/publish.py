@@ -1,6 +1,6 @@
 """Publish a completely written staging folder as a version, through Hadoop's FileSystem API.
 
-The same two-rename swap as feature_gen.offline_store.publish_local (old version aside, new one in,
+The same two-rename swap as feature_gen.store.offline_store.publish_local (old version aside, new one in,
 old one deleted), done by the JVM so it works on whatever file system the output lives on (local, HDFS;
 on object stores without atomic rename, use a table format instead). A reader never sees a mix of two
 runs' files; a crash between the renames leaves the old version under `_replaced-*` for a re-run to

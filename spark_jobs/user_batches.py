@@ -1,4 +1,4 @@
-"""User sequences as pandas batches -> user-interest embeddings, through feature_gen.inference.embed_users.
+"""User sequences as pandas batches -> user-interest embeddings, through feature_gen.inference.encoders.embed_users.
 
 A batch arrives as one row per user with the embeddings of their most recent items (oldest first) and the
 items' timestamps; the batch's own item table is those embeddings stacked, so no catalogue is needed on
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from feature_gen.inference import embed_users
+from feature_gen.inference.encoders import embed_users
 
 USER_ID = "user_id"
 SEQUENCE_SCHEMA_NOTE = "user_id string, seq_embeddings array<array<float>>, seq_ts array<long>"

@@ -16,8 +16,8 @@ import sys
 import time
 import uuid
 
-from feature_gen.bundle import read_manifest
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS
+from feature_gen.model.bundle import read_manifest
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +101,7 @@ def _run(spark, args, cfg, manifest, started) -> int:
         end="", flush=True,
     )
     if args.materialize:
-        from feature_gen.feature_store import open_store
+        from feature_gen.store.feature_store import open_store
 
         written = open_store(cfg.store).materialize_version(version, views=[USER_EMBEDDING, USER_RECENT_ITEMS])
         print(f"user_embed: materialized {written} of {version} into the {cfg.store.online_store} online store", flush=True)

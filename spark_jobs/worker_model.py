@@ -58,7 +58,7 @@ def worker_bundle(bundle_path: str, torch_threads: int, stats: WorkerStats | Non
     if bundle is None:
         import torch
 
-        from feature_gen.bundle import load_bundle
+        from feature_gen.model.bundle import load_bundle
 
         started = time.perf_counter()
         # One worker per task slot: more threads than the slot's share of cores only adds contention.

@@ -37,8 +37,8 @@ def tiny_cfg() -> HLLMConfig:
 def tiny_bundle(tmp_path_factory):
     """A frozen tiny-random HLLM bundle (item hidden 64, user hidden 32, timestamps on): the input of
     the Spark, streaming and export tests. Weights are random, so only equality checks make sense."""
-    from feature_gen.bundle import save_bundle
-    from feature_gen.model import build_hllm
+    from feature_gen.model.bundle import save_bundle
+    from feature_gen.model.hllm import build_hllm
 
     cfg = tiny_config(user_llm={"use_timestamps": True}, data={"max_seq_len": 20})
     model, tok = build_hllm(cfg)

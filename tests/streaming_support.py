@@ -14,14 +14,14 @@ import torch
 import yaml
 
 from feature_gen.config import HLLMConfig
-from feature_gen.item_text import build_item_text
+from feature_gen.model.item_text import build_item_text
 
 _SUFFIX = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    from feature_gen.streaming.broker import LocalBroker
+    from hllm.local_broker import LocalBroker
 
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with LocalBroker.start(log_path=log) as b:
@@ -100,9 +100,9 @@ def expected_sequences(events, capacity: int) -> dict[str, list[tuple[str, int]]
 
 def batch_user_embeddings(bundle_path, item_ids, sequences: dict[str, list[tuple[str, int]]]):
     """The batch recomputation: item texts -> Item LLM -> item table, sequences -> User LLM, all through
-    feature_gen.inference (what a batch job runs), independent of the streaming code."""
-    from feature_gen.bundle import load_bundle
-    from feature_gen.inference import embed_texts, embed_users
+    feature_gen.inference.encoders (what a batch job runs), independent of the streaming code."""
+    from feature_gen.model.bundle import load_bundle
+    from feature_gen.inference.encoders import embed_texts, embed_users
 
     b = load_bundle(bundle_path)
     ids = [str(i) for i in item_ids]
@@ -150,7 +150,7 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.
 
 
 def store_of(cfg: HLLMConfig):
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     return open_store(cfg.store)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from feature_gen.base_models import byte_tokenizer, cache_dir, load_backbone, package_folder, truncate_layers
+from feature_gen.model.base_models import byte_tokenizer, cache_dir, load_backbone, package_folder, truncate_layers
 from feature_gen.config import BaseModelConfig, ConfigError
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from feature_gen.bundle import BundleError, load_bundle, record_files, save_bundle, verify_bundle
-from feature_gen.inference import embed_texts
-from feature_gen.model import build_hllm
+from feature_gen.model.bundle import BundleError, load_bundle, record_files, save_bundle, verify_bundle
+from feature_gen.inference.encoders import embed_texts
+from feature_gen.model.hllm import build_hllm
 
 from tests.conftest import tiny_config
 

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from feature_gen.cli import main
+from hllm.cli import main
 
 HLLM = str(Path(sys.executable).parent / "hllm")
 
@@ -13,7 +13,7 @@ def test_help_lists_the_commands_and_is_fast_to_import():
     for command in ("check-config", "data-summary", "evaluate", "demo"):
         assert command in out
     # --help must not import torch (lazy subcommands)
-    probe = "import sys, feature_gen.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    probe = "import sys, hllm.cli as c; c.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
 
 

@@ -22,7 +22,7 @@ from feature_gen.data.contract import (
     validate_interactions,
     validate_items,
 )
-from feature_gen.item_text import REJECT_NO_TEXT, REJECT_OVERSIZE_TEXT
+from feature_gen.model.item_text import REJECT_NO_TEXT, REJECT_OVERSIZE_TEXT
 
 TEXT_CFG = ItemTextConfig()  # text keys: title, tags, description
 

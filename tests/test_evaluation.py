@@ -1,4 +1,4 @@
-"""Tests for feature_gen.evaluation: full-catalogue Recall@K / NDCG@K with pessimistic ties."""
+"""Tests for feature_gen.evaluation.metrics: full-catalogue Recall@K / NDCG@K with pessimistic ties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from feature_gen.evaluation import RankingMetrics, chance_recall, full_ranking_metrics
+from feature_gen.evaluation.metrics import RankingMetrics, chance_recall, full_ranking_metrics
 
 
 def _reference_ranks(users, items, targets, seen):

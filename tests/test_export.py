@@ -8,12 +8,12 @@ import torch
 
 from export import ParityError, export_bundle
 from export.parity import random_timestamps, rel_error
-from feature_gen.bundle import BundleError, _sha256, load_bundle, verify_bundle
-from feature_gen.cli import main
+from feature_gen.model.bundle import BundleError, _sha256, load_bundle, verify_bundle
+from hllm.cli import main
 from feature_gen.config import ExportConfig
-from feature_gen.item_text import pad_token_ids
-from feature_gen.onnx_runtime import load_onnx_encoders
-from feature_gen.user_llm import time_gap_buckets
+from feature_gen.model.item_text import pad_token_ids
+from feature_gen.inference.onnx_runtime import load_onnx_encoders
+from feature_gen.model.user_llm import time_gap_buckets
 
 
 def _copy(bundle, tmp_path_factory):
@@ -172,8 +172,8 @@ def test_hllm_export_command(tiny_bundle, tmp_path_factory, capsys):
 
 def test_mean_pooling_and_no_timestamps_export_too(tmp_path):
     """The other model variants: mean-pooled items, a user model without time embeddings (2 inputs)."""
-    from feature_gen.bundle import save_bundle
-    from feature_gen.model import build_hllm
+    from feature_gen.model.bundle import save_bundle
+    from feature_gen.model.hllm import build_hllm
     from tests.conftest import tiny_config
 
     cfg = tiny_config(item_llm={"pooling": "mean"}, data={"max_seq_len": 12})

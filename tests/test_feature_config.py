@@ -23,7 +23,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "ranker_integration" / "featu
 
 @pytest.fixture(scope="module")
 def applied_store(tmp_path_factory) -> StoreConfig:
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     root = tmp_path_factory.mktemp("fc_store")
     cfg = StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline"))
@@ -132,7 +132,7 @@ def test_unapplied_store_and_missing_bundle_are_clear(tmp_path, tiny_bundle, app
 
 
 def test_cli_exit_codes(applied_store, tiny_bundle, tmp_path, capsys):
-    from feature_gen.cli import main
+    from hllm.cli import main
 
     store_args = ["--set", f"store.repo_path={applied_store.repo_path}", "--set", f"store.offline_root={applied_store.offline_root}"]
     assert main(["validate-features", "--bundle", str(tiny_bundle), *store_args]) == 0  # the shipped config

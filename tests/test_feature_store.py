@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from feature_gen.config import StoreConfig
-from feature_gen.feature_store import (
+from feature_gen.store.feature_store import (
     FeatureStoreError,
     VersionMismatchError,
     cosine_scores,
     open_store,
 )
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, list_versions, read_version
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, list_versions, read_version
 
 DIM = 8
 

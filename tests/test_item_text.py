@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from feature_gen.base_models import byte_tokenizer
+from feature_gen.model.base_models import byte_tokenizer
 from feature_gen.config import ItemTextConfig
-from feature_gen.item_text import (
+from feature_gen.model.item_text import (
     REJECT_NO_TEXT,
     REJECT_NULL_ID,
     REJECT_OVERSIZE_TEXT,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from feature_gen.config import LossConfig
-from feature_gen.losses import (
+from feature_gen.model.losses import (
     EarlyFusionScorer,
     LateFusionHead,
     LogitScale,
@@ -13,7 +13,7 @@ from feature_gen.losses import (
     sequence_info_nce,
     total_loss,
 )
-from feature_gen.model import build_hllm
+from feature_gen.model.hllm import build_hllm
 
 from tests.conftest import tiny_config
 

@@ -9,7 +9,7 @@ from feature_gen.config import DataConfig, ItemTextConfig
 from feature_gen.data.contract import check_known_items, validate_interactions, validate_items
 from feature_gen.data.movielens import LOADERS, load_ml100k, load_ml_latest_small
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
-from feature_gen.item_text import REJECT_NO_TEXT, build_item_text
+from feature_gen.model.item_text import REJECT_NO_TEXT, build_item_text
 
 pytestmark = pytest.mark.integration
 

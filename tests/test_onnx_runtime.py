@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from export import export_bundle
-from feature_gen.bundle import BundleError
-from feature_gen.inference import embed_token_ids, embed_users, load_encoders
-from feature_gen.onnx_runtime import OnnxInputError, choose_providers, load_onnx_encoders
+from feature_gen.model.bundle import BundleError
+from feature_gen.inference.encoders import embed_token_ids, embed_users, load_encoders
+from feature_gen.inference.onnx_runtime import OnnxInputError, choose_providers, load_onnx_encoders
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from feature_gen.config import RankerConfig, StoreConfig
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING
 from ranker_integration.feature_config import load_feature_config
 from ranker_integration.metrics import auc, gauc
 from ranker_integration.training_set import build_training_set
@@ -25,7 +25,7 @@ T0 = 1_700_000_000
 def world(tmp_path_factory):
     """40 users and 60 items with random embeddings; a user clicks an item when their cosine is positive.
     Offline: one snapshot per user before the labels. Labels: 3000 rows over time, the later half = test."""
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     root = tmp_path_factory.mktemp("ranker_world")
     cfg = StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline"))

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from ranker_integration.demo_report import nearest_neighbours
+from hllm.demo_report import nearest_neighbours
 
 
 def test_nearest_neighbours_by_cosine_excluding_the_movie():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from feature_gen.config import RankerConfig, StoreConfig
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING
 from ranker_integration.feature_config import load_feature_config
 from ranker_integration.training_set import TrainingSetError, build_training_set, make_labels
 
@@ -27,7 +27,7 @@ def _vec(value: float, dim: int = 4) -> np.ndarray:
 def store_with_history(tmp_path) -> StoreConfig:
     """User u1 has snapshots reflecting events up to t=1000, 2000 and 3000 (vectors 1, 2, 3); a row of
     another bundle version at t=1500 (vector 9) that must never be read; items a and b."""
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     cfg = StoreConfig(repo_path=str(tmp_path / "repo"), offline_root=str(tmp_path / "offline"))
     store = open_store(cfg)
@@ -114,11 +114,11 @@ def test_backfilled_snapshots_hold_only_events_up_to_their_cutoff(tmp_path, tiny
     (same vector as embedding that truncated history directly), stamped with its newest event."""
     import torch
 
-    from feature_gen.bundle import load_bundle
-    from feature_gen.feature_store import open_store
-    from feature_gen.inference import embed_users
-    from feature_gen.offline_store import read_version
-    from ranker_integration.user_snapshots import backfill_user_snapshots, snapshot_cutoffs
+    from feature_gen.model.bundle import load_bundle
+    from feature_gen.store.feature_store import open_store
+    from feature_gen.inference.encoders import embed_users
+    from feature_gen.store.offline_store import read_version
+    from spark_jobs.user_snapshots import backfill_user_snapshots, snapshot_cutoffs
 
     cfg = StoreConfig(repo_path=str(tmp_path / "repo"), offline_root=str(tmp_path / "offline"))
     store = open_store(cfg)

@@ -18,7 +18,7 @@ from feature_gen.data.sequences import (
     pad_sequences,
     training_windows,
 )
-from feature_gen.item_text import REJECT_NO_TEXT
+from feature_gen.model.item_text import REJECT_NO_TEXT
 
 TEXT_CFG = ItemTextConfig()
 

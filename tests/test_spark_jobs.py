@@ -2,7 +2,7 @@
 
 One module-scoped run of item_embed.py and user_embed.py (both with --materialize into SQLite) serves
 most assertions; a re-run checks idempotence; `hllm materialize` publishes the same version into Redis.
-Expected values come from feature_gen.inference run in this process.
+Expected values come from feature_gen.inference.encoders run in this process.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import pytest
 import torch
 import yaml
 
-from feature_gen.bundle import load_bundle, read_manifest
+from feature_gen.model.bundle import load_bundle, read_manifest
 from feature_gen.config import StoreConfig
-from feature_gen.feature_store import VersionMismatchError, open_store
-from feature_gen.inference import embed_texts, embed_users
-from feature_gen.item_text import item_text_or_reject
-from feature_gen.offline_store import (
+from feature_gen.store.feature_store import VersionMismatchError, open_store
+from feature_gen.inference.encoders import embed_texts, embed_users
+from feature_gen.model.item_text import item_text_or_reject
+from feature_gen.store.offline_store import (
     ITEM_EMBEDDING,
     ITEM_REJECTS,
     USER_EMBEDDING,
@@ -91,8 +91,8 @@ def spark_bundle(tmp_path_factory):
     """A tiny random bundle like conftest's, with its own generous token budget: the byte-level tiny
     tokenizer spends ~49 tokens on the prompt, and a budget the prompt fills would give every item the
     same embedding and make the equality checks vacuous (test_item_embeddings_... checks they differ)."""
-    from feature_gen.bundle import save_bundle
-    from feature_gen.model import build_hllm
+    from feature_gen.model.bundle import save_bundle
+    from feature_gen.model.hllm import build_hllm
     from tests.conftest import tiny_config
 
     cfg = tiny_config(user_llm={"use_timestamps": True}, data={"max_seq_len": 20}, item_text={"max_item_tokens": 128})
@@ -269,8 +269,8 @@ def test_rerun_for_the_same_version_replaces_it_whole(run):
 
 def test_item_job_refuses_a_bundle_whose_prompt_fills_the_token_budget(tmp_path, capsys):
     """Checked on the driver before Spark starts: otherwise every item would get the same embedding."""
-    from feature_gen.bundle import save_bundle
-    from feature_gen.model import build_hllm
+    from feature_gen.model.bundle import save_bundle
+    from feature_gen.model.hllm import build_hllm
     from spark_jobs.item_embed import main
     from tests.conftest import tiny_config
 

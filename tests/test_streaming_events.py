@@ -105,7 +105,7 @@ def test_sasl_and_tls_settings_pass_through(monkeypatch):
 
 def test_a_broker_that_loses_its_port_is_refused_not_mistaken_for_another():
     """Another process listening on the port must not pass for our broker (a race of free_port)."""
-    from feature_gen.streaming.broker import BrokerError, LocalBroker
+    from hllm.local_broker import BrokerError, LocalBroker
 
     with LocalBroker.start() as first:
         with pytest.raises(BrokerError, match="taken"):

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from feature_gen.streaming.broker import LocalBroker, free_port
+from hllm.local_broker import LocalBroker, free_port
 from feature_gen.streaming.clients import make_producer
 from feature_gen.streaming.encoders import load_stream_encoders
 from feature_gen.streaming.produce import send_paced, user_messages
@@ -51,7 +51,7 @@ def encoders(tiny_bundle):
 def start_refresh(config: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "feature_gen.cli", "refresh", "--config", str(config),
+        return subprocess.Popen([sys.executable, "-m", "hllm.cli", "refresh", "--config", str(config),
                                  "--set", "stream.torch_threads=1"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from feature_gen.item_text import build_item_text
+from feature_gen.model.item_text import build_item_text
 from feature_gen.streaming.clients import make_producer
 from feature_gen.streaming.dead_letter import read_headers
 from feature_gen.streaming.encoders import load_stream_encoders
@@ -239,7 +239,7 @@ def test_malformed_events_land_in_the_dead_letter_topic_and_the_consumer_keeps_g
 
 
 def test_produce_events_replays_a_csv_log_and_an_item_parquet_in_file_order(tmp_path, broker, tiny_bundle):
-    from feature_gen.cli import main
+    from hllm.cli import main
     from tests.streaming_support import write_config
 
     cfg = stream_config(tmp_path, broker, tiny_bundle)

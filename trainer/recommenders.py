@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from feature_gen.inference import batches_by_length, embed_token_ids
-from feature_gen.item_text import pad_token_ids
-from feature_gen.losses import LogitScale
-from feature_gen.model import HLLM
-from feature_gen.user_llm import UserLLMOutput, last_real_index
+from feature_gen.inference.encoders import batches_by_length, embed_token_ids
+from feature_gen.model.item_text import pad_token_ids
+from feature_gen.model.losses import LogitScale
+from feature_gen.model.hllm import HLLM
+from feature_gen.model.user_llm import UserLLMOutput, last_real_index
 from trainer.deepspeed_setup import full_numel
 
 
@@ -189,7 +189,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
 
 def catalogue_token_ids(items, text_cfg, tokenizer) -> list[list[int]]:
     """Token ids of every catalogue item in internal-id order (index 0 = item 1)."""
-    from feature_gen.item_text import build_item_text, check_prompt_budget, tokenize_item_texts
+    from feature_gen.model.item_text import build_item_text, check_prompt_budget, tokenize_item_texts
 
     check_prompt_budget(tokenizer, text_cfg)
     texts = [build_item_text(row, text_cfg) for row in items.to_dict("records")]

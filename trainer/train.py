@@ -28,7 +28,7 @@ def build_recommender(cfg: HLLMConfig, data):
                                 cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale)
         return rec, None, {"item": "id-embedding", "user": f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"}
     if t.init_bundle:
-        from feature_gen.bundle import load_bundle
+        from feature_gen.model.bundle import load_bundle
 
         bundle = load_bundle(t.init_bundle)
         hllm, tokenizer = bundle.model, bundle.tokenizer
@@ -39,8 +39,8 @@ def build_recommender(cfg: HLLMConfig, data):
                               f"trained with {bundle.cfg.user_llm.use_timestamps}")
         bases = bundle.manifest.get("base_models", {})
     else:
-        from feature_gen.model import build_item_llm, build_user_llm
-        from feature_gen.model import HLLM
+        from feature_gen.model.hllm import build_item_llm, build_user_llm
+        from feature_gen.model.hllm import HLLM
 
         item_llm, tokenizer, item_desc = build_item_llm(cfg)
         user_llm, user_desc = build_user_llm(cfg, item_llm.hidden_size)
@@ -79,7 +79,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
                    never_sample=cold)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
     if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id:
-        from feature_gen.bundle import save_bundle
+        from feature_gen.model.bundle import save_bundle
         from trainer.deepspeed_setup import is_sharded, whole_state_dict
 
         hllm = rec.hllm

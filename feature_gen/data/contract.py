@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.item_text import item_text_or_reject
+from feature_gen.model.item_text import item_text_or_reject
 
 ITEM_ID = "item_id"
 USER_ID = "user_id"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from feature_gen.base_models import package_folder
+from feature_gen.model.base_models import package_folder
 from feature_gen.data.contract import DataError
 
 

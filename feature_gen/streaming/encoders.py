@@ -1,6 +1,6 @@
 """The bundle's encoders as the refresh consumers call them: texts -> item vectors, histories -> users.
 
-Both go through feature_gen.inference (embed_texts, embed_users): the one inference path, so a user
+Both go through feature_gen.inference.encoders (embed_texts, embed_users): the one inference path, so a user
 refreshed from the stream gets exactly the embedding a batch job would compute from the same history.
 `stream.runtime` picks the backend: "torch" (the bundle's eager modules) or "onnx" (ONNX Runtime over
 the graphs `hllm export` wrote into the bundle).
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.inference import UserEmbeddings, embed_texts, embed_users
+from feature_gen.inference.encoders import UserEmbeddings, embed_texts, embed_users
 
 
 @dataclass
@@ -46,12 +46,12 @@ class StreamEncoders:
 
 
 def load_stream_encoders(bundle_path: str | Path, runtime: str = "torch", threads: int | None = None) -> StreamEncoders:
-    from feature_gen.bundle import load_bundle
+    from feature_gen.model.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     item, user = bundle.model.item_llm, bundle.model.user_llm
     if runtime == "onnx":
-        from feature_gen.inference import load_encoders
+        from feature_gen.inference.encoders import load_encoders
 
         onnx = load_encoders(bundle, runtime="onnx", threads=threads)
         item, user = onnx.item, onnx.user

@@ -114,7 +114,7 @@ def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
 
 def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 1_000_000) -> ItemEvent:
     """Validate one item-event message; raises InvalidEvent. Whether it has embeddable text is decided
-    by feature_gen.item_text (the one place that builds item text)."""
+    by feature_gen.model.item_text (the one place that builds item text)."""
     obj = _object(raw, max_bytes)
     _require(obj, ITEM_EVENT_FIELDS)
     item_id = _id(obj, "item_id")

@@ -1,8 +1,8 @@
 """Item-event consumer (`hllm refresh-items`): a new or changed item is embedded on arrival.
 
 One micro-batch: each message is parsed (events.parse_item_event) and its text built by the one item
-text builder (feature_gen.item_text: an item with no text, or oversize text, is dead-lettered with that
-reason); the newest event of each item in the batch is embedded with the Item LLM (feature_gen.inference)
+text builder (feature_gen.model.item_text: an item with no text, or oversize text, is dead-lettered with that
+reason); the newest event of each item in the batch is embedded with the Item LLM (feature_gen.inference.encoders)
 and written to the online store under the consumer's bundle version. Offsets are committed after the
 write (consumer_loop).
 
@@ -17,7 +17,7 @@ import threading
 import time
 
 from feature_gen.config import HLLMConfig
-from feature_gen.item_text import item_text_or_reject
+from feature_gen.model.item_text import item_text_or_reject
 from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
 from feature_gen.streaming.dead_letter import DeadLetter
 from feature_gen.streaming.events import InvalidEvent, parse_item_event

@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from feature_gen.inference import UserEmbeddings
+from feature_gen.inference.encoders import UserEmbeddings
 from feature_gen.streaming.recent_items import RecentSequence
 
 
@@ -28,7 +28,7 @@ MAX_CACHED_ITEMS = 500_000  # ~130 MB at 64 floats; past it the cache starts ove
 
 class OnlineState:
     def __init__(self, store, bundle_version: str, item_cache_ttl_ms: int = 10_000):
-        self.store = store  # feature_gen.feature_store.HLLMFeatureStore
+        self.store = store  # feature_gen.store.feature_store.HLLMFeatureStore
         self.version = bundle_version
         self.item_cache_ttl_s = item_cache_ttl_ms / 1000
         self._items: dict[str, tuple[float, np.ndarray]] = {}  # item_id -> (read at, vector)

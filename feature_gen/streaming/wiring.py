@@ -31,7 +31,7 @@ def consumer_store(cfg: HLLMConfig, store=None):
     """The online store the consumer writes to: `store` when a caller already holds one (tests, demo)."""
     if store is not None:
         return store
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     return open_store(cfg.store)
 

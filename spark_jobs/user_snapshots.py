@@ -2,7 +2,7 @@
 
 The Spark user job writes each user's embedding as of the end of its input. A ranker trained on labels
 spread over weeks needs the embedding as it was before each label, so this backfill embeds every user's
-history as of a few cut-off times (through feature_gen.inference, the one inference path) and adds those
+history as of a few cut-off times (through feature_gen.inference.encoders, the one inference path) and adds those
 rows to the bundle version's offline `user_embedding` table. Each row is stamped with the newest event it
 reflects (`last_event_ts`), which is what the join orders by.
 """
@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from feature_gen.config import StoreConfig
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, OfflineStoreError, read_version
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, OfflineStoreError, read_version
 
 
 def snapshot_cutoffs(start: int, end: int, interval_s: int) -> list[int]:
@@ -30,9 +30,9 @@ def backfill_user_snapshots(bundle_dir, interactions: pd.DataFrame, cutoffs: lis
     user_embedding table of the bundle's version (rows already there are kept); returns rows added.
     One batched inference pass over all snapshots: what a streaming refresh would have written, at the
     granularity of the cut-offs."""
-    from feature_gen.bundle import load_bundle
-    from feature_gen.feature_store import open_store
-    from feature_gen.inference import embed_users, load_encoders
+    from feature_gen.model.bundle import load_bundle
+    from feature_gen.store.feature_store import open_store
+    from feature_gen.inference.encoders import embed_users, load_encoders
 
     bundle = load_bundle(bundle_dir)
     encoders = load_encoders(bundle, "torch")

@@ -5,7 +5,7 @@ encoder (cached per process, so the refresh consumer, a Spark worker or a ranker
 and returns drop-in replacements for the eager modules: `OnnxItemEncoder` is called like `ItemLLM`
 (`(input_ids, attention_mask) -> [B, D]`), `OnnxUserEncoder` like `UserLLM`
 (`(item_embeddings, attention_mask, timestamps) -> .predictions / .user_embedding`), so
-feature_gen/inference.py runs either backend through the same code. Outputs are float32 numpy arrays.
+feature_gen/inference/encoders.py runs either backend through the same code. Outputs are float32 numpy arrays.
 
 Inputs are checked before they reach ONNX Runtime: a wrong dtype, rank or hidden size raises
 `OnnxInputError` naming the expected shape, not an ONNX Runtime stack trace.
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from feature_gen.bundle import BundleError, read_manifest, verify_bundle
+from feature_gen.model.bundle import BundleError, read_manifest, verify_bundle
 
 log = logging.getLogger(__name__)
 

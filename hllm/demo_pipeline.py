@@ -12,7 +12,7 @@
     report      report.md with plots and a sanity table, and a short summary on stdout
 
 Orchestration only: every step calls the package that owns it (trainer, export, spark_jobs,
-feature_gen.feature_store, feature_gen.streaming, ranker_integration). This module may import all of
+feature_gen.store.feature_store, feature_gen.streaming, ranker_integration). This module may import all of
 them; the core does not import it.
 """
 
@@ -214,7 +214,7 @@ def step_spark(run: DemoRun) -> None:
         _run_logged([*submit, str(REPO / "spark_jobs" / "user_embed.py"), "--bundle", bundle, "--interactions",
                      str(data / "history.parquet"), "--config", str(config_path), "--materialize"],
                     run.out / "logs" / "spark_user_embed.log", "   spark user_embed.py", env)
-        from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
+        from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
 
         version = run.facts["bundle"].name
         n_items = len(read_version(run.cfg.store.offline_root, ITEM_EMBEDDING, version))
@@ -225,7 +225,7 @@ def step_spark(run: DemoRun) -> None:
 
 
 def step_features(run: DemoRun) -> None:
-    from feature_gen.bundle import read_manifest
+    from feature_gen.model.bundle import read_manifest
     from ranker_integration.feature_config import (dump_feature_config, load_feature_config, pin_to_bundle,
                                                    validate_feature_config)
 
@@ -242,8 +242,8 @@ def step_features(run: DemoRun) -> None:
 def step_stream(run: DemoRun) -> None:
     from tqdm import tqdm
 
-    from feature_gen.feature_store import open_store
-    from feature_gen.streaming.broker import LocalBroker
+    from feature_gen.store.feature_store import open_store
+    from hllm.local_broker import LocalBroker
     from feature_gen.streaming.clients import create_topics, make_producer
     from feature_gen.streaming.encoders import load_stream_encoders
     from feature_gen.streaming.produce import user_messages
@@ -301,11 +301,11 @@ def step_stream(run: DemoRun) -> None:
 
 
 def step_ranker(run: DemoRun) -> None:
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
     from ranker_integration.ranker import export_ranker, load_ranker, train_ranker
     from ranker_integration.serving import RequestScorer
     from ranker_integration.training_set import build_training_set, make_labels
-    from ranker_integration.user_snapshots import backfill_user_snapshots, snapshot_cutoffs
+    from spark_jobs.user_snapshots import backfill_user_snapshots, snapshot_cutoffs
 
     rcfg, version = run.cfg.ranker, run.facts["bundle"].name
     with _step(run, "ranker", f"TF ranker ({rcfg.model}) with and without HLLM features, time split") as note:
@@ -347,12 +347,12 @@ def step_ranker(run: DemoRun) -> None:
 def step_evaluate(run: DemoRun) -> None:
     import torch
 
-    from feature_gen import reference_scorers
-    from feature_gen.bundle import load_bundle
+    from feature_gen.evaluation import reference_scorers
+    from feature_gen.model.bundle import load_bundle
     from feature_gen.data.sequences import leave_one_out, load_interaction_data
-    from feature_gen.evaluate_cli import evaluate_vectors
-    from feature_gen.inference import embed_users
-    from feature_gen.offline_store import ITEM_EMBEDDING, read_version
+    from feature_gen.evaluation.protocol import evaluate_vectors
+    from feature_gen.inference.encoders import embed_users
+    from feature_gen.store.offline_store import ITEM_EMBEDDING, read_version
 
     with _step(run, "evaluate", "full ranking over the catalogue (leave-one-out on the history)") as note:
         raw = run.cfg.model_dump()
@@ -368,14 +368,16 @@ def step_evaluate(run: DemoRun) -> None:
         with _elapsed_bar("   user embeddings (test histories)"):
             users = embed_users(bundle.model.user_llm, table, split.test.histories, split.test.history_timestamps,
                                 cfg.data.max_seq_len)
+        # (user vectors, item table, similarity): the model in the space it is trained on (cosine),
+        # reference scorers in the one their vectors are built for
         scorers = {
-            "HLLM (trained User LLM)": (torch.from_numpy(users.vectors), table),
-            "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(table, split.test.histories), table),
-            "popularity": reference_scorers.popularity_vectors(split.train, data.num_users, data.num_items),
-            "random": reference_scorers.random_vectors(data.num_users, data.num_items),
+            "HLLM (trained User LLM)": (torch.from_numpy(users.vectors), table, "cosine"),
+            "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(table, split.test.histories), table, "cosine"),
+            "popularity": (*reference_scorers.popularity_vectors(split.train, data.num_users, data.num_items), "dot"),
+            "random": (*reference_scorers.random_vectors(data.num_users, data.num_items), "dot"),
         }
         with _elapsed_bar("   ranking the catalogue"):
-            metrics = {name: evaluate_vectors(u, i, split.test, cfg).values for name, (u, i) in scorers.items()}
+            metrics = {name: evaluate_vectors(u, i, split.test, cfg, sim).values for name, (u, i, sim) in scorers.items()}
         frame = pd.DataFrame(metrics).T
         run.facts.update(recall=frame, ks=cfg.eval.ks, eval_users=data.num_users, item_table=table, catalogue=data.items)
         print(frame[[c for c in frame.columns if c.endswith(("@10", "@50", "@200"))]].to_string(float_format=lambda v: f"{v:.4f}"))
@@ -384,7 +386,7 @@ def step_evaluate(run: DemoRun) -> None:
 
 
 def step_report(run: DemoRun, started: float) -> Path:
-    from ranker_integration.demo_report import sanity_tables, write_report
+    from hllm.demo_report import sanity_tables, write_report
 
     with _step(run, "report", "plots, sanity table, report.md") as note:
         sanity = sanity_tables(run, WELL_KNOWN)
@@ -406,7 +408,7 @@ def run_demo_pipeline(output_dir: str = "outputs/demo", config_path: str | None 
     for step in (step_data, step_train, step_export, step_spark, step_features, step_stream, step_ranker, step_evaluate):
         step(run)
     report = step_report(run, started)
-    from ranker_integration.demo_report import print_summary
+    from hllm.demo_report import print_summary
 
     print_summary(run, report, time.perf_counter() - started)
     return 0

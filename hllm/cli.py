@@ -54,7 +54,7 @@ def cmd_data_summary(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from feature_gen.evaluate_cli import run_evaluate
+    from hllm.evaluate_cli import run_evaluate
 
     return run_evaluate(_load(args), scorer=args.scorer, split=args.split, seed=args.seed)
 
@@ -80,7 +80,7 @@ def cmd_quality(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ranker_integration.demo_pipeline import run_demo_pipeline
+    from hllm.demo_pipeline import run_demo_pipeline
 
     return run_demo_pipeline(output_dir=args.output_dir, config_path=args.config)
 
@@ -94,7 +94,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_materialize(args) -> int:
-    from feature_gen.materialize_cli import run_materialize
+    from hllm.materialize_cli import run_materialize
 
     return run_materialize(_load(args), args.version, args.bundle, args.views.split(",") if args.views else None)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feature_gen.config import LossConfig
-from feature_gen.user_llm import UserLLM
+from feature_gen.model.user_llm import UserLLM
 
 
 class LogitScale(nn.Module):

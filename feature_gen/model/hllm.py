@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from feature_gen.base_models import load_backbone
+from feature_gen.model.base_models import load_backbone
 from feature_gen.config import ConfigError, HLLMConfig
-from feature_gen.item_llm import ItemLLM
-from feature_gen.losses import (
+from feature_gen.model.item_llm import ItemLLM
+from feature_gen.model.losses import (
     EarlyFusionScorer,
     InfoNCEResult,
     LateFusionHead,
@@ -24,7 +24,7 @@ from feature_gen.losses import (
     sequence_info_nce,
     total_loss,
 )
-from feature_gen.user_llm import UserLLM, last_real_index
+from feature_gen.model.user_llm import UserLLM, last_real_index
 
 
 @dataclass

@@ -6,7 +6,7 @@ Texts are sorted by token length before batching (length bucketing): a batch the
 close to its own rows instead of the longest text in the whole input.
 
 Two backends, one code path: every function takes the item encoder / user encoder as an argument, the
-eager modules (`ItemLLM`, `UserLLM`) or their ONNX Runtime twins (`feature_gen.onnx_runtime`), which are
+eager modules (`ItemLLM`, `UserLLM`) or their ONNX Runtime twins (`feature_gen.inference.onnx_runtime`), which are
 called the same way. `load_encoders(bundle, runtime="torch" | "onnx")` returns either pair, so callers
 switch backend, not code.
 """
@@ -23,11 +23,11 @@ import torch
 
 from feature_gen.config import ItemTextConfig
 from feature_gen.data.sequences import pad_sequences
-from feature_gen.item_llm import ItemLLM
-from feature_gen.item_text import build_item_text, check_prompt_budget, pad_token_ids, tokenize_item_texts
-from feature_gen.user_llm import UserLLM
+from feature_gen.model.item_llm import ItemLLM
+from feature_gen.model.item_text import build_item_text, check_prompt_budget, pad_token_ids, tokenize_item_texts
+from feature_gen.model.user_llm import UserLLM
 
-# ItemLLM or feature_gen.onnx_runtime.OnnxItemEncoder; UserLLM or OnnxUserEncoder (same call shapes).
+# ItemLLM or feature_gen.inference.onnx_runtime.OnnxItemEncoder; UserLLM or OnnxUserEncoder (same call shapes).
 ItemEncoder = Union[ItemLLM, Any]
 UserEncoder = Union[UserLLM, Any]
 
@@ -42,14 +42,14 @@ class Encoders:
 
 def load_encoders(bundle, runtime: str = "torch", device: str = "auto", threads: int | None = None) -> Encoders:
     """The bundle's item and user encoders for `runtime`. `bundle` is a bundle folder or a loaded
-    feature_gen.bundle.Bundle; "onnx" needs `hllm export` to have run on it (device/threads: ONNX only)."""
+    feature_gen.model.bundle.Bundle; "onnx" needs `hllm export` to have run on it (device/threads: ONNX only)."""
     if runtime == "torch":
-        from feature_gen.bundle import Bundle, load_bundle
+        from feature_gen.model.bundle import Bundle, load_bundle
 
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         return Encoders(loaded.model.item_llm, loaded.model.user_llm, loaded.version, "torch")
     if runtime == "onnx":
-        from feature_gen.onnx_runtime import load_onnx_encoders
+        from feature_gen.inference.onnx_runtime import load_onnx_encoders
 
         folder = bundle.path if hasattr(bundle, "path") else Path(bundle)
         onnx = load_onnx_encoders(folder, device=device, threads=threads)

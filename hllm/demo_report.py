@@ -32,7 +32,7 @@ def nearest_neighbours(items: pd.DataFrame, vectors: np.ndarray, titles: list[st
 def sanity_tables(run, well_known: list[str]) -> dict:
     """Nearest neighbours of well-known movies, and for a few streamed users their recent history (online
     state) next to the unseen items their online user embedding retrieves."""
-    from feature_gen.feature_store import open_store
+    from feature_gen.store.feature_store import open_store
 
     items = run.facts["items"]
     store = open_store(run.cfg.store, apply=False)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 
 from feature_gen.config import HLLMConfig
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, list_versions
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, list_versions
 
 VIEWS = (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS)
 
 
 def run_materialize(cfg: HLLMConfig, version: str | None, bundle: str | None, views: list[str] | None) -> int:
-    from feature_gen.bundle import read_manifest
-    from feature_gen.feature_store import open_store
+    from feature_gen.model.bundle import read_manifest
+    from feature_gen.store.feature_store import open_store
 
     if bool(version) == bool(bundle):
         print("hllm materialize: give exactly one of --version and --bundle", file=sys.stderr)

@@ -86,7 +86,7 @@ class Bundle:
     path: Path
     manifest: dict[str, Any]
     cfg: HLLMConfig
-    model: Any  # feature_gen.model.HLLM, in eval mode
+    model: Any  # feature_gen.model.hllm.HLLM, in eval mode
     tokenizer: Any
 
     @property
@@ -194,7 +194,7 @@ def load_bundle(path: str | Path) -> Bundle:
     """Verify and load a bundle into an eval-mode HLLM with its tokenizer."""
     from transformers import AutoTokenizer
 
-    from feature_gen.model import build_hllm
+    from feature_gen.model.hllm import build_hllm
 
     path = Path(path)
     manifest = verify_bundle(path)

@@ -12,13 +12,13 @@ Each view's batch source is its offline Parquet table (`<offline_root>/<view>/bu
 and each has a push source (`<view>_push`) through which jobs and the streaming refresh write online.
 Ids are strings in the store whatever their type in the input data (one key type for every source).
 
-The user·item score is a request-time function (feature_gen.feature_store.cosine_scores, behind
+The user·item score is a request-time function (feature_gen.store.feature_store.cosine_scores, behind
 `HLLMFeatureStore.request_features`), not an on-demand feature view: in Feast 0.67 an on-demand view
 over two views that share feature names (both have `embedding` and `bundle_version`) receives the
 second view's values under the first view's names at online-read time, so it would score an item
 against itself. The function also refuses mixed versions instead of returning NaN.
 
-`feature_definitions(offline_root)` builds the objects; feature_gen.feature_store applies them and
+`feature_definitions(offline_root)` builds the objects; feature_gen.store.feature_store applies them and
 writes a generated `features.py` into the repo folder so the `feast` CLI (`feast -c <repo> ...`) sees
 the same repo.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-from feature_gen.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
 
 ITEM_ID = "item_id"
 USER_ID = "user_id"
