@@ -90,7 +90,7 @@ def embed_user_sequences(sequences: DataFrame, bundle_path: str, opts: Inference
     """user_id, embedding, seq_len, last_event_ts via mapInPandas over the User LLM."""
 
     def run(batches):
-        bundle = worker_bundle(bundle_path, opts.torch_threads, stats)
+        bundle = worker_bundle(bundle_path, opts.torch_threads, stats, opts.device)
         yield from timed_batches(batches, lambda pdf: embed_user_batch(pdf, bundle, opts.batch_size), stats)
 
     return sequences.repartition(opts.partitions).mapInPandas(run, EMBEDDED_SCHEMA)

@@ -11,6 +11,11 @@ A version is published by writing it completely into a staging folder (`<root>/_
 outside every table folder) and then renaming it into place, so a reader sees the old
 version or the new one, never half of one. The same two-rename swap is done through Hadoop's FileSystem
 API by the Spark jobs (spark_jobs/publish.py) so it also works on HDFS.
+
+Every file also holds the `bundle_version` column (equal to its folder's), so one version's folder is a
+complete source for Feast (feature_repo/definitions.py). Read a version through `read_version` (its
+folder), or the table with Spark; pyarrow's hive discovery of the table root refuses a partition
+column that files also hold.
 """
 
 from __future__ import annotations
@@ -78,12 +83,13 @@ def publish_local(staging: Path, target: Path) -> None:
 
 
 def write_version(root: str | Path, table: str, version: str, frame: pd.DataFrame) -> Path:
-    """Write `frame` as the whole of `version` in `table` (replacing it), without the version column."""
+    """Write `frame` as the whole of `version` in `table` (replacing it). The files carry the
+    `bundle_version` column too, so a version folder is a complete Feast source on its own."""
     target = version_path(root, table, version)
     staging = staging_path(root, table)
     staging.mkdir(parents=True)
     try:
-        data = frame.drop(columns=[VERSION_COLUMN], errors="ignore")
+        data = frame.assign(**{VERSION_COLUMN: version})
         data.to_parquet(staging / "part-00000.parquet", index=False)
         publish_local(staging, target)
     finally:

@@ -18,9 +18,18 @@ over two views that share feature names (both have `embedding` and `bundle_versi
 second view's values under the first view's names at online-read time, so it would score an item
 against itself. The function also refuses mixed versions instead of returning NaN.
 
-`feature_definitions(offline_root)` builds the objects; feature_gen.store.feature_store applies them and
-writes a generated `features.py` into the repo folder so the `feast` CLI (`feast -c <repo> ...`) sees
-the same repo.
+Versions never mix (what plain `feast materialize` reads):
+  - the three serving views' batch sources read one folder, the *active* version's
+    (`<offline_root>/<view>/bundle_version=<active>`), never the whole table: `feast materialize` can only
+    load that version. `hllm feature-repo --version V` / `hllm materialize` set the active version.
+  - every version present offline also gets offline-only views `<view>__<version>` (its own source,
+    online=False: `feast materialize` skips them) and a FeatureService `hllm_<version>` over them: a
+    training set of one version, point-in-time correct, through Feast's standard API.
+Files carry the `bundle_version` column themselves (a version folder is a complete source on its own).
+
+`feature_definitions(offline_root, active_version, versions)` builds the objects;
+feature_gen.store.feature_store.write_feature_repo writes a generated `features.py` calling it into the
+repo folder (so the `feast` CLI sees the same repo) and applies them under a lock.
 """
 
 from __future__ import annotations
@@ -28,10 +37,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
+from feature_gen.store.offline_store import ITEM_EMBEDDING, PARTITION_PREFIX, USER_EMBEDDING, USER_RECENT_ITEMS, check_version
 
 ITEM_ID = "item_id"
 USER_ID = "user_id"
@@ -45,55 +54,85 @@ def push_source_name(view: str) -> str:
     return f"{view}_push"
 
 
-def _sources(view: str, offline_root: str | Path) -> PushSource:
-    batch = FileSource(
-        name=f"{view}_parquet",
-        path=str(Path(offline_root).resolve() / view),
-        timestamp_field=EVENT_TIMESTAMP,
-    )
-    return PushSource(name=push_source_name(view), batch_source=batch)
+NO_ACTIVE_VERSION = "none"  # the serving views' source before any version is active: an empty folder name
 
 
-def feature_definitions(offline_root: str | Path) -> list:
-    item = Entity(name="item", join_keys=[ITEM_ID], value_type=ValueType.STRING, description="a catalogue item")
-    user = Entity(name="user", join_keys=[USER_ID], value_type=ValueType.STRING, description="a user")
+def push_source_name(view: str) -> str:
+    return f"{view}_push"
 
-    item_push = _sources(ITEM_EMBEDDING, offline_root)
-    user_push = _sources(USER_EMBEDDING, offline_root)
-    recent_push = _sources(USER_RECENT_ITEMS, offline_root)
 
-    item_view = FeatureView(
-        name=ITEM_EMBEDDING,
-        entities=[item],
-        ttl=NO_EXPIRY,
-        schema=[Field(name="embedding", dtype=Array(Float32)), Field(name="bundle_version", dtype=String)],
-        source=item_push,
-        description="Item LLM embedding of the item's text under one bundle version",
-    )
-    user_view = FeatureView(
-        name=USER_EMBEDDING,
-        entities=[user],
-        ttl=NO_EXPIRY,
-        schema=[
-            Field(name="embedding", dtype=Array(Float32)),
-            Field(name="seq_len", dtype=Int64),
-            Field(name="last_event_ts", dtype=Int64),
-            Field(name="bundle_version", dtype=String),
-        ],
-        source=user_push,
-        description="User LLM interest embedding over the user's last max_seq_len items",
-    )
-    recent_view = FeatureView(
-        name=USER_RECENT_ITEMS,
-        entities=[user],
-        ttl=NO_EXPIRY,
-        schema=[
-            Field(name="recent_item_ids", dtype=Array(String)),
-            Field(name="recent_item_ts", dtype=Array(Int64)),
-            Field(name="last_event_ts", dtype=Int64),
-        ],
-        source=recent_push,
-        description="the user's most recent item ids, oldest first, with their event timestamps",
-    )
+def offline_view_name(view: str, version: str) -> str:
+    return f"{view}__{version}"
 
-    return [item, user, item_push, user_push, recent_push, item_view, user_view, recent_view]
+
+def feature_service_name(version: str) -> str:
+    return f"hllm_{version}"
+
+
+def version_folder(offline_root: str | Path, view: str, version: str) -> str:
+    """`<offline_root>/<view>/bundle_version=<version>`; a URI root (s3://, gs://, hdfs://) stays a URI."""
+    root = str(offline_root)
+    base = root.rstrip("/") if "://" in root else str(Path(root).resolve())
+    return f"{base}/{view}/{PARTITION_PREFIX}{version}"
+
+
+def _file_source(name: str, path: str) -> FileSource:
+    return FileSource(name=name, path=path, timestamp_field=EVENT_TIMESTAMP)
+
+
+SCHEMAS = {
+    ITEM_EMBEDDING: [Field(name="embedding", dtype=Array(Float32)), Field(name="bundle_version", dtype=String)],
+    USER_EMBEDDING: [
+        Field(name="embedding", dtype=Array(Float32)),
+        Field(name="seq_len", dtype=Int64),
+        Field(name="last_event_ts", dtype=Int64),
+        Field(name="bundle_version", dtype=String),
+    ],
+    USER_RECENT_ITEMS: [
+        Field(name="recent_item_ids", dtype=Array(String)),
+        Field(name="recent_item_ts", dtype=Array(Int64)),
+        Field(name="last_event_ts", dtype=Int64),
+    ],
+}
+DESCRIPTIONS = {
+    ITEM_EMBEDDING: "Item LLM embedding of the item's text under one bundle version",
+    USER_EMBEDDING: "User LLM interest embedding over the user's last max_seq_len items",
+    USER_RECENT_ITEMS: "the user's most recent item ids, oldest first, with their event timestamps",
+}
+# Each view keys on one entity.
+_ENTITY = {ITEM_EMBEDDING: "item", USER_EMBEDDING: "user", USER_RECENT_ITEMS: "user"}
+
+
+def feature_definitions(offline_root: str | Path, active_version: str | None = None, versions=()) -> list:
+    """Entities, push sources, the three serving views (batch source: the active version's folder) and,
+    per version in `versions`, offline-only views and a FeatureService (see the module docstring)."""
+    entities = {
+        "item": Entity(name="item", join_keys=[ITEM_ID], value_type=ValueType.STRING, description="a catalogue item"),
+        "user": Entity(name="user", join_keys=[USER_ID], value_type=ValueType.STRING, description="a user"),
+    }
+    active = check_version(active_version) if active_version else NO_ACTIVE_VERSION
+    objects: list = list(entities.values())
+    for view in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS):
+        batch = _file_source(f"{view}_parquet", version_folder(offline_root, view, active))
+        push = PushSource(name=push_source_name(view), batch_source=batch)
+        objects += [push, FeatureView(
+            name=view, entities=[entities[_ENTITY[view]]], ttl=NO_EXPIRY, schema=SCHEMAS[view], source=push,
+            description=f"{DESCRIPTIONS[view]} (served online; batch source: the active version {active})",
+            tags={"active_bundle_version": active},
+        )]
+    for version in sorted(set(versions)):
+        check_version(version)
+        views = [
+            FeatureView(
+                name=offline_view_name(view, version), entities=[entities[_ENTITY[view]]], ttl=NO_EXPIRY,
+                schema=SCHEMAS[view], online=False, tags={"bundle_version": version},
+                source=_file_source(f"{view}__{version}_parquet", version_folder(offline_root, view, version)),
+                description=f"{DESCRIPTIONS[view]}: bundle {version} only (offline)",
+            )
+            for view in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS)
+        ]
+        objects += views + [FeatureService(
+            name=feature_service_name(version), features=views, tags={"bundle_version": version},
+            description=f"every HLLM feature of bundle {version}, from that version's offline tables only",
+        )]
+    return objects
