@@ -98,3 +98,16 @@ def test_derived_files_are_checksummed_without_changing_version(saved):
     (path / "onnx" / "user.onnx").write_bytes(b"other")
     with pytest.raises(BundleError, match="onnx/user.onnx fails its checksum"):
         verify_bundle(path)
+
+
+def test_bundle_is_group_readable_not_private(saved):
+    """The issue: bundles came out drwx------, unreadable by executors or consumers of the owner's group."""
+    import stat
+
+    from feature_gen.model.bundle import BUNDLE_DIR_MODE, BUNDLE_FILE_MODE
+
+    path = saved[3]
+    assert stat.S_IMODE(path.stat().st_mode) == BUNDLE_DIR_MODE == 0o750
+    for p in path.rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (BUNDLE_DIR_MODE if p.is_dir() else BUNDLE_FILE_MODE), p
+    assert BUNDLE_FILE_MODE & stat.S_IRGRP and not BUNDLE_FILE_MODE & stat.S_IROTH
