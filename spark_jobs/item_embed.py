@@ -13,55 +13,63 @@ import sys
 import time
 import uuid
 
-from feature_gen.model.bundle import read_manifest
-from feature_gen.config import ConfigError, ItemTextConfig
-from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS
+from feature_gen.config import ItemTextConfig
+from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS, VERSION_COLUMN
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs.job_setup import job_arguments, job_config, spark_session
+    from spark_jobs.job_setup import driver_bundle_before_spark, job_arguments, job_config, spark_session
 
     args = job_arguments(__doc__.splitlines()[0], "--items", "item table: Parquet, CSV or JSON lines").parse_args(argv)
     try:
         cfg = job_config(args)
-        manifest = read_manifest(args.bundle)
+        bundle = driver_bundle_before_spark(args.bundle)  # None: a remote URI, fetched once Spark is up
+        if bundle is not None:
+            _check_bundle(bundle)
     except Exception as exc:  # config and bundle problems are the operator's to fix: one line, no trace
-        print(f"item_embed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    version = manifest["version"]
-    text_cfg = ItemTextConfig(**manifest["item_text"])
-    try:
-        _check_prompt_budget(args.bundle, text_cfg)
-    except ConfigError as exc:  # every item would embed to the same vector: refuse before any work
-        print(f"item_embed: {args.bundle}: {exc}", file=sys.stderr)
+        print(f"item_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
 
-    spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
+    spark = spark_session("hllm item_embed" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
     try:
-        return _run(spark, args, cfg, version, text_cfg, started)
+        from spark_jobs.job_setup import driver_bundle_with_spark
+
+        try:
+            bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
+            _check_bundle(bundle)
+        except Exception as exc:
+            print(f"item_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        return _run(spark, args, cfg, bundle, started)
     finally:
         spark.stop()
 
 
-def _check_prompt_budget(bundle: str, text_cfg: ItemTextConfig) -> None:
+def _check_bundle(bundle) -> None:
+    """Refuse, before any work, a bundle whose prompt fills the token budget (every item would embed to
+    the same vector)."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
     from feature_gen.model.item_text import check_prompt_budget
 
-    check_prompt_budget(AutoTokenizer.from_pretrained(Path(bundle) / "tokenizer"), text_cfg)
+    text_cfg = ItemTextConfig(**bundle.manifest["item_text"])
+    check_prompt_budget(AutoTokenizer.from_pretrained(Path(bundle.local_dir) / "tokenizer"), text_cfg)
 
 
-def _run(spark, args, cfg, version, text_cfg, started) -> int:
+def _run(spark, args, cfg, bundle, started) -> int:
     from pyspark.sql import functions as F
 
     from spark_jobs.item_frames import embed_items, prepare_items
-    from spark_jobs.job_setup import inference_options, read_input, table_paths
+    from spark_jobs.job_setup import inference_options, read_input, spark_settings_line, table_paths
     from spark_jobs.publish import publish
     from spark_jobs.worker_model import WorkerStats
 
+    version = bundle.manifest["version"]
+    text_cfg = ItemTextConfig(**bundle.manifest["item_text"])
+    print(f"item_embed: {spark_settings_line(spark, cfg)}", flush=True)
     try:
         prepared = prepare_items(read_input(spark, args.items), text_cfg)
     except (ValueError, FileNotFoundError) as exc:
@@ -76,9 +84,12 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     rej = table_paths(cfg.store.offline_root, ITEM_REJECTS, version, run_id)
 
     embedded = embed_items(prepared.filter(F.col("reason").isNull()), args.bundle, opts, stats)
-    # Item embeddings do not depend on time: valid from the epoch (point-in-time joins find them).
-    embedded.withColumn("event_timestamp", F.timestamp_seconds(F.lit(0))).write.mode("overwrite").parquet(out.staging)
-    prepared.filter(F.col("reason").isNotNull()).select("item_id", "reason", "row_json").write.mode("overwrite").parquet(rej.staging)
+    # Item embeddings do not depend on time: valid from the epoch (point-in-time joins find them). The
+    # version is a column of the files too: one version's folder is a complete Feast source.
+    embedded.withColumn("event_timestamp", F.timestamp_seconds(F.lit(0))).withColumn(
+        VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(out.staging)
+    prepared.filter(F.col("reason").isNotNull()).select("item_id", "reason", "row_json").withColumn(
+        VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(rej.staging)
 
     n_embedded = spark.read.parquet(out.staging).count()
     reasons = {r["reason"]: r["count"] for r in spark.read.parquet(rej.staging).groupBy("reason").count().collect()}
@@ -94,11 +105,12 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
         flush=True,
     )
     if args.materialize:
-        from feature_gen.store.feature_store import open_store
+        from spark_jobs.online_write import materialize_online
 
-        written = open_store(cfg.store).materialize_version(version, views=[ITEM_EMBEDDING])
+        written = materialize_online(spark, cfg.store, version, [ITEM_EMBEDDING], cfg.spark.materialize_batch_rows,
+                                     cfg.spark.partitions)
         print(f"item_embed: materialized {written[ITEM_EMBEDDING]} item embeddings of {version} into the "
-              f"{cfg.store.online_store} online store", flush=True)
+              f"{cfg.store.online_store} online store (from the executors)", flush=True)
     return 0
 
 

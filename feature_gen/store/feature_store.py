@@ -379,6 +379,13 @@ class HLLMFeatureStore:
         self.feast.push(push_source_name(view), online, to=PushMode.ONLINE)
         return len(online)
 
+    def write_online(self, view: str, frame: pd.DataFrame) -> int:
+        """Write rows of `view` (its columns, see _COLUMNS) online through the view's push source; returns
+        rows written. What the executors of a distributed materialization call per chunk."""
+        if view not in _COLUMNS:
+            raise FeatureStoreError(f"unknown view {view!r} (expected one of {', '.join(_COLUMNS)})")
+        return self._push(view, frame)
+
     def push_item_embeddings(self, frame: pd.DataFrame) -> int:
         """Write item embeddings online (columns item_id, embedding, bundle_version); returns rows written."""
         return self._push(ITEM_EMBEDDING, frame)

@@ -104,8 +104,8 @@ def list_versions(root: str | Path, table: str) -> list[str]:
     return sorted(p.name[len(PARTITION_PREFIX):] for p in folder.iterdir() if p.name.startswith(PARTITION_PREFIX))
 
 
-def read_version(root: str | Path, table: str, version: str) -> pd.DataFrame:
-    """One version of a table, with its `bundle_version` column filled in."""
+def read_version(root: str | Path, table: str, version: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One version of a table (only `columns` if given), with its `bundle_version` column filled in."""
     folder = version_path(root, table, version)
     if not folder.is_dir():
         have = list_versions(root, table)
@@ -113,6 +113,6 @@ def read_version(root: str | Path, table: str, version: str) -> pd.DataFrame:
             f"{folder}: no version {version!r} in offline table {table!r} "
             f"(have: {', '.join(have) if have else 'none'})"
         )
-    frame = pd.read_parquet(folder)
+    frame = pd.read_parquet(folder, columns=[c for c in columns if c != VERSION_COLUMN] if columns else None)
     frame[VERSION_COLUMN] = version
     return frame

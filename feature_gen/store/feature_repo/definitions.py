@@ -24,7 +24,8 @@ Versions never mix (what plain `feast materialize` reads):
     load that version. `hllm feature-repo --version V` / `hllm materialize` set the active version.
   - every version present offline also gets offline-only views `<view>__<version>` (its own source,
     online=False: `feast materialize` skips them) and a FeatureService `hllm_<version>` over them: a
-    training set of one version, point-in-time correct, through Feast's standard API.
+    training set of one version, point-in-time correct, through Feast's standard API
+    (get_historical_features(..., full_feature_names=True): the views share feature names).
 Files carry the `bundle_version` column themselves (a version folder is a complete source on its own).
 
 `feature_definitions(offline_root, active_version, versions)` builds the objects;
