@@ -11,8 +11,8 @@ its own peak memory:
           partitions through Feast's online write path (what the jobs' --materialize and `hllm
           materialize --engine spark` do); the driver only collects one count per task
 Reported: rows/s of the publication alone (Spark session start timed apart), the driver process's
-peak RSS (ru_maxrss, the Python driver; for Spark the JVM's RSS at the end is given too: in local mode
-it also hosts the executors), and a check that every row is online with its version.
+resident memory while publishing, sampled every 20 ms (peak, and growth over its start; for Spark the
+JVM's RSS at the end is given too: in local mode it also hosts the executors), and a check that every row is online with its version.
 Raw JSON -> benchmarks/results/materialize.json.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,8 +53,31 @@ def write_offline(root: Path, redis: str, version: str, rows: int, dim: int, pre
     open_store(_store_cfg(root, redis)).write_offline(USER_EMBEDDING, version, frame)
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+class PeakRss:
+    """This process's resident memory, sampled every 20 ms while the block runs: the peak and the
+    start. (ru_maxrss would not do: Linux carries it across fork and exec, so a child reports its
+    parent's peak.)"""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self.start_mb = self.peak_mb = self._proc.memory_info().rss / 2**20
+
+        def sample():
+            while not self._stop.wait(0.02):
+                self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
 
 
 def one(engine: str, root: Path, redis: str, version: str) -> dict:
@@ -65,13 +87,13 @@ def one(engine: str, root: Path, redis: str, version: str) -> dict:
     from feature_gen.store.offline_store import USER_EMBEDDING
 
     cfg = HLLMConfig.model_validate({"store": _store_cfg(root, redis).model_dump(), "spark": {"partitions": 2}})
-    rss_before = _maxrss_mb()
     extra = {}
     if engine == "driver":
         store = open_store(cfg.store)
-        started = time.perf_counter()
-        written = store.materialize_version(version, views=[USER_EMBEDDING])[USER_EMBEDDING]
-        seconds = time.perf_counter() - started
+        with PeakRss() as rss:
+            started = time.perf_counter()
+            written = store.materialize_version(version, views=[USER_EMBEDDING])[USER_EMBEDDING]
+            seconds = time.perf_counter() - started
     else:
         import psutil
 
@@ -82,9 +104,11 @@ def one(engine: str, root: Path, redis: str, version: str) -> dict:
         spark = spark_session("materialize bench", cfg, "local[2]")
         extra["session_start_s"] = time.perf_counter() - t0
         try:
-            started = time.perf_counter()
-            written = materialize_online(spark, cfg.store, version, [USER_EMBEDDING], cfg.spark.materialize_batch_rows)[USER_EMBEDDING]
-            seconds = time.perf_counter() - started
+            with PeakRss() as rss:
+                started = time.perf_counter()
+                written = materialize_online(spark, cfg.store, version, [USER_EMBEDDING],
+                                             cfg.spark.materialize_batch_rows)[USER_EMBEDDING]
+                seconds = time.perf_counter() - started
             jvm = [c for c in psutil.Process().children(recursive=True) if "java" in c.name()]
             extra["jvm_rss_mb_at_end"] = round(sum(c.memory_info().rss for c in jvm) / 2**20, 1)
         finally:
@@ -96,7 +120,8 @@ def one(engine: str, root: Path, redis: str, version: str) -> dict:
     got = store.user_embeddings(sample)
     ok = int(sum(bool(f) and v == version for f, v in zip(got.found, got.bundle_versions)))
     return {"engine": engine, "rows": int(written), "seconds": round(seconds, 2), "rows_per_s": round(written / seconds),
-            "driver_peak_rss_mb": round(_maxrss_mb(), 1), "driver_rss_before_mb": round(rss_before, 1),
+            "driver_peak_rss_mb": round(rss.peak_mb, 1), "driver_rss_before_mb": round(rss.start_mb, 1),
+            "driver_growth_mb": round(rss.peak_mb - rss.start_mb, 1),
             "online_check": f"{ok}/{len(sample)}", **extra}
 
 
@@ -127,9 +152,11 @@ def run(sizes=(20_000, 80_000), dim: int = 64) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = ["| rows | engine | seconds | rows/s | driver peak RSS MB | online check |", "|---|---|---|---|---|---|"]
+    lines = ["| rows | engine | seconds | rows/s | driver peak RSS MB | driver growth MB | online check |",
+             "|---|---|---|---|---|---|---|"]
     for x in r["runs"]:
-        lines.append(f"| {x['rows']:,} | {x['engine']} | {x['seconds']} | {x['rows_per_s']:,} | {x['driver_peak_rss_mb']} | {x['online_check']} |")
+        lines.append(f"| {x['rows']:,} | {x['engine']} | {x['seconds']} | {x['rows_per_s']:,} | {x['driver_peak_rss_mb']} "
+                     f"| {x['driver_growth_mb']} | {x['online_check']} |")
     return "\n".join(lines) + f"\n\n(dim {r['dim']}, {r['online_store']}; reproduce: `{COMMAND}`)"
 
 

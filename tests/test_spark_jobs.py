@@ -289,20 +289,21 @@ USER_CONF = {"spark.ui.enabled": "true", "spark.sql.shuffle.partitions": "7", "s
 
 
 @pytest.fixture(scope="module")
-def uri_run(run, spark_bundle):
+def uri_run(tmp_path_factory, spark_bundle):
     """item_embed.py as on a cluster: bundle, input and offline root as URIs (file://, Hadoop's local file
     system), the bundle shipped to the executors by Spark (SparkContext.addFile: the path hdfs:// and
     s3a:// bundles take), the user's --conf, and distributed materialization into its own repo."""
-    root = run["root"] / "uri"
-    root.mkdir()
+    root = tmp_path_factory.mktemp("uri")
+    _catalogue().to_parquet(root / "items.parquet", index=False)
     spark_args = tuple(a for k, v in USER_CONF.items() for a in ("--conf", f"{k}={v}"))
     out = _submit(
         "item_embed.py", "--bundle", Path(spark_bundle).as_uri(), "--ship-bundle",
-        "--items", (run["root"] / "items.parquet").as_uri(), "--output", (root / "offline").as_uri(),
+        "--items", (root / "items.parquet").as_uri(), "--output", (root / "offline").as_uri(),
         "--set", f"store.repo_path={root / 'repo'}", "--partitions", "3", "--batch-size", "8", "--materialize",
         spark_args=spark_args,
     )
-    return {"root": root, "out": out, "store": StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline"))}
+    return {"root": root, "out": out, "store": StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline")),
+            "version": read_manifest(spark_bundle)["version"]}
 
 
 def test_user_spark_conf_wins_over_the_job_defaults(uri_run):
@@ -314,16 +315,18 @@ def test_user_spark_conf_wins_over_the_job_defaults(uri_run):
     assert "spark.python.worker.reuse=true," in line and "spark.executorEnv.HF_HUB_OFFLINE=1," in line
 
 
-def test_bundle_input_and_output_given_as_file_uris(run, uri_run):
-    got = read_version(uri_run["root"] / "offline", ITEM_EMBEDDING, run["version"]).sort_values("item_id")
-    want = read_version(run["root"] / "offline", ITEM_EMBEDDING, run["version"]).sort_values("item_id")
-    assert got.item_id.tolist() == want.item_id.tolist()
-    np.testing.assert_allclose(np.stack(got.embedding), np.stack(want.embedding), atol=1e-5)
+def test_bundle_input_and_output_given_as_file_uris(uri_run, bundle):
+    version = uri_run["version"]
+    got = read_version(uri_run["root"] / "offline", ITEM_EMBEDDING, version).sort_values("item_id")
+    want = _expected_items(bundle, _catalogue())
+    assert sorted(got.item_id) == sorted(want)
+    for item_id, vector in zip(got.item_id, got.embedding):
+        np.testing.assert_allclose(np.asarray(vector), want[item_id], atol=1e-4, rtol=1e-4)
     assert re.search(r"model loads [12] ", uri_run["out"]), uri_run["out"]  # shipped copy, loaded once per worker
     # executors wrote the version into the online store of the URI run's own repo
     store = open_store(uri_run["store"], apply=False)
-    online = store.item_embeddings(want.item_id.tolist())
-    assert online.found.all() and set(online.bundle_versions) == {run["version"]}
+    online = store.item_embeddings(sorted(want))
+    assert online.found.all() and set(online.bundle_versions) == {version}
 
 
 def test_a_bundle_uri_that_does_not_exist_is_one_clear_line(tmp_path):

@@ -90,7 +90,8 @@ def write_version(root: str | Path, table: str, version: str, frame: pd.DataFram
     staging.mkdir(parents=True)
     try:
         data = frame.assign(**{VERSION_COLUMN: version})
-        data.to_parquet(staging / "part-00000.parquet", index=False)
+        # Microsecond timestamps, as the Spark jobs write them: Spark refuses Parquet's nanosecond type.
+        data.to_parquet(staging / "part-00000.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
         publish_local(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
