@@ -30,7 +30,9 @@ import numpy as np
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
 
-NAMES = {"ml-100k": "ml-100k", "ml-latest-small": "ml-latest-small"}
+# RecBole special-cases the dataset name "ml-100k": it then reads its own bundled copy (raw float32
+# timestamps, reordered ties) whatever data_path says. A prefix keeps every name ours.
+NAMES = {"ml-100k": "loo-ml-100k", "ml-latest-small": "loo-ml-latest-small"}
 
 
 def export(source: str, out: Path) -> dict:
