@@ -1,6 +1,6 @@
 """Export the project's leave-one-out sequences as RecBole atomic files (runs in the PROJECT venv).
 
-    PYTHONPATH=<repo> .venv/bin/python benchmarks/peer/export_split.py --out /work/peer-runs/data
+    PYTHONPATH=<repo> .venv/bin/python benchmarks/peer/export_split.py --out outputs/peer/data
 
 For each data set (`ml-100k`, `ml-latest-small`) the sequences come from the project's own loader
 (`feature_gen.data.sequences.load_interaction_data` with the default config), so filtering, item
@@ -88,7 +88,7 @@ def export(source: str, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="/work/peer-runs/data")
+    ap.add_argument("--out", default="outputs/peer/data")
     ap.add_argument("--sources", nargs="+", default=["ml-100k", "ml-latest-small"], choices=sorted(NAMES))
     args = ap.parse_args()
     for s in args.sources:

@@ -4,7 +4,7 @@ Runs in its OWN virtualenv (RecBole needs numpy 1.x; see README.md here), on the
 `export_split.py` wrote from the project's loaders:
 
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
-        /work/.venv-recbole/bin/python benchmarks/peer/recbole_sasrec.py --dataset ml-100k --seed 0
+        .venv-recbole/bin/python benchmarks/peer/recbole_sasrec.py --dataset ml-100k --seed 0
 
 Protocol (the project's, README "Evaluation protocol"): leave-one-out after the project's stable time
 sort (RecBole `eval_args: split LS valid_and_test, order TO, mode full`), ranking against the whole
@@ -134,9 +134,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--stopping-step", type=int, default=10)
-    ap.add_argument("--data", default="/work/peer-runs/data")
-    ap.add_argument("--work", default="/work/peer-runs/work", help="RecBole's log/ and saved/ go here")
-    ap.add_argument("--out", default="/work/peer-runs/results")
+    ap.add_argument("--data", default="outputs/peer/data")
+    ap.add_argument("--work", default="outputs/peer/work", help="RecBole's log/ and saved/ go here")
+    ap.add_argument("--out", default="outputs/peer/results")
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. -smoke)")
     ap.add_argument("--note", default="", help="free text stored in the result (e.g. why epochs were lowered)")
     ap.add_argument("--threads", type=int, default=1)

@@ -5,14 +5,14 @@
 #   benchmarks/peer/run_peer.sh                 # everything (a finished run is skipped)
 #   SMOKE=1 benchmarks/peer/run_peer.sh         # 1 epoch on ML-100K seed 0, result tagged -smoke
 #
-# Environment: PEER_ROOT (/work/peer-runs: data/, results/, work/), RECBOLE_VENV (/work/.venv-recbole),
+# Environment: PEER_ROOT (outputs/peer: data/, results/, work/), RECBOLE_VENV (.venv-recbole),
 # PROJECT_PY (the project's venv python, default <repo>/.venv/bin/python), SEEDS ("0 1 2"),
 # DATASETS ("ml-100k ml-latest-small"), EPOCHS_ML100K (200), EPOCHS_LATEST_SMALL (100).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PEER_ROOT="${PEER_ROOT:-/work/peer-runs}"
-RECBOLE_VENV="${RECBOLE_VENV:-/work/.venv-recbole}"
+PEER_ROOT="${PEER_ROOT:-outputs/peer}"
+RECBOLE_VENV="${RECBOLE_VENV:-.venv-recbole}"
 PROJECT_PY="${PROJECT_PY:-$REPO/.venv/bin/python}"
 SEEDS="${SEEDS:-0 1 2}"
 DATASETS="${DATASETS:-ml-100k ml-latest-small}"
