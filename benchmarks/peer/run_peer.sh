@@ -11,6 +11,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"  # relative defaults below (outputs/peer, .venv-recbole) are inside the checkout
 PEER_ROOT="${PEER_ROOT:-outputs/peer}"
 RECBOLE_VENV="${RECBOLE_VENV:-.venv-recbole}"
 PROJECT_PY="${PROJECT_PY:-$REPO/.venv/bin/python}"
