@@ -15,6 +15,7 @@ import uuid
 
 from feature_gen.config import ItemTextConfig
 from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS, VERSION_COLUMN
+from feature_gen.store.schema import ITEM_ID, with_spark_event_timestamp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +85,11 @@ def _run(spark, args, cfg, bundle, started) -> int:
     rej = table_paths(cfg.store.offline_root, ITEM_REJECTS, version, run_id)
 
     embedded = embed_items(prepared.filter(F.col("reason").isNull()), args.bundle, opts, stats)
-    # Item embeddings do not depend on time: valid from the epoch (point-in-time joins find them). The
-    # version is a column of the files too: one version's folder is a complete Feast source.
-    embedded.withColumn("event_timestamp", F.timestamp_seconds(F.lit(0))).withColumn(
-        VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(out.staging)
-    prepared.filter(F.col("reason").isNotNull()).select("item_id", "reason", "row_json").withColumn(
+    # The offline event-time rule (store.schema): an item row is valid from the epoch. The version is a
+    # column of the files too: one version's folder is a complete Feast source.
+    with_spark_event_timestamp(embedded).withColumn(VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(
+        out.staging)
+    prepared.filter(F.col("reason").isNotNull()).select(ITEM_ID, "reason", "row_json").withColumn(
         VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(rej.staging)
 
     n_embedded = spark.read.parquet(out.staging).count()

@@ -1,4 +1,5 @@
-"""The bundle as a Python worker holds it: loaded on first use, then reused by every later batch and task.
+"""The bundle's encoders as a Python worker holds them: loaded on first use, then reused by every later
+batch and task.
 
 Spark keeps Python workers alive between tasks (spark.python.worker.reuse, on by default), so a
 module-level cache turns "load a model per partition" into "load a model per worker". Loading verifies
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
-_BUNDLES: dict = {}
+from feature_gen.inference.encoders import Encoders, Runtime
+
+_ENCODERS: dict[tuple[str, str], Encoders] = {}
 
 
 def local_path(uri: str) -> str | None:
@@ -100,26 +103,27 @@ class WorkerStats:
                 f"inference {self.inference_seconds.value:.1f} worker-s")
 
 
-def worker_bundle(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None, device: str = "cpu"):
-    """The bundle at `bundle_path` on `device`, loaded at most once per Python worker (counted in `stats`)."""
-    bundle = _BUNDLES.get((bundle_path, device))
-    if bundle is None:
+def worker_encoders(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None,
+                    runtime: Runtime = "torch", device: str = "cpu") -> Encoders:
+    """The bundle's encoders (feature_gen.inference.load_encoders) on `device`, loaded at most once per
+    Python worker (counted in `stats`)."""
+    key = (bundle_path, runtime, device)
+    encoders = _ENCODERS.get(key)
+    if encoders is None:
         import torch
 
-        from feature_gen.model.bundle import load_bundle
+        from feature_gen.inference.encoders import load_encoders
 
         started = time.perf_counter()
         # One worker per task slot: more threads than the slot's share of cores only adds contention.
         torch.set_num_threads(torch_threads)
-        from feature_gen.inference.encoders import torch_device
-
-        bundle = load_bundle(resolve_bundle_path(bundle_path))
-        bundle.model.to(torch_device(device))  # the batches follow the model's device (encoders.embed_*)
-        _BUNDLES[(bundle_path, device)] = bundle
+        # torch: the modules go to `device` and the batches follow them (encoders.embed_*)
+        encoders = load_encoders(resolve_bundle_path(bundle_path), runtime, device=device, threads=torch_threads)
+        _ENCODERS[key] = encoders
         if stats is not None:
             stats.loads.add(1)
             stats.load_seconds.add(time.perf_counter() - started)
-    return bundle
+    return encoders
 
 
 def timed_batches(batches, work, stats: WorkerStats | None):

@@ -12,8 +12,8 @@ Each view's batch source is its offline Parquet table (`<offline_root>/<view>/bu
 and each has a push source (`<view>_push`) through which jobs and the streaming refresh write online.
 Ids are strings in the store whatever their type in the input data (one key type for every source).
 
-The user·item score is a request-time function (feature_gen.store.feature_store.cosine_scores, behind
-`HLLMFeatureStore.request_features`), not an on-demand feature view: in Feast 0.67 an on-demand view
+The user·item score is a request-time function (ranker_integration.feature_values, behind
+ranker_integration.serving), not an on-demand feature view: in Feast 0.67 an on-demand view
 over two views that share feature names (both have `embedding` and `bundle_version`) receives the
 second view's values under the first view's names at online-read time, so it would score an item
 against itself. The function also refuses mixed versions instead of returning NaN.
@@ -41,14 +41,13 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-from feature_gen.store.offline_store import ITEM_EMBEDDING, PARTITION_PREFIX, USER_EMBEDDING, USER_RECENT_ITEMS, check_version
-
-ITEM_ID = "item_id"
-USER_ID = "user_id"
-EVENT_TIMESTAMP = "event_timestamp"  # when the row was written: what Feast orders online writes by
+from feature_gen.store.offline_store import PARTITION_PREFIX, check_version
+from feature_gen.store.schema import ENTITY_DESCRIPTIONS, ENTITY_KEYS, EVENT_TIMESTAMP, VIEWS
 
 # Embeddings do not expire: a version stays valid until a new one replaces it.
 NO_EXPIRY = timedelta(0)
+FEAST_TYPES = {"vector": Array(Float32), "int64": Int64, "string": String, "string_list": Array(String),
+               "int64_list": Array(Int64)}
 
 
 def push_source_name(view: str) -> str:
@@ -56,10 +55,6 @@ def push_source_name(view: str) -> str:
 
 
 NO_ACTIVE_VERSION = "none"  # the serving views' source before any version is active: an empty folder name
-
-
-def push_source_name(view: str) -> str:
-    return f"{view}_push"
 
 
 def offline_view_name(view: str, version: str) -> str:
@@ -81,56 +76,37 @@ def _file_source(name: str, path: str) -> FileSource:
     return FileSource(name=name, path=path, timestamp_field=EVENT_TIMESTAMP)
 
 
-SCHEMAS = {
-    ITEM_EMBEDDING: [Field(name="embedding", dtype=Array(Float32)), Field(name="bundle_version", dtype=String)],
-    USER_EMBEDDING: [
-        Field(name="embedding", dtype=Array(Float32)),
-        Field(name="seq_len", dtype=Int64),
-        Field(name="last_event_ts", dtype=Int64),
-        Field(name="bundle_version", dtype=String),
-    ],
-    USER_RECENT_ITEMS: [
-        Field(name="recent_item_ids", dtype=Array(String)),
-        Field(name="recent_item_ts", dtype=Array(Int64)),
-        Field(name="last_event_ts", dtype=Int64),
-    ],
-}
-DESCRIPTIONS = {
-    ITEM_EMBEDDING: "Item LLM embedding of the item's text under one bundle version",
-    USER_EMBEDDING: "User LLM interest embedding over the user's last max_seq_len items",
-    USER_RECENT_ITEMS: "the user's most recent item ids, oldest first, with their event timestamps",
-}
-# Each view keys on one entity.
-_ENTITY = {ITEM_EMBEDDING: "item", USER_EMBEDDING: "user", USER_RECENT_ITEMS: "user"}
-
-
 def feature_definitions(offline_root: str | Path, active_version: str | None = None, versions=()) -> list:
-    """Entities, push sources, the three serving views (batch source: the active version's folder) and,
-    per version in `versions`, offline-only views and a FeatureService (see the module docstring)."""
+    """Entities, push sources, the serving views from the schema (batch source: the active version's
+    folder) and, per version in `versions`, offline-only views and a FeatureService (module docstring)."""
     entities = {
-        "item": Entity(name="item", join_keys=[ITEM_ID], value_type=ValueType.STRING, description="a catalogue item"),
-        "user": Entity(name="user", join_keys=[USER_ID], value_type=ValueType.STRING, description="a user"),
+        name: Entity(name=name, join_keys=[key], value_type=ValueType.STRING, description=ENTITY_DESCRIPTIONS[name])
+        for name, key in ENTITY_KEYS.items()
     }
     active = check_version(active_version) if active_version else NO_ACTIVE_VERSION
+
+    def schema(view):
+        return [Field(name=f.name, dtype=FEAST_TYPES[f.kind]) for f in view.features]
+
     objects: list = list(entities.values())
-    for view in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS):
-        batch = _file_source(f"{view}_parquet", version_folder(offline_root, view, active))
-        push = PushSource(name=push_source_name(view), batch_source=batch)
+    for view in VIEWS.values():
+        batch = _file_source(f"{view.name}_parquet", version_folder(offline_root, view.name, active))
+        push = PushSource(name=push_source_name(view.name), batch_source=batch)
         objects += [push, FeatureView(
-            name=view, entities=[entities[_ENTITY[view]]], ttl=NO_EXPIRY, schema=SCHEMAS[view], source=push,
-            description=f"{DESCRIPTIONS[view]} (served online; batch source: the active version {active})",
+            name=view.name, entities=[entities[view.entity]], ttl=NO_EXPIRY, schema=schema(view), source=push,
+            description=f"{view.description} (served online; batch source: the active version {active})",
             tags={"active_bundle_version": active},
         )]
     for version in sorted(set(versions)):
         check_version(version)
         views = [
             FeatureView(
-                name=offline_view_name(view, version), entities=[entities[_ENTITY[view]]], ttl=NO_EXPIRY,
-                schema=SCHEMAS[view], online=False, tags={"bundle_version": version},
-                source=_file_source(f"{view}__{version}_parquet", version_folder(offline_root, view, version)),
-                description=f"{DESCRIPTIONS[view]}: bundle {version} only (offline)",
+                name=offline_view_name(view.name, version), entities=[entities[view.entity]], ttl=NO_EXPIRY,
+                schema=schema(view), online=False, tags={"bundle_version": version},
+                source=_file_source(f"{view.name}__{version}_parquet", version_folder(offline_root, view.name, version)),
+                description=f"{view.description}: bundle {version} only (offline)",
             )
-            for view in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS)
+            for view in VIEWS.values()
         ]
         objects += views + [FeatureService(
             name=feature_service_name(version), features=views, tags={"bundle_version": version},
