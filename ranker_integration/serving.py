@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from feature_gen.store.online_io import OnlineIO
 from ranker_integration.feature_config import ANY_VERSION, FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
 from ranker_integration.ranker import SavedRanker, model_inputs
@@ -41,6 +42,9 @@ class RequestScorer:
             raise ValueError(f"feature config is pinned to {fc.bundle_version}, the ranker was trained on "
                              f"{ranker.bundle_version}")
         self.ranker, self.store, self.fc = ranker, store, fc
+        # 1 user + n items in one round trip per store, vectors decoded with numpy (same rows as the
+        # store's get_online_features-based reads; tests/test_online_io.py)
+        self.online = OnlineIO(store)
         self.item_dim = int(ranker.meta["dense_dims"].get("item_embedding", 0))
 
     def score(self, user_id, item_ids: Sequence, now_ts: int | None = None) -> ScoredRequest:
@@ -52,8 +56,7 @@ class RequestScorer:
         features: dict[str, np.ndarray] = {}
         user_ok, items_ok = False, np.zeros(n, dtype=bool)
         if self.ranker.use_hllm:
-            user = self.store.user_embeddings([str(user_id)])
-            items = self.store.item_embeddings(ids)
+            user, items = self.online.request_rows(str(user_id), ids)
             read_ms = (time.perf_counter() - started) * 1e3
             user_ok = bool(user.found[0] and user.bundle_versions[0] == version)
             items_ok = items.found & (np.asarray(items.bundle_versions, dtype=object) == version)
