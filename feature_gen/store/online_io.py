@@ -236,20 +236,32 @@ class OnlineIO:
         return out
 
     def _fetch_redis(self, requests: list[tuple[str, list[str]]]) -> list[_Fetched]:
-        with self._client.pipeline(transaction=False) as pipe:
-            for view, ids in requests:
-                fields = [self._field[(view, f)] for f in VIEW_FEATURES[view]]
-                for i in ids:
-                    pipe.hmget(self._redis_key(view, i), fields)
-            replies = pipe.execute() if any(ids for _, ids in requests) else []
-        out, pos = [], 0
+        # Views of one entity live in one hash (Feast's layout), so a user's sequence and embedding
+        # come back from one HMGET: one command per key, however many views ask for it.
+        fields_of: dict[bytes, list] = {}
+        slots = []  # per request, per id: (key, offset of its fields in that key's HMGET)
         for view, ids in requests:
+            fields = [self._field[(view, f)] for f in VIEW_FEATURES[view]]
+            view_slots = []
+            for i in ids:
+                key = self._redis_key(view, i)
+                asked = fields_of.setdefault(key, [])
+                view_slots.append((key, len(asked)))
+                asked.extend(fields)
+            slots.append(view_slots)
+        replies: dict[bytes, list] = {}
+        if fields_of:
+            with self._client.pipeline(transaction=False) as pipe:
+                for key, fields in fields_of.items():
+                    pipe.hmget(key, fields)
+                replies = dict(zip(fields_of, pipe.execute()))
+        out = []
+        for (view, ids), view_slots in zip(requests, slots):
             features = VIEW_FEATURES[view]
             rows = []
-            for reply in replies[pos:pos + len(ids)]:
-                row = {f: (v or None) for f, v in zip(features, reply)}
+            for key, start in view_slots:
+                row = {f: (v or None) for f, v in zip(features, replies[key][start:start + len(features)])}
                 rows.append(row if any(v is not None for v in row.values()) else None)
-            pos += len(ids)
             out.append(_Fetched(ids, rows))
         return out
 
