@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 BENCHMARKS = ["benchmarks.eval_bench", "benchmarks.harness_sanity", "benchmarks.spark_bench", "benchmarks.onnx_bench",
-              "benchmarks.stream_bench", "benchmarks.read_bench", "benchmarks.encoder_flops", "benchmarks.data_facts"]
-RESULTS = {"benchmarks.stream_bench", "benchmarks.read_bench", "benchmarks.encoder_flops"}
+              "benchmarks.stream_bench", "benchmarks.read_bench", "benchmarks.encoder_flops", "benchmarks.scaling_bench", "benchmarks.data_facts"]
+RESULTS = {"benchmarks.stream_bench", "benchmarks.read_bench", "benchmarks.encoder_flops", "benchmarks.scaling_bench"}
 RESULTS_DIR = Path("benchmarks/results")
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS_DIR = Path("benchmarks/results")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def section(name: str) -> str:

@@ -193,3 +193,13 @@ def test_embeddings_of_two_sizes_are_refused_naming_the_id(store):
               + item_embedding_rows(["d8"], np.ones((1, 8), np.float32), "v1")})
     with pytest.raises(FeatureStoreError, match="embedding of 'd8' has 8 dims, others 16"):
         io.item_embeddings(["d16", "d8"])
+
+
+def test_a_write_without_a_fresh_read_asks_the_store(store):
+    """The guard's state is one batch's read: a second write reads again instead of trusting it."""
+    state = OnlineState(store, "v1")
+    state.sequences(["late"])  # nothing stored yet
+    state.write_user_embeddings(["late"], UserEmbeddings(_vectors(1, 7), np.array([3]), np.array([500])))
+    state.write_user_embeddings(["late"], UserEmbeddings(_vectors(1, 8), np.array([2]), np.array([300])))
+    got = store.user_embeddings(["late"])
+    assert got.last_event_ts.tolist() == [500] and got.seq_len.tolist() == [3]

@@ -70,6 +70,7 @@ class OnlineState:
                 np.asarray(emb.last_event_ts)[keep], self.version)
             written = len(keep)
         self.io.write(rows)
+        self._stored = {}  # what the batch read is now out of date: a later write reads again
         return written
 
     def _newer(self, user_id: str, last_event_ts: int) -> bool:
