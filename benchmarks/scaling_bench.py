@@ -91,7 +91,7 @@ def run(members: tuple[int, ...] = (1, 2, 4), events: int = 8000, users: int = 2
     from feature_gen.model.item_text import build_item_text
     from feature_gen.store.feature_store import open_store
     from feature_gen.streaming.clients import create_topics, make_producer
-    from feature_gen.streaming.encoders import load_stream_encoders
+    from feature_gen.inference.encoders import load_encoders
     from feature_gen.streaming.online_state import OnlineState
     from feature_gen.streaming.produce import send_paced, user_messages
     from feature_gen.streaming.recent_items import RecentSequence
@@ -102,7 +102,7 @@ def run(members: tuple[int, ...] = (1, 2, 4), events: int = 8000, users: int = 2
     ROOT.mkdir(parents=True)
     bundle = _bundle("tiny")
     num_items, batch = MODELS["tiny"][3], MODELS["tiny"][4]
-    encoders = load_stream_encoders(bundle, "torch", 1)
+    encoders = load_encoders(bundle, "torch", threads=1)
     redis_proc, redis_address = start_redis(ROOT)
     rows = []
     try:
@@ -121,7 +121,7 @@ def run(members: tuple[int, ...] = (1, 2, 4), events: int = 8000, users: int = 2
             state = OnlineState(store, encoders.version)
             texts = [build_item_text({"title": f"movie number {i}", "tags": ["drama", f"tag{i % 7}"],
                                       "description": f"the story of item {i}"}, encoders.text_cfg) for i in range(num_items)]
-            state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_items(texts))
+            state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_texts(texts))
             history = max(s.max_recent_items, encoders.max_seq_len)
             rng = np.random.default_rng(2)
             for start in range(0, users, 500):

@@ -37,7 +37,6 @@ from feast.infra.online_stores.helpers import _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Int64List, StringList, Value
 
-from feature_gen.store.feature_repo.definitions import ITEM_ID, USER_ID
 from feature_gen.store.feature_store import (
     _CLOCK,
     FeatureStoreError,
@@ -45,14 +44,10 @@ from feature_gen.store.feature_store import (
     RecentItems,
     UserEmbeddingRows,
 )
-from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
+from feature_gen.store.schema import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, VIEWS
 
-VIEW_FEATURES = {
-    ITEM_EMBEDDING: ("embedding", "bundle_version"),
-    USER_EMBEDDING: ("embedding", "seq_len", "last_event_ts", "bundle_version"),
-    USER_RECENT_ITEMS: ("recent_item_ids", "recent_item_ts", "last_event_ts"),
-}
-VIEW_KEY = {ITEM_EMBEDDING: ITEM_ID, USER_EMBEDDING: USER_ID, USER_RECENT_ITEMS: USER_ID}
+VIEW_FEATURES = {name: tuple(f.name for f in view.features) for name, view in VIEWS.items()}
+VIEW_KEY = {name: view.key for name, view in VIEWS.items()}
 MAX_CACHED_KEYS = 1_000_000  # (join key, id) -> key; ~150 MB at the cap, then the cache starts over
 
 # Protobuf wire tags: Value.float_list_val is field 16 (length-delimited), FloatList.val field 1 (packed).

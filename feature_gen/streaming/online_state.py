@@ -20,22 +20,26 @@ new item's embedding is found as soon as it is written.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from feature_gen.inference.encoders import UserEmbeddings
-from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
-from feature_gen.store.online_io import OnlineIO, item_embedding_rows, recent_item_rows, user_embedding_rows
+from feature_gen.store.schema import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
 from feature_gen.streaming.recent_items import RecentSequence
+
+if TYPE_CHECKING:  # the store modules import Feast at use; this one is imported by every consumer
+    from feature_gen.store.feature_store import HLLMFeatureStore
 
 
 MAX_CACHED_ITEMS = 500_000  # ~130 MB at 64 floats; past it the cache starts over
 
 
 class OnlineState:
-    def __init__(self, store, bundle_version: str, item_cache_ttl_ms: int = 10_000):
-        self.store = store  # feature_gen.store.feature_store.HLLMFeatureStore
+    def __init__(self, store: HLLMFeatureStore, bundle_version: str, item_cache_ttl_ms: int = 10_000):
+        from feature_gen.store.online_io import OnlineIO
+
+        self.store = store
         self.io = OnlineIO(store)
         self.version = bundle_version
         self.item_cache_ttl_s = item_cache_ttl_ms / 1000
@@ -59,6 +63,8 @@ class OnlineState:
                     emb: UserEmbeddings | None) -> int:
         """One write of the batch: every sequence, and the embeddings of `user_ids` that are not older by
         events than the stored one of the same bundle version. Returns embeddings written."""
+        from feature_gen.store.online_io import recent_item_rows, user_embedding_rows
+
         rows = {USER_RECENT_ITEMS: recent_item_rows(
             list(sequences), [s.item_ids for s in sequences.values()], [s.timestamps for s in sequences.values()],
             [s.last_event_ts for s in sequences.values()])}
@@ -114,6 +120,8 @@ class OnlineState:
         return out
 
     def write_item_embeddings(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        from feature_gen.store.online_io import item_embedding_rows
+
         self.io.write({ITEM_EMBEDDING: item_embedding_rows(item_ids, vectors, self.version)})
         now = time.monotonic()
         for i, v in zip(item_ids, vectors):
