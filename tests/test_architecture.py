@@ -33,6 +33,8 @@ ROOM_MAY_IMPORT = {
     "evaluation": {"config", "model", "data", "inference"},
     "store": {"config"},
     "streaming": {"config", "model", "data", "inference", "store"},
+    # the public API (feature_gen/api.py): the top of feature_gen; reaches the store through a Protocol
+    "api": {"config", "model", "data", "inference", "evaluation"},
 }
 
 
