@@ -94,6 +94,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
                 hllm, tokenizer, cfg, Path(t.output_dir) / "bundles", data_fingerprint=data.fingerprint,
                 metrics={"stage": t.stage, "valid": result.valid, "test": result.test, "best_epoch": result.state.best_epoch},
                 base_models=bases,
+                data_sizes={"users": data.num_users, "items": data.num_items, "interactions": sum(map(len, data.sequences))},
             )
     if is_rank0:
         print(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.state.best_epoch,
