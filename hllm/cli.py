@@ -28,11 +28,26 @@ def _load(args):
 
 
 def cmd_check_config(args) -> int:
-    cfg = _load(args)
+    """Schema, then the machine: every problem at once, one line each (exit 2 when any)."""
+    from feature_gen.config import ConfigError
+    from hllm.config_check import problems
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"hllm check-config: {line}", file=sys.stderr)
+        return 2
+    found = problems(cfg)
+    for line in found:
+        print(f"hllm check-config: {args.config}: {line}", file=sys.stderr)
+    if found:
+        print(f"hllm check-config: {len(found)} problem(s) in {args.config}", file=sys.stderr)
+        return 2
     import yaml
 
     print(yaml.safe_dump(cfg.model_dump(), sort_keys=False).rstrip())
-    print(f"ok: {args.config} is valid", file=sys.stderr)
+    print(f"ok: {args.config} is valid; every path it reads exists and every model folder loads", file=sys.stderr)
     return 0
 
 
@@ -56,7 +71,8 @@ def cmd_data_summary(args) -> int:
 def cmd_evaluate(args) -> int:
     from hllm.evaluate_cli import run_evaluate
 
-    return run_evaluate(_load(args), scorer=args.scorer, split=args.split, seed=args.seed)
+    return run_evaluate(_load(args), scorer=args.scorer, split=args.split, seed=args.seed, as_json=args.json,
+                        output=args.output)
 
 
 def cmd_train(args) -> int:
@@ -66,12 +82,34 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _dotted(raw: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3} (sections only; lists and values stay whole)."""
+    out: dict = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and not prefix:
+            out.update(_dotted(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def cmd_quality(args) -> int:
     from trainer.quality import run_quality
 
+    from feature_gen.config import parse_override
+
+    # --config / --set apply on top of every run's own config (e.g. --set train.batch_size=64): the
+    # file's fields as dotted overrides, validated against the schema first so a typo fails here
+    _load(args)
+    overrides: dict = {}
+    if args.config:
+        import yaml
+
+        overrides = _dotted(yaml.safe_load(open(args.config)) or {})
+    overrides.update(dict(parse_override(o) for o in args.overrides))
     try:
         return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
-                           report_only=args.report_only)
+                           report_only=args.report_only, overrides=overrides)
     except ValueError as exc:  # a bad --runs name: one line, before anything runs
         if not str(exc).startswith("--runs"):
             raise
@@ -105,18 +143,10 @@ def cmd_validate_features(args) -> int:
     return run_validate_features(args.features, args.bundle, _load(args).store)
 
 
-def _stream_logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
-
-
 def cmd_refresh(args) -> int:
     if args.bundle:
         args.overrides.append(f"stream.bundle_path={args.bundle}")
     cfg = _load(args)
-    _stream_logging()
     if args.items:
         from feature_gen.streaming.item_refresh import run_item_refresh
 
@@ -140,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hllm",
         description="HLLM item and user-interest embeddings as ranking features.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the project's log level (third-party libraries stay at WARNING unless DEBUG)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (= --log-level WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults filled in")
@@ -159,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random: chance-level sanity check; popularity; content: frozen Item LLM embeddings")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object instead of a table")
+    p.add_argument("--output", default=None, help="also write the result as JSON to this file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train HLLM (stage 1 or 2) or the SASRec baseline with DeepSpeed, then freeze a bundle")
@@ -174,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", default=None, help="only these models of the suite (e.g. sasrec): "
                    "lets two processes share a suite; rerun without it for the full table")
     p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
+    _config_args(p, required=False)
     p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")
@@ -223,12 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hllm-features")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from feature_gen.logs import setup_logging
+
+    setup_logging("WARNING" if args.quiet else args.log_level)
     from feature_gen.config import ConfigError
     from feature_gen.data.contract import DataError
 
