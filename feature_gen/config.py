@@ -242,6 +242,7 @@ class StreamConfig(_Section):
     fetch_max_wait_ms: int = Field(100, gt=0)
     retry_backoff_ms: int = Field(200, gt=0, description="first wait after a failed broker call; doubles each retry")
     retry_backoff_max_ms: int = Field(10_000, gt=0)
+    bootstrap_timeout_ms: int = Field(30_000, gt=0, description="first connection to the brokers; then exit 3 naming them")
     runtime: Literal["torch", "onnx"] = "torch"
     # One thread per consumer process: scale out with more members of the group, one per core. Two
     # torch threads on a busy 2-core machine were 40x slower than one (OpenMP barriers stall).

@@ -280,12 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("WARNING" if args.quiet else args.log_level)
     from feature_gen.config import ConfigError
     from feature_gen.data.contract import DataError
+    from feature_gen.streaming.clients import BrokerUnreachable
 
+    # exit codes: 2 = the input is wrong (config, data); 3 = a service it needs is unreachable (broker)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError) as exc:
         print(f"hllm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except BrokerUnreachable as exc:
+        print(f"hllm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

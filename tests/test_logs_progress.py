@@ -65,3 +65,18 @@ def test_training_reports_progress_with_its_total_and_warns_when_max_steps_skips
     assert any(m.startswith("train hllm stage 1: 3/3 steps (100%)") for m in progress)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "hllm.train"]
     assert warned and "best_epoch -1" in warned[0] and "train.max_steps=3" in warned[0]
+
+
+def test_consumer_status_line_counts_only_batches_with_events(caplog):
+    from feature_gen.streaming.consumer_loop import StatusLine
+
+    caplog.set_level(logging.INFO, logger="feature_gen.streaming.consumer_loop")
+    status = StatusLine("hllm-refresh", every_s=0)
+    assert status.observe(0, 0.001, lag=0) is None  # idle polls say nothing and are not batches
+    status.dead_letters += 2
+    status.observe(0, 0.001, lag=0)
+    line = status.observe(17, 0.045, lag=12)
+    assert re.fullmatch(r"hllm-refresh: 17 events in \d+ s \([\d.]+/s\), 1 batches, lag 12, dead letters 2, "
+                        r"last batch 45 ms \(17 events\)", line), line
+    assert caplog.records[-1].getMessage() == line
+    assert status.observe(0, 0.001, lag=0) is None  # counters restart after each line
