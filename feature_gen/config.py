@@ -87,6 +87,10 @@ class ItemTextConfig(_Section):
     # A text longer than this many characters is rejected, not truncated: it is almost always a
     # scraping bug, and tokenising megabytes per row would stall a batch job.
     max_text_chars: int = Field(100_000, gt=0)
+    # Keys holding a list (tags, genres): a list value joins with commas; a string value is split on
+    # `tag_separator` (null: the string is one tag). Other keys are never split.
+    list_keys: list[str] = Field(default_factory=lambda: ["tags"])
+    tag_separator: Optional[str] = Field("|", min_length=1)
 
 
 class ItemLLMConfig(BaseModelConfig):
@@ -111,6 +115,10 @@ class DataConfig(_Section):
     min_user_interactions: int = Field(3, ge=3, description="leave-one-out needs train, valid and test")
     split: Literal["leave_one_out", "cold_items"] = "leave_one_out"
     cold_item_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="cold_items: share of items withheld from training")
+    # Files as teams have them (feature_gen/data/formats.py maps them onto the contract before it is read):
+    # columns: contract name -> your column, e.g. {user_id: userId, item_id: productId, timestamp: ts}
+    columns: dict[str, str] = Field(default_factory=dict)
+    timestamp_format: Literal["seconds", "milliseconds", "iso8601"] = "seconds"
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> "DataConfig":

@@ -63,7 +63,9 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     from spark_jobs.worker_model import WorkerStats
 
     try:
-        prepared = prepare_items(read_input(spark, args.items), text_cfg)
+        from spark_jobs.input_mapping import map_to_contract
+
+        prepared = prepare_items(map_to_contract(read_input(spark, args.items), cfg.data), text_cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"item_embed: {args.items}: {exc}", file=sys.stderr)
         return 2

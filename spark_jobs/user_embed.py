@@ -62,7 +62,9 @@ def _run(spark, args, cfg, manifest, started) -> int:
               "this bundle first", file=sys.stderr)
         return 2
     try:
-        checked = check_interactions(read_input(spark, args.interactions))
+        from spark_jobs.input_mapping import map_to_contract
+
+        checked = check_interactions(map_to_contract(read_input(spark, args.interactions), cfg.data))
     except (ValueError, FileNotFoundError) as exc:
         print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
         return 2
