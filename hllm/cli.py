@@ -120,7 +120,7 @@ def cmd_quality(args) -> int:
 def cmd_demo(args) -> int:
     from hllm.demo_pipeline import run_demo_pipeline
 
-    return run_demo_pipeline(output_dir=args.output_dir, config_path=args.config)
+    return run_demo_pipeline(output_dir=args.output_dir, config_path=args.config, restart=args.restart)
 
 
 def cmd_export(args) -> int:
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")
     p.add_argument("--output-dir", default="outputs/demo")
     p.add_argument("--config", default=None, help="defaults to configs/demo_e2e.yaml")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming after the last finished step")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a bundle's item and user encoders to ONNX (parity-checked) into the bundle")
