@@ -80,3 +80,18 @@ def test_consumer_status_line_counts_only_batches_with_events(caplog):
                         r"last batch 45 ms \(17 events\)", line), line
     assert caplog.records[-1].getMessage() == line
     assert status.observe(0, 0.001, lag=0) is None  # counters restart after each line
+
+
+def test_catalogue_caching_reports_items_done_of_the_catalogue(tmp_path, tiny_bundle, caplog, monkeypatch):
+    from tests.test_trainer import toy_config
+    from trainer.train import build_recommender
+    from feature_gen.data.sequences import load_interaction_data
+
+    monkeypatch.setenv("HLLM_PROGRESS_SECONDS", "3600")
+    caplog.set_level(logging.INFO, logger="hllm.progress")
+    cfg = toy_config(tmp_path, stage=2, init_bundle=str(tiny_bundle))
+    cfg.user_llm.use_timestamps = True
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    build_recommender(cfg, data)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("caching the catalogue")]
+    assert lines and lines[-1].startswith(f"caching the catalogue: {data.num_items}/{data.num_items} items (100%)")
