@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from feature_gen.data.contract import DataError
 from feature_gen.evaluation.protocol import in_scoring_space
 from feature_gen.inference.encoders import UserEmbeddings, embed_texts, embed_users, load_encoders
 from feature_gen.model.bundle import Bundle, load_bundle
@@ -39,8 +40,9 @@ Errors = Literal["raise", "skip"]
 SIMILARITY = "cosine"
 
 
-class EncodeError(ValueError):
-    """An input the bundle cannot encode, named by row (position in the input), id and reason."""
+class EncodeError(DataError):
+    """An input the bundle cannot encode, named by row (position in the input), id and reason
+    (a DataError: `hllm` reports it in one line, exit 2)."""
 
 
 @dataclass

@@ -117,6 +117,32 @@ def cmd_quality(args) -> int:
         return 2
 
 
+def cmd_encode(args) -> int:
+    """Embed a file of items (or events -> users) with a bundle through the public API (feature_gen.api)."""
+    import pandas as pd
+
+    from feature_gen.api import Encoder
+    from feature_gen.data.formats import read_mapped
+
+    cfg = _load(args)
+    enc = Encoder.from_bundle(args.bundle, runtime=args.runtime, device=args.device, batch_size=args.batch_size)
+    frame = read_mapped(args.input, cfg.data)
+    if args.kind == "items":
+        got = enc.encode_items(frame, errors="skip")
+        out = pd.DataFrame({"item_id": got.item_ids, "embedding": list(got.vectors), "bundle_version": enc.version})
+    else:
+        items = read_mapped(args.items, cfg.data) if args.items else None
+        if items is not None and "embedding" not in items.columns:  # a catalogue: embed it first
+            items = enc.encode_items(items, errors="skip")
+        got = enc.encode_users(frame, items=items, errors="skip")
+        out = pd.DataFrame({"user_id": got.user_ids, "embedding": list(got.vectors), "seq_len": got.seq_len,
+                            "last_event_ts": got.last_event_ts, "bundle_version": enc.version})
+    out.to_parquet(args.output, index=False)
+    reasons = dict(got.rejects["reason"].value_counts()) if len(got.rejects) else {}
+    print(f"{len(out)} {args.kind} embedded ({enc.dim} dims, {enc.version}) -> {args.output}; rejected {len(got.rejects)} {reasons}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from hllm.demo_pipeline import run_demo_pipeline
 
@@ -212,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
     _config_args(p, required=False)
     p.set_defaults(func=cmd_quality)
+
+    p = sub.add_parser("encode", help="embed items (or users from events) of a file with a bundle -> Parquet (the Python API)")
+    p.add_argument("kind", choices=["items", "users"])
+    p.add_argument("--bundle", required=True, help="bundle folder (<root>/<version>/)")
+    p.add_argument("--input", required=True, help="items, or events (user_id, item_id, timestamp): .parquet/.csv/.tsv/.jsonl; "
+                   "data.columns / data.timestamp_format of --config apply")
+    p.add_argument("--items", default=None, help="users: item vectors (item_id, embedding) or a catalogue to embed first")
+    p.add_argument("--output", required=True, help="Parquet file to write")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    _config_args(p, required=False)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")
     p.add_argument("--output-dir", default="outputs/demo")

@@ -132,3 +132,28 @@ def test_onnx_runtime_gives_the_torch_vectors(tiny_bundle, tmp_path):
     ub = onnx_enc.encode_users([["10", "12"]], timestamps=[[5, 9]], items=b)
     np.testing.assert_allclose(ub.vectors, ua.vectors, atol=1e-4)
     assert isinstance(a, ItemVectors) and onnx_enc.version == torch_enc.version
+
+
+def test_hllm_encode_items_then_users_from_files(tiny_bundle, tmp_path, capsys):
+    import json
+
+    from hllm.cli import main
+
+    with (tmp_path / "items.jsonl").open("w") as f:
+        for row in ITEMS:
+            theirs = {("productId" if k == "item_id" else k): v for k, v in row.items()}
+            f.write(json.dumps(theirs) + "\n")
+    pd.DataFrame({"uid": ["a", "a", "b"], "productId": ["10", "11", "12"],
+                  "when": ["2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z", "2024-01-02T00:00:00+02:00"]}).to_csv(
+        tmp_path / "events.csv", index=False)
+    cfg = tmp_path / "cols.yaml"
+    cfg.write_text("data:\n  columns: {item_id: productId, user_id: uid, timestamp: when}\n  timestamp_format: iso8601\n")
+    common = ["--bundle", str(tiny_bundle), "--config", str(cfg)]
+    assert main(["encode", "items", "--input", str(tmp_path / "items.jsonl"), "--output", str(tmp_path / "i.parquet"), *common]) == 0
+    assert main(["encode", "users", "--input", str(tmp_path / "events.csv"), "--items", str(tmp_path / "i.parquet"),
+                 "--output", str(tmp_path / "u.parquet"), *common]) == 0
+    assert "3 items embedded" in capsys.readouterr().out
+    items, users = pd.read_parquet(tmp_path / "i.parquet"), pd.read_parquet(tmp_path / "u.parquet")
+    enc = Encoder.from_bundle(tiny_bundle)
+    np.testing.assert_allclose(np.stack(items.embedding), enc.encode_items(ITEMS).vectors, atol=1e-5)
+    assert users.user_id.tolist() == ["a", "b"] and users.last_event_ts.tolist() == [1704067260, 1704146400]
