@@ -73,7 +73,7 @@ def closure(requirements: list[Requirement]) -> dict[str, md.Distribution]:
 def installed_bytes(dist: md.Distribution) -> int:
     total = 0
     for f in dist.files or []:
-        path = Path(dist.locate_file(f))
+        path = Path(str(dist.locate_file(f)))
         if path.is_file():
             total += path.stat().st_size
     return total

@@ -37,7 +37,7 @@ from feature_gen.model.item_text import build_item_text, check_prompt_budget, it
 Runtime = Literal["torch", "onnx"]
 Errors = Literal["raise", "skip"]
 # The similarity every consumer scores in: the model's losses score L2-normalised vectors.
-SIMILARITY = "cosine"
+SIMILARITY: Literal["cosine"] = "cosine"
 
 
 class EncodeError(DataError):
@@ -191,13 +191,15 @@ class Encoder:
         text, an oversize text or a null id raises EncodeError naming its row; "skip": it goes to
         `.rejects` and the others are embedded."""
         records = _records(items)
-        ids, texts, rejects = [], [], []
+        ids: list[str] = []
+        texts: list[str] = []
+        rejects: list[dict[str, Any]] = []
         for row, record in enumerate(records):
             if "item_id" not in record:
                 record = {**record, "item_id": row}
             result = item_text_or_reject(record, self.bundle.cfg.item_text)
             item_id = None if result.reject_reason == "null_id" else _str_id(record["item_id"])
-            if result.reject_reason:
+            if result.reject_reason or item_id is None or result.text is None:
                 if errors == "raise":
                     raise EncodeError(f"encode_items: row {row} (item_id {item_id!r}): {result.reject_reason} "
                                       f"(text keys {self.text_keys}, max_text_chars {self.bundle.cfg.item_text.max_text_chars})")

@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
     try:
-        return _run(spark, args, cfg, version, text_cfg, started)
+        from spark_jobs.progress import job_progress
+
+        with job_progress(spark, "item_embed"):
+            return _run(spark, args, cfg, version, text_cfg, started)
     finally:
         spark.stop()
 

@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     spark = spark_session(f"hllm user_embed {manifest['version']}", cfg, args.master)
     try:
-        return _run(spark, args, cfg, manifest, started)
+        from spark_jobs.progress import job_progress
+
+        with job_progress(spark, "user_embed"):
+            return _run(spark, args, cfg, manifest, started)
     finally:
         spark.stop()
 

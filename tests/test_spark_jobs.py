@@ -83,7 +83,7 @@ def _submit(script: str, *args: str) -> str:
     cmd = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", str(REPO / "spark_jobs" / script), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
     assert out.returncode == 0, f"{script} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    return out.stdout
+    return out.stdout + out.stderr  # stderr: the progress lines (logging)
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +304,9 @@ def test_the_public_api_round_trip_equals_the_spark_jobs_embeddings(run, spark_b
     assert users.seq_len.tolist() == got.seq_len.tolist()
     assert users.last_event_ts.tolist() == got.last_event_ts.tolist()
     assert sorted(users.rejects.reason.unique()) == ["null_id", "unknown_item"]
+    # the jobs reported their progress from Spark's status tracker: every task of the stages seen
+    assert re.search(r"item_embed: (\d+)/\1 tasks \(100%\)", run["item_out"]), run["item_out"][-2000:]
+    assert re.search(r"user_embed: (\d+)/\1 tasks \(100%\)", run["user_out"]), run["user_out"][-2000:]
     # and through the online store the item job materialized (SQLite): same users, same vectors
     through_store = enc.encode_users(events.dropna(), items=open_store(run["store"]), errors="skip")
     np.testing.assert_allclose(through_store.vectors, users.vectors, atol=1e-5)

@@ -45,7 +45,8 @@ def base_model_licence(section: dict[str, Any]) -> str:
     if package:
         try:
             meta = importlib.metadata.metadata(package)
-            licence = meta.get("License-Expression") or meta.get("License")
+            fields = meta.json  # lower-case keys; a header the package lacks is absent
+            licence = fields.get("license_expression") or fields.get("license")
             if licence:
                 return f"{licence} (PyPI package {package})"
         except importlib.metadata.PackageNotFoundError:
