@@ -20,7 +20,7 @@ reached through any object with an `item_embeddings(ids)` method, see `ItemVecto
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, Union, runtime_checkable
 
@@ -30,11 +30,11 @@ import torch
 
 from feature_gen.data.contract import DataError
 from feature_gen.evaluation.protocol import in_scoring_space
-from feature_gen.inference.encoders import UserEmbeddings, embed_texts, embed_users, load_encoders
-from feature_gen.model.bundle import Bundle, load_bundle
+from feature_gen.inference.encoders import Encoders, Runtime, UserEmbeddings, load_encoders
+from feature_gen.inference.item_table import padded_item_table
+from feature_gen.model.bundle import read_manifest
 from feature_gen.model.item_text import build_item_text, check_prompt_budget, item_text_or_reject
 
-Runtime = Literal["torch", "onnx"]
 Errors = Literal["raise", "skip"]
 # The similarity every consumer scores in: the model's losses score L2-normalised vectors.
 SIMILARITY: Literal["cosine"] = "cosine"
@@ -110,52 +110,54 @@ def _rejects(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame
 
 
 class Encoder:
-    """A frozen bundle's item and user encoders behind one object (load once, call many times).
+    """A frozen bundle's item and user encoders behind one object (load once, call many times): a thin
+    layer over feature_gen.inference.encoders.Encoders, the type every producer uses.
 
     Not thread-safe for torch on one object; make one per worker thread or process."""
 
-    def __init__(self, bundle: Bundle, runtime: Runtime = "torch", device: str = "cpu", batch_size: int = 64,
-                 user_batch_size: int = 256, threads: int | None = None):
+    def __init__(self, encoders: Encoders, manifest: dict[str, Any], device: str = "cpu", batch_size: int = 64,
+                 user_batch_size: int = 256):
         if batch_size < 1 or user_batch_size < 1:
             raise ValueError(f"batch_size and user_batch_size must be >= 1; got {batch_size}, {user_batch_size}")
-        self.bundle = bundle
-        self.runtime = runtime
+        if encoders.runtime == "torch" and device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if encoders.runtime == "torch" and device != "cpu":
+            encoders = replace(encoders, item=_TorchOnDevice(encoders.item, device), user=_TorchOnDevice(encoders.user, device))
+        self.encoders = encoders
+        self.manifest = manifest
+        self.device = device
         self.batch_size = batch_size
         self.user_batch_size = user_batch_size
-        encoders = load_encoders(bundle, runtime=runtime, device=device, threads=threads)
-        self._item, self._user = encoders.item, encoders.user
-        if runtime == "torch" and device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
-        if runtime == "torch" and device != "cpu":
-            self._item, self._user = _TorchOnDevice(self._item, device), _TorchOnDevice(self._user, device)
-        check_prompt_budget(bundle.tokenizer, bundle.cfg.item_text)
+        check_prompt_budget(encoders.tokenizer, encoders.text_cfg)
 
     @classmethod
     def from_bundle(cls, path: str | Path, runtime: Runtime = "torch", device: str = "cpu", batch_size: int = 64,
                     user_batch_size: int = 256, threads: int | None = None) -> "Encoder":
         """Verify and load the bundle folder `path` (`<root>/<version>/`).
 
-        runtime: "torch" (the eager modules) or "onnx" (ONNX Runtime; needs `hllm export` first).
-        device: "cpu", "cuda" / "cuda:N" (torch), or "auto" | "cpu" | "cuda" (ONNX providers).
-        batch_size: texts per Item LLM call; user_batch_size: histories per User LLM call.
+        runtime: "torch" (the eager modules) or "onnx" (ONNX Runtime; needs `hllm export` first; loads
+        no PyTorch weights). device: "cpu", "cuda" / "cuda:N" (torch), or "auto" | "cpu" | "cuda" (ONNX
+        providers). batch_size: texts per Item LLM call; user_batch_size: histories per User LLM call.
         threads: ONNX Runtime intra-op threads (torch: use torch.set_num_threads).
         Raises BundleError for a missing, partial or tampered bundle; ValueError for a bad runtime."""
-        if runtime not in ("torch", "onnx"):
-            raise ValueError(f"runtime: expected 'torch' or 'onnx'; got {runtime!r}")
-        return cls(load_bundle(path), runtime, device, batch_size, user_batch_size, threads)
+        encoders = load_encoders(path, runtime=runtime, device=device if runtime == "onnx" else "auto", threads=threads)
+        return cls(encoders, read_manifest(path), device, batch_size, user_batch_size)
 
     # -- what the bundle is -------------------------------------------------------------------------
 
     @property
+    def runtime(self) -> str:
+        return self.encoders.runtime
+
+    @property
     def version(self) -> str:
         """The bundle version every embedding it makes belongs to (e.g. "hllm-1a2b3c4d5e6f")."""
-        return self.bundle.version
+        return self.encoders.version
 
     @property
     def dim(self) -> int:
         """D, the embedding dimension of items and users (the Item LLM's hidden size)."""
-        return int(self.bundle.manifest["item_dim"])
+        return int(self.manifest["item_dim"])
 
     @property
     def similarity(self) -> str:
@@ -164,24 +166,22 @@ class Encoder:
     @property
     def text_keys(self) -> list[str]:
         """The record keys the bundle's text template reads (others are ignored)."""
-        return list(self.bundle.cfg.item_text.text_keys)
+        return list(self.encoders.text_cfg.text_keys)
 
     @property
     def max_seq_len(self) -> int:
         """The most recent history items a user embedding reads."""
-        return int(self.bundle.cfg.data.max_seq_len)
+        return int(self.encoders.max_seq_len)
 
     # -- items ------------------------------------------------------------------------------------
 
     def item_text(self, record: Mapping[str, Any]) -> str | None:
         """The exact text the Item LLM reads for `record` (None when no text key has a value)."""
-        return build_item_text(record, self.bundle.cfg.item_text)
+        return build_item_text(record, self.encoders.text_cfg)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Item embeddings [n, D] float32 of ready-built item texts (see `item_text`), input order."""
-        cfg = self.bundle.cfg
-        return embed_texts(self._item, self.bundle.tokenizer, list(texts), cfg.item_text.max_item_tokens,
-                           batch_size=self.batch_size, padding_side=cfg.item_llm.padding_side)
+        return self.encoders.embed_texts(list(texts), batch_size=self.batch_size)
 
     def encode_items(self, items: Records, errors: Errors = "raise") -> ItemVectors:
         """Embed item records: dicts or DataFrame rows with `item_id` and any of `text_keys`
@@ -197,12 +197,12 @@ class Encoder:
         for row, record in enumerate(records):
             if "item_id" not in record:
                 record = {**record, "item_id": row}
-            result = item_text_or_reject(record, self.bundle.cfg.item_text)
+            result = item_text_or_reject(record, self.encoders.text_cfg)
             item_id = None if result.reject_reason == "null_id" else _str_id(record["item_id"])
             if result.reject_reason or item_id is None or result.text is None:
                 if errors == "raise":
                     raise EncodeError(f"encode_items: row {row} (item_id {item_id!r}): {result.reject_reason} "
-                                      f"(text keys {self.text_keys}, max_text_chars {self.bundle.cfg.item_text.max_text_chars})")
+                                      f"(text keys {self.text_keys}, max_text_chars {self.encoders.text_cfg.max_text_chars})")
                 rejects.append({"row": row, "item_id": item_id, "reason": result.reject_reason})
                 continue
             ids.append(item_id)
@@ -283,9 +283,8 @@ class Encoder:
         if not keep_users:
             empty = np.zeros(0, np.int64)
             return UserVectors([], np.zeros((0, self.dim), np.float32), empty, empty.copy(), rejects_frame)
-        item_table = torch.from_numpy(np.stack([np.zeros(self.dim, np.float32), *table.values()]))  # [N+1, D]
-        result: UserEmbeddings = embed_users(self._user, item_table, internal, kept_ts, self.max_seq_len,
-                                             batch_size=self.user_batch_size)
+        item_table = padded_item_table(np.stack(list(table.values())))  # [N+1, D], rows in `index` order
+        result: UserEmbeddings = self.encoders.embed_users(item_table, internal, kept_ts, batch_size=self.user_batch_size)
         return UserVectors(keep_users, result.vectors, result.seq_len, result.last_event_ts, rejects_frame)
 
     def _histories(self, histories, timestamps):
@@ -310,7 +309,7 @@ class Encoder:
             return users, hist, ts, rejects
         hist = [[_str_id(i) for i in h] for h in histories]
         if timestamps is None:
-            if self.bundle.cfg.user_llm.use_timestamps:
+            if self.manifest.get("use_timestamps"):
                 raise EncodeError(f"encode_users: bundle {self.version} reads timestamps (user_llm.use_timestamps); pass timestamps=")
             ts = [[0] * len(h) for h in hist]
         else:
@@ -339,7 +338,7 @@ class _TorchOnDevice:
     """An eager encoder on an accelerator, called like the CPU one: inputs move to the device, outputs
     come back to the CPU (embed_texts / embed_users build their batches on the CPU)."""
 
-    def __init__(self, module: torch.nn.Module, device: str):
+    def __init__(self, module: Any, device: str):  # an ItemLLM / UserLLM (torch runtime only)
         self.module = module.to(device).eval()
         self.device = torch.device(device)
 
