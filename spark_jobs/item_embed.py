@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_session("hllm item_embed" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
     try:
         from spark_jobs.job_setup import driver_bundle_with_spark
+        from spark_jobs.progress import job_progress
 
         try:
             bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             print(f"item_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-        return _run(spark, args, cfg, bundle, started)
+        with job_progress(spark, "item_embed"):
+            return _run(spark, args, cfg, bundle, started)
     finally:
         spark.stop()
 
@@ -72,7 +74,9 @@ def _run(spark, args, cfg, bundle, started) -> int:
     text_cfg = ItemTextConfig(**bundle.manifest["item_text"])
     print(f"item_embed: {spark_settings_line(spark, cfg)}", flush=True)
     try:
-        prepared = prepare_items(read_input(spark, args.items), text_cfg)
+        from spark_jobs.input_mapping import map_to_contract
+
+        prepared = prepare_items(map_to_contract(read_input(spark, args.items), cfg.data), text_cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"item_embed: {args.items}: {exc}", file=sys.stderr)
         return 2

@@ -34,13 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_session("hllm user_embed" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
     try:
         from spark_jobs.job_setup import driver_bundle_with_spark
+        from spark_jobs.progress import job_progress
 
         try:
             bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
         except Exception as exc:
             print(f"user_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-        return _run(spark, args, cfg, bundle.manifest, started)
+        with job_progress(spark, "user_embed"):
+            return _run(spark, args, cfg, bundle.manifest, started)
     finally:
         spark.stop()
 
@@ -70,7 +72,9 @@ def _run(spark, args, cfg, manifest, started) -> int:
               "this bundle first", file=sys.stderr)
         return 2
     try:
-        checked = check_interactions(read_input(spark, args.interactions))
+        from spark_jobs.input_mapping import map_to_contract
+
+        checked = check_interactions(map_to_contract(read_input(spark, args.interactions), cfg.data))
     except (ValueError, FileNotFoundError) as exc:
         print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
         return 2
