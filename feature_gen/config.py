@@ -124,6 +124,7 @@ class LossConfig(_Section):
     gen_weight: float = Field(1.0, ge=0.0)
     bce_weight: float = Field(1.0, ge=0.0)
     next_weight: float = Field(0.0, ge=0.0, description="lambda of the auxiliary next-item loss")
+    fusion_hidden: int = Field(256, gt=0, description="late fusion: width of the head's hidden layer")
 
 
 class EvalConfig(_Section):
