@@ -137,7 +137,7 @@ def append_candidates(
     at_slot = torch.nn.functional.one_hot(slot, seq_len + 1).to(torch.bool)  # [B*C, L+1]
     seq = torch.cat([hist, hist.new_zeros(batch * n_cand, 1, dim)], dim=1)
     seq = torch.where(at_slot.unsqueeze(-1), candidates.reshape(batch * n_cand, 1, dim), seq)
-    ext = torch.cat([m, m.new_zeros(batch * n_cand, 1)], dim=1) | at_slot.to(torch.long)
+    ext = torch.cat([m, m.new_zeros(batch * n_cand, 1)], dim=1).maximum(at_slot.to(torch.long))  # ONNX: no int OR
     ext_ts = None
     if timestamps is not None:
         if candidate_timestamps is None:
