@@ -30,6 +30,7 @@ import pandas as pd
 from feature_gen.config import RankerConfig, StoreConfig
 from feature_gen.data.labels import LABEL_COLUMNS, LabelError, label_candidates
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
+from feature_gen.store.schema import EMBEDDING, EVENT_TIMESTAMP, ITEM_ID, LAST_EVENT_TS, SEQ_LEN, USER_ID
 from ranker_integration.feature_config import FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
 
@@ -67,13 +68,13 @@ class TrainingSet:
 def point_in_time_user_rows(labels: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     """For each label, the newest user row with last_event_ts strictly before the label's timestamp
     (NaN where there is none); labels keep their order."""
-    left = labels[["user_id", "timestamp"]].assign(_row=np.arange(len(labels)))
+    left = labels[[USER_ID, "timestamp"]].assign(_row=np.arange(len(labels)))
     left = left.astype({"timestamp": "int64"}).sort_values("timestamp", kind="stable")
-    right = users[["user_id", "last_event_ts", "embedding", "seq_len"]].copy()
-    right["user_id"] = right["user_id"].astype(str)
-    right = right.astype({"last_event_ts": "int64"}).sort_values("last_event_ts", kind="stable")
-    right["user_feature_ts"] = right["last_event_ts"]
-    joined = pd.merge_asof(left, right, left_on="timestamp", right_on="last_event_ts", by="user_id",
+    right = users[[USER_ID, LAST_EVENT_TS, EMBEDDING, SEQ_LEN]].copy()
+    right[USER_ID] = right[USER_ID].astype(str)
+    right = right.astype({LAST_EVENT_TS: "int64"}).sort_values(LAST_EVENT_TS, kind="stable")
+    right["user_feature_ts"] = right[LAST_EVENT_TS]
+    joined = pd.merge_asof(left, right, left_on="timestamp", right_on=LAST_EVENT_TS, by=USER_ID,
                            direction="backward", allow_exact_matches=False)
     return joined.sort_values("_row").reset_index(drop=True)
 
@@ -87,28 +88,28 @@ def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: st
         raise TrainingSetError(f"feature config is pinned to {fc.bundle_version}; the training set reads {version}")
     users = read_version(store_cfg.offline_root, USER_EMBEDDING, version)
     items = read_version(store_cfg.offline_root, ITEM_EMBEDDING, version)
-    items = items.assign(item_id=items["item_id"].astype(str)).drop_duplicates("item_id", keep="last")
-    item_dim = len(items["embedding"].iloc[0])
+    items = items.assign(item_id=items[ITEM_ID].astype(str)).drop_duplicates(ITEM_ID, keep="last")
+    item_dim = len(items[EMBEDDING].iloc[0])
     labels = labels.reset_index(drop=True)
     user_rows = point_in_time_user_rows(labels, users)
     user_found = user_rows["user_feature_ts"].notna().to_numpy()
     user_vectors = np.full((len(labels), item_dim), np.nan, dtype=np.float32)
     if user_found.any():
-        user_vectors[user_found] = np.stack(user_rows.loc[user_found, "embedding"].to_numpy()).astype(np.float32)
-    item_index = pd.Index(items["item_id"])
-    pos = item_index.get_indexer(labels["item_id"])
+        user_vectors[user_found] = np.stack(user_rows.loc[user_found, EMBEDDING].to_numpy()).astype(np.float32)
+    item_index = pd.Index(items[ITEM_ID])
+    pos = item_index.get_indexer(labels[ITEM_ID])
     item_found = pos >= 0
     # an item row is usable from its event time on (0 for a text embedding): never after the label either
     item_ts = _event_seconds(items)
     item_found[item_found] &= item_ts[pos[item_found]] < labels["timestamp"].to_numpy()[item_found]
-    item_table = np.stack(items["embedding"].to_numpy()).astype(np.float32)
+    item_table = np.stack(items[EMBEDDING].to_numpy()).astype(np.float32)
     item_vectors = np.full((len(labels), item_dim), np.nan, dtype=np.float32)
     item_vectors[item_found] = item_table[pos[item_found]]
     rows = FeatureRows(
         at_ts=labels["timestamp"].to_numpy(dtype=np.int64),
         user_vectors=user_vectors,
         user_found=user_found,
-        user_seq_len=user_rows["seq_len"].fillna(-1).to_numpy(dtype=np.int64),
+        user_seq_len=user_rows[SEQ_LEN].fillna(-1).to_numpy(dtype=np.int64),
         user_last_event_ts=user_rows["user_feature_ts"].fillna(-1).to_numpy(dtype=np.int64),
         item_vectors=item_vectors,
         item_found=item_found,
@@ -118,7 +119,7 @@ def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: st
 
 
 def _event_seconds(frame: pd.DataFrame) -> np.ndarray:
-    if "event_timestamp" not in frame:
+    if EVENT_TIMESTAMP not in frame:
         return np.zeros(len(frame), dtype=np.int64)
-    stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
+    stamps = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
     return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)

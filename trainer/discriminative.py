@@ -225,8 +225,9 @@ class DiscriminativeResult:
     best_epoch: int
     valid: dict[str, float]
     test: dict[str, float]
-    test_cosine: dict[str, float]
+    test_cosine: dict[str, float]  # the trained User LLM's user-item cosine
     history: list[dict] = field(default_factory=list)
+    start_cosine: dict[str, float] = field(default_factory=dict)  # the starting weights' cosine (generative baseline)
     bundle: Path | None = None
     seconds: float = 0.0
 
@@ -312,6 +313,9 @@ def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, fre
     train_req, valid_req, test_req = split_requests(req_all, first_rows["split"].to_numpy())
     hllm, tok, save_cfg, bases, table = build_click_model(cfg, data)
     model = ClickModel(hllm, table)
+    # the starting point's user-item cosine on the same test labels: from a generative init_bundle, the
+    # similarity feature the discriminative head is meant to beat
+    start_cosine = click_metrics(test_req, score_requests(model, test_req, t.batch_size, kind="cosine"))
 
     ensure_single_process_env()
     steps_per_epoch = math.ceil(len(train_req) / t.batch_size)
@@ -355,7 +359,7 @@ def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, fre
     valid = history[best_epoch]
     test = click_metrics(test_req, score_requests(model, test_req, t.batch_size))
     cosine = click_metrics(test_req, score_requests(model, test_req, t.batch_size, kind="cosine"))
-    result = DiscriminativeResult(run_dir, best_epoch, valid, test, cosine, history)
+    result = DiscriminativeResult(run_dir, best_epoch, valid, test, cosine, history, start_cosine=start_cosine)
     if t.freeze_bundle if freeze is None else freeze:
         from feature_gen.model.bundle import save_bundle
 
@@ -365,7 +369,8 @@ def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, fre
                                              "best_epoch": best_epoch}, base_models=bases)
     result.seconds = time.perf_counter() - started
     (run_dir / "result.json").write_text(json.dumps(
-        {"best_epoch": best_epoch, "valid": valid, "test": test, "test_cosine": cosine, "history": history,
+        {"best_epoch": best_epoch, "valid": valid, "test": test, "test_cosine": cosine, "start_cosine": start_cosine,
+         "history": history,
          "bundle": str(result.bundle) if result.bundle else None, "seconds": round(result.seconds, 1),
          "requests": {"train": len(train_req), "valid": len(valid_req), "test": len(test_req)}}, indent=2))
     return result
