@@ -75,13 +75,14 @@ class ClickRequests:
     candidates: np.ndarray  # [R, C] internal item ids, 0 = padding
     labels: np.ndarray  # [R, C] 1 click / liked, 0 not, -1 padding
     users: np.ndarray  # [R] user ids (for GAUC)
+    split: np.ndarray  # [R] the labels' time split ("train" / "test")
 
     def __len__(self) -> int:
         return len(self.at)
 
     def subset(self, rows: np.ndarray) -> "ClickRequests":
         return ClickRequests(*(a[rows] for a in (self.history, self.history_ts, self.at, self.candidates,
-                                                  self.labels, self.users)))
+                                                  self.labels, self.users, self.split)))
 
 
 def click_requests(labels: pd.DataFrame, interactions: pd.DataFrame, item_index: dict, max_len: int) -> ClickRequests:
@@ -101,12 +102,13 @@ def click_requests(labels: pd.DataFrame, interactions: pd.DataFrame, item_index:
     n = len(keys)
     out = ClickRequests(np.zeros((n, max_len), np.int64), np.zeros((n, max_len), np.int64), np.zeros(n, np.int64),
                         np.zeros((n, width), np.int64), np.full((n, width), -1, np.int64),
-                        np.array([k[0] for k in keys], dtype=object))
+                        np.array([k[0] for k in keys], dtype=object), np.empty(n, dtype=object))
+    split = labels["split"].to_numpy()
     item_ids, label_values = labels["item_id"].to_numpy(), labels["label"].to_numpy()
     for r, ((_, ts), rows) in enumerate(groups.items()):
         ids = np.array([item_index[i] for i in hist.item_ids[r]], dtype=np.int64)
         out.history[r, : len(ids)], out.history_ts[r, : len(ids)] = ids, hist.timestamps[r]
-        out.at[r] = ts
+        out.at[r], out.split[r] = ts, split[rows[0]]
         out.candidates[r, : len(rows)] = [item_index[i] for i in item_ids[rows]]
         out.labels[r, : len(rows)] = label_values[rows]
     return out
@@ -286,8 +288,9 @@ def build_click_model(cfg: HLLMConfig, data):
     return hllm, tok, save_cfg, bases, table
 
 
-def split_requests(req: ClickRequests, split: np.ndarray):
+def split_requests(req: ClickRequests):
     """(train, valid, test): test = the labels' test split; valid = the newest VALID_FRACTION of the rest."""
+    split = req.split
     test_rows = np.flatnonzero(split == "test")
     rest = np.flatnonzero(split != "test")
     rest = rest[np.argsort(req.at[rest], kind="stable")]
@@ -309,8 +312,7 @@ def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, fre
     torch.manual_seed(cfg.seed)
     data, inter, labels = load_labelled_data(cfg)
     req_all = click_requests(labels, inter, data.item_index(), cfg.data.max_seq_len)
-    first_rows = labels.groupby(["user_id", "timestamp"], sort=False).head(1)
-    train_req, valid_req, test_req = split_requests(req_all, first_rows["split"].to_numpy())
+    train_req, valid_req, test_req = split_requests(req_all)
     hllm, tok, save_cfg, bases, table = build_click_model(cfg, data)
     model = ClickModel(hllm, table)
     # the starting point's user-item cosine on the same test labels: from a generative init_bundle, the
