@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from export.graphs import export_item_encoder, export_user_encoder
+from export.fusion_export import export_fusion, fusion_parity
 from export.parity import ITEM_CASES, USER_CASES, ParityCase, item_parity, user_parity
 from export.precision import convert
 from feature_gen.inference.encoders import load_encoders
@@ -136,13 +137,25 @@ def export_bundle(path: str | Path, cfg: ExportConfig | None = None, precision: 
         for name in (ITEM_NAME, USER_NAME):
             onnx.checker.check_model(str(scratch / name))
         cases = _check_parity(scratch, bundle, cfg, precision)
+        # the click head (discriminative bundles) stays fp32: it is small, and its score is a feature
+        fusion = export_fusion(bundle.model, scratch, cfg.opset)
+        for graph, file in fusion.files.items():
+            onnx.checker.check_model(str(scratch / file))
+            session = open_session(scratch / file, ["CPUExecutionProvider"], torch.get_num_threads())
+            head_cases = fusion_parity(bundle.model, session, graph, cfg.parity_seed)
+            worst = max(head_cases, key=lambda c: c.rel_error)
+            if not worst.rel_error <= cfg.max_rel_error_fp32:
+                raise ParityError(f"{bundle.path}: {worst.describe()}: relative error {worst.rel_error:.3g} exceeds "
+                                  f"the bound {cfg.max_rel_error_fp32:g} (export.max_rel_error_fp32); nothing was written")
+            fusion.section[graph]["parity_rel_error"] = worst.rel_error
+            cases += head_cases
         target = path / ONNX_DIR
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)  # left by an interrupted earlier swap
             target.rename(old)
         scratch.rename(target)
         shutil.rmtree(old, ignore_errors=True)
-        manifest = record_files(path, {"onnx": _onnx_section(bundle, cfg, precision, cases)})
+        manifest = record_files(path, {"onnx": _onnx_section(bundle, cfg, precision, cases) | fusion.section})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if old.exists() and not (path / ONNX_DIR).exists():
@@ -151,7 +164,8 @@ def export_bundle(path: str | Path, cfg: ExportConfig | None = None, precision: 
         bundle=path, version=manifest["version"], precision=precision, opset=cfg.opset,
         bound=cfg.max_rel_error(precision),
         rel_error={"item_encoder": _worst(cases, "item_encoder").rel_error,
-                   "user_encoder": _worst(cases, "user_encoder").rel_error},
+                   "user_encoder": _worst(cases, "user_encoder").rel_error}
+                  | {graph: _worst(cases, graph).rel_error for graph in fusion.files},
         cases=cases,
         sizes_mb={name: round((path / ONNX_DIR / name).stat().st_size / 2**20, 2) for name in (ITEM_NAME, USER_NAME)},
         seconds=time.perf_counter() - started,

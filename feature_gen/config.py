@@ -138,6 +138,7 @@ class LossConfig(_Section):
     gen_weight: float = Field(1.0, ge=0.0)
     bce_weight: float = Field(1.0, ge=0.0)
     next_weight: float = Field(0.0, ge=0.0, description="lambda of the auxiliary next-item loss")
+    fusion_hidden: int = Field(256, gt=0, description="late fusion: width of the head's hidden layer")
 
 
 class EvalConfig(_Section):
@@ -319,18 +320,23 @@ class RankerConfig(_Section):
     split. `labels: sampled_negatives` makes every held-out interaction a positive with
     `negatives_per_positive` items the user never touched as negatives at the same time (drawn by
     `negative_sampling`); `rating` makes
-    ratings >= `min_positive_rating` positives and lower ratings negatives. User-embedding snapshots are
+    ratings >= `min_positive_rating` positives and lower ratings (<= `max_negative_rating` when set)
+    negatives; `rating_and_sampled` adds the sampled implicit negatives to the rating labels
+    (feature_gen/data/labels.py, the one labelling for the ranker and the discriminative trainer). User-embedding snapshots are
     taken every `snapshot_interval_s` over the labelled period (for the users with new events), so each
     label joins the newest one strictly before it.
     """
 
-    labels: Literal["sampled_negatives", "rating"] = "sampled_negatives"
+    labels: Literal["sampled_negatives", "rating", "rating_and_sampled"] = "sampled_negatives"
     negatives_per_positive: int = Field(4, gt=0)
     # popularity: negatives drawn in proportion to how often items occur in the history, like the
     # impressions a production ranker sees; uniform negatives are mostly obscure items, which an item-ID
     # feature alone separates from what people watch.
     negative_sampling: Literal["popularity", "uniform"] = "popularity"
     min_positive_rating: float = Field(4.0, gt=0)
+    # rating labels: ratings <= this are negatives, those between it and min_positive_rating are
+    # dropped as neither liked nor disliked (None: every rating below min_positive_rating is negative)
+    max_negative_rating: Optional[float] = Field(None, gt=0)
     history_quantile: float = Field(0.8, gt=0.0, lt=1.0, description="labels come after this quantile of event times")
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="the newest share of labels is the test split")
     snapshot_interval_s: int = Field(3600, gt=0, description="user-embedding snapshots every this many seconds of the labelled period")

@@ -78,7 +78,13 @@ def cmd_evaluate(args) -> int:
 def cmd_train(args) -> int:
     from trainer.train import run_training
 
-    run_training(_load(args), resume=not args.no_resume)
+    cfg = _load(args)
+    if cfg.loss.objective == "discriminative":  # labelled requests, not windows: trainer/discriminative.py
+        from trainer.discriminative import train_discriminative
+
+        train_discriminative(cfg)
+        return 0
+    run_training(cfg, resume=not args.no_resume)
     return 0
 
 

@@ -26,7 +26,9 @@ from feature_gen.config import read_data_file
 SHIPPED_CONFIG = Path(__file__).with_name("feature_config.yaml")  # the template in this package
 ANY_VERSION = "any"
 ITEM_DIM = "item_dim"
-FUNCTIONS = {"cosine": 2, "age_seconds": 1}  # request-time function -> number of inputs
+# request-time function -> number of inputs. late_fusion: the bundle's click head (discriminative
+# bundles, manifest fusion_head late; onnx/late_fusion_head.onnx) over the user and item embeddings
+FUNCTIONS = {"cosine": 2, "age_seconds": 1, "late_fusion": 2}
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # Feast field type -> (dtype, is a vector)
@@ -281,6 +283,16 @@ def validate_feature_config(fc: FeatureConfig, store_cfg, bundle_dir: str | Path
                 dims = {dimension_of(fc.feature(r), item_dim) for r in spec.inputs if ":" not in r}
                 if len(dims) > 1:
                     problems.append(f"{where}.inputs: cosine needs inputs of one width; got {sorted(dims)}")
+            if spec.function == "late_fusion":
+                head = manifest.get("fusion_head") or {}
+                if head.get("fusion") != "late":
+                    problems.append(f"{where}.function: late_fusion needs a bundle with a late-fusion click head "
+                                    f"(loss.objective discriminative, loss.fusion late); {manifest['version']} has "
+                                    f"{head.get('fusion', 'none')}")
+                dims = {dimension_of(fc.feature(r), item_dim) for r in spec.inputs if ":" not in r}
+                if dims - {item_dim}:
+                    problems.append(f"{where}.inputs: the late-fusion head reads two item_dim ({item_dim}) vectors; "
+                                    f"got widths {sorted(dims)}")
             if dim != 1:
                 problems.append(f"{where}.dimension: {spec.function} yields a scalar; config says {dim}")
         if isinstance(spec.default, list) and len(spec.default) != dim:

@@ -40,8 +40,10 @@ def _default(spec: FeatureSpec, n: int, dim: int) -> np.ndarray:
     return np.broadcast_to(value, (n, dim)).astype(np.float32).copy()
 
 
-def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows) -> dict[str, np.ndarray]:
-    """name -> float32 [n, dim] for every feature of `fc`; a missing or stale value takes its default."""
+def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows, click_head=None) -> dict[str, np.ndarray]:
+    """name -> float32 [n, dim] for every feature of `fc`; a missing or stale value takes its default.
+    `click_head(user [m, D], item [m, D]) -> logits [m]`: the bundle's late-fusion head, needed by a
+    `late_fusion` feature (ValueError naming the feature without one)."""
     n = len(rows.at_ts)
     user_ts = rows.user_last_event_ts
     view_values = {
@@ -71,6 +73,13 @@ def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows) -> di
             a, b = spec.inputs
             ok = present[a] & present[b]
             col[ok, 0] = row_cosine(out[a][ok], out[b][ok])
+        elif spec.function == "late_fusion":
+            if click_head is None:
+                raise ValueError(f"{spec.name}: function late_fusion needs the bundle's late-fusion head (click_head)")
+            a, b = spec.inputs
+            ok = present[a] & present[b]
+            if ok.any():
+                col[ok, 0] = np.asarray(click_head(out[a][ok], out[b][ok]), dtype=np.float32).reshape(-1)
         elif spec.function == "age_seconds":
             view, _, field = spec.inputs[0].partition(":")
             values, found, row_ts = view_values[(view, field)]

@@ -3,12 +3,11 @@
     labels = make_labels(items, interactions, cfg.ranker, seed)       # user_id, item_id, timestamp, label, split
     ts = build_training_set(labels, cfg.store, version, fc)           # + one column per feature
 
-Labels: interactions after the `history_quantile` of all event times (the features may see everything
-before). `sampled_negatives`: each such interaction is a positive, and `negatives_per_positive` items
-the user never interacted with (at any time) are negatives at the same timestamp, drawn uniformly or
-(default) in proportion to the items' popularity in the history (add-one smoothed). `rating`: rating >=
-`min_positive_rating` is positive, a lower rating negative. The newest `test_fraction` of labels (by
-time) is the test split, so the ranker is judged on the future, never on a shuffle.
+Labels: feature_gen/data/labels.py, the labelling the discriminative trainer uses too: interactions
+after the `history_quantile` of all event times (the features may see everything before), as events
+with sampled negatives (`sampled_negatives`), as rated impressions (`rating`), or both
+(`rating_and_sampled`). The newest `test_fraction` of labels (by time) is the test split, so the ranker
+is judged on the future, never on a shuffle.
 
 Point-in-time rule: a label at time t sees, for its user, the newest offline `user_embedding` row of the
 bundle version whose event time (`last_event_ts`, the newest event the embedding reflects) is strictly
@@ -29,12 +28,11 @@ import numpy as np
 import pandas as pd
 
 from feature_gen.config import RankerConfig, StoreConfig
+from feature_gen.data.labels import LABEL_COLUMNS, LabelError, label_candidates
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
 from feature_gen.store.schema import EMBEDDING, EVENT_TIMESTAMP, ITEM_ID, LAST_EVENT_TS, SEQ_LEN, USER_ID
 from ranker_integration.feature_config import FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
-
-LABEL_COLUMNS = (USER_ID, ITEM_ID, "timestamp", "label", "split")
 
 
 class TrainingSetError(ValueError):
@@ -42,55 +40,17 @@ class TrainingSetError(ValueError):
 
 
 def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> pd.DataFrame:
-    """Labelled (user, item, time) rows after the history cut, with a time split (see module doc)."""
-    for col in (USER_ID, ITEM_ID, "timestamp"):
-        if col not in interactions:
-            raise TrainingSetError(f"interactions: column {col!r} is missing")
-    events = interactions.reset_index(drop=True)
-    events = events.iloc[np.argsort(events["timestamp"].to_numpy(), kind="stable")]
-    cut = int(np.quantile(events["timestamp"].to_numpy(), cfg.history_quantile))
-    held = events[events["timestamp"] > cut]
-    if held.empty:
-        raise TrainingSetError(f"ranker.history_quantile {cfg.history_quantile}: no interactions after {cut}")
-    if cfg.labels == "rating":
-        if "rating" not in held:
-            raise TrainingSetError("interactions: labels 'rating' needs a rating column")
-        labels = held[[USER_ID, ITEM_ID, "timestamp"]].assign(label=(held["rating"] >= cfg.min_positive_rating).astype(np.int8))
-    else:
-        catalogue = items[ITEM_ID].to_numpy()
-        weights = None
-        if cfg.negative_sampling == "popularity":  # counts in the history only: the future is not known yet
-            counts = events.loc[events["timestamp"] <= cut, ITEM_ID].value_counts()
-            weights = pd.Series(catalogue).map(counts).fillna(0).to_numpy(dtype=np.float64) + 1.0
-            weights /= weights.sum()
-        labels = _with_sampled_negatives(held, events, catalogue, cfg.negatives_per_positive, seed, weights)
-    test_start = np.quantile(labels["timestamp"].to_numpy(), 1.0 - cfg.test_fraction)
-    labels = labels.assign(split=np.where(labels["timestamp"] > test_start, "test", "train"))
-    labels[USER_ID] = labels[USER_ID].astype(str)
-    labels[ITEM_ID] = labels[ITEM_ID].astype(str)
+    """Labelled (user, item, time) rows after the history cut, with a time split: the one labelling
+    (feature_gen/data/labels.py), ids as strings (the feature store's entity keys)."""
+    try:
+        labels = label_candidates(items, interactions, cfg, seed)
+    except LabelError as err:
+        raise TrainingSetError(str(err)) from None
+    cut = labels.attrs["history_end"]
+    labels = labels.assign(user_id=labels["user_id"].astype(str), item_id=labels["item_id"].astype(str))
+    labels = labels[list(LABEL_COLUMNS)]
     labels.attrs["history_end"] = cut
-    return labels.reset_index(drop=True)[list(LABEL_COLUMNS)]
-
-
-def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue: np.ndarray, k: int, seed: int,
-                            weights: np.ndarray | None = None) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    seen = events.groupby(USER_ID)[ITEM_ID].agg(set).to_dict()
-    users, items, ts = held[USER_ID].to_numpy(), held[ITEM_ID].to_numpy(), held["timestamp"].to_numpy()
-    neg = np.empty((len(held), k), dtype=catalogue.dtype)
-    for row, user in enumerate(users):
-        exclude = seen[user]
-        if len(exclude) >= len(catalogue):
-            raise TrainingSetError(f"user {user} has interacted with the whole catalogue; no negative to sample")
-        picked: list = []
-        while len(picked) < k:  # rejection sampling: users touch a small share of the catalogue
-            cand = rng.choice(catalogue, size=2 * k, p=weights)
-            picked += [c for c in cand if c not in exclude][: k - len(picked)]
-        neg[row] = picked
-    positives = pd.DataFrame({USER_ID: users, ITEM_ID: items, "timestamp": ts, "label": np.int8(1)})
-    negatives = pd.DataFrame({USER_ID: np.repeat(users, k), ITEM_ID: neg.reshape(-1),
-                              "timestamp": np.repeat(ts, k), "label": np.int8(0)})
-    return pd.concat([positives, negatives], ignore_index=True).sort_values("timestamp", kind="stable")
+    return labels
 
 
 @dataclass

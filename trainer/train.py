@@ -128,7 +128,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, dict(parse_override(o) for o in args.overrides))
-        run_training(cfg, resume=not args.no_resume)
+        if cfg.loss.objective == "discriminative":  # labelled requests, not windows: its own loop
+            from trainer.discriminative import train_discriminative
+
+            train_discriminative(cfg)
+        else:
+            run_training(cfg, resume=not args.no_resume)
     except ConfigError as exc:
         print(f"train: ConfigError: {exc}", file=sys.stderr)
         return 2

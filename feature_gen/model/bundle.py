@@ -8,7 +8,7 @@ Layout of `<root>/<version>/`:
     item_llm/            backbone config.json + model.safetensors (save_pretrained)
     user_llm/            the same for the User LLM
     heads.safetensors    everything that is not a backbone: [ITEM] token, projections, time embeddings,
-                         logit scale, fusion heads
+                         logit scale, fusion heads (manifest `fusion_head`: late/early and their dims)
     tokenizer/           the Item LLM tokenizer
     onnx/                added by `hllm export` (listed in the manifest with checksums)
     README.md            the model card (feature_gen/model/model_card.py), rendered from the manifest
@@ -137,6 +137,7 @@ def save_bundle(
             "max_seq_len": cfg.data.max_seq_len,
             "pooling": cfg.item_llm.pooling,
             "use_timestamps": cfg.user_llm.use_timestamps,
+            "fusion_head": fusion_head_dims(model),
             "data_fingerprint": data_fingerprint,
             "data_sizes": data_sizes or {},
             "metrics": metrics or {},
@@ -162,6 +163,34 @@ def _group_readable(folder: Path) -> None:
     folder.chmod(BUNDLE_DIR_MODE)
     for p in folder.rglob("*"):
         p.chmod(BUNDLE_DIR_MODE if p.is_dir() else BUNDLE_FILE_MODE)
+
+
+def fusion_head_dims(model) -> dict[str, Any] | None:
+    """The manifest's `fusion_head`: which click head the bundle holds and its dimensions (None: a
+    generative bundle)."""
+    if getattr(model, "late_head", None) is not None:
+        return {"fusion": "late", "item_dim": int(model.late_head.dim), "hidden": int(model.late_head.hidden)}
+    if getattr(model, "early_scorer", None) is not None:
+        return {"fusion": "early", "item_dim": int(model.early_scorer.head.in_features)}
+    return None
+
+
+def check_fusion_head(path: Path, manifest: dict[str, Any], model) -> None:
+    """Refuse a bundle whose click head disagrees with its manifest or its config, naming the field."""
+    want, have = manifest.get("fusion_head"), fusion_head_dims(model)
+    if want is None and have is None:
+        return
+    if want is None or have is None:
+        raise BundleError(f"{path}: manifest.fusion_head is {want!r} but config.yaml's loss "
+                          f"({model.cfg.loss.objective}, fusion {model.cfg.loss.fusion}) builds {have!r}")
+    for key in sorted(set(want) | set(have)):
+        if want.get(key) != have.get(key):
+            field = {"hidden": "loss.fusion_hidden", "fusion": "loss.fusion"}.get(key, "item_llm hidden size")
+            raise BundleError(f"{path}: manifest.fusion_head.{key} is {want.get(key)!r} but the model built from "
+                              f"config.yaml ({field}) has {have.get(key)!r}")
+    if want["item_dim"] != manifest.get("item_dim"):
+        raise BundleError(f"{path}: manifest.fusion_head.item_dim {want['item_dim']} differs from manifest.item_dim "
+                          f"{manifest.get('item_dim')}")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -238,6 +267,12 @@ def load_bundle(path: str | Path) -> Bundle:
     tokenizer = load_bundle_tokenizer(path)
     model, _ = build_hllm(cfg, with_tokenizer=False)
     heads = load_file(str(path / "heads.safetensors"))
+    check_fusion_head(path, manifest, model)
+    expected = model.state_dict()
+    for name, tensor in heads.items():  # a clear refusal rather than torch's size-mismatch dump
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+            raise BundleError(f"{path}: heads.safetensors: {name} is {tuple(tensor.shape)}, the model built from "
+                              f"config.yaml expects {tuple(expected[name].shape)}")
     missing, unexpected = model.load_state_dict(heads, strict=False)
     missing = [k for k in missing if not _is_backbone_key(k)]
     if missing or unexpected:

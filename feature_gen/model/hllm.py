@@ -43,7 +43,7 @@ class HLLM(nn.Module):
         self.user_llm = user_llm
         self.logit_scale = LogitScale(cfg.loss.temperature_init, cfg.loss.max_logit_scale)
         dim = item_llm.hidden_size
-        self.late_head = LateFusionHead(dim) if cfg.loss.objective == "discriminative" and cfg.loss.fusion == "late" else None
+        self.late_head = LateFusionHead(dim, cfg.loss.fusion_hidden) if cfg.loss.objective == "discriminative" and cfg.loss.fusion == "late" else None
         self.early_scorer = (
             EarlyFusionScorer(user_llm, dim) if cfg.loss.objective == "discriminative" and cfg.loss.fusion == "early" else None
         )
@@ -108,13 +108,14 @@ class HLLM(nn.Module):
         attention_mask: torch.Tensor,  # [B, L]
         candidate_embs: torch.Tensor,  # [B, C, D]
         timestamps: torch.Tensor | None = None,
+        candidate_timestamps: torch.Tensor | None = None,  # [B] request time (early fusion with time gaps)
     ) -> torch.Tensor:
         """Discriminative scores [B, C] with the configured fusion (serving-time scoring)."""
         if self.late_head is not None:
             user = self.user_llm(seq_item_embs, attention_mask, timestamps).user_embedding
             return self.late_head(user, candidate_embs)
         if self.early_scorer is not None:
-            return self.early_scorer(seq_item_embs, attention_mask, candidate_embs)
+            return self.early_scorer(seq_item_embs, attention_mask, candidate_embs, timestamps, candidate_timestamps)
         raise ConfigError("loss.objective: click scores need objective 'discriminative'")
 
 

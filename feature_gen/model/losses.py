@@ -104,51 +104,78 @@ def sequence_info_nce(
 
 class LateFusionHead(nn.Module):
     """Scores (user embedding, cached candidate embedding) -> click logit with a small MLP over
-    [u, c, u*c]; the user embedding is computed once per request."""
+    [u, c, u*c]; the user embedding is computed once per request, whatever the number of candidates."""
 
     def __init__(self, dim: int, hidden: int = 256):
         super().__init__()
+        self.dim, self.hidden = dim, hidden
         self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def forward(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """user [B, D], candidates [B, C, D] -> logits [B, C]."""
-        u = user.unsqueeze(1).expand_as(candidates)
+        """user [B, D], candidates [B, C, D] -> logits [B, C] (unnormalised; sigmoid = click probability)."""
+        u = user.unsqueeze(1).expand_as(candidates)  # [B, C, D]
         return self.mlp(torch.cat([u, candidates, u * candidates], dim=-1)).squeeze(-1)
+
+
+def append_candidates(
+    history: torch.Tensor,  # [B, L, D]
+    mask: torch.Tensor,  # [B, L] right or left padded
+    candidates: torch.Tensor,  # [B, C, D]
+    timestamps: torch.Tensor | None = None,  # [B, L] unix seconds of the history
+    candidate_timestamps: torch.Tensor | None = None,  # [B] the request time
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Each (row, candidate) as its own sequence with the candidate in the slot right after the row's
+    last real item: ([B*C, L+1, D], mask [B*C, L+1], timestamps [B*C, L+1] or None). A row with no
+    history puts the candidate first."""
+    batch, seq_len, dim = history.shape
+    n_cand = candidates.size(1)
+    hist = history.unsqueeze(1).expand(batch, n_cand, seq_len, dim).reshape(batch * n_cand, seq_len, dim)
+    m = mask.to(torch.long).unsqueeze(1).expand(batch, n_cand, seq_len).reshape(batch * n_cand, seq_len)
+    positions = torch.arange(seq_len, device=mask.device)
+    # after the last real position; 0 when the row is empty (max over an all-zero mask would say 1)
+    slot = torch.where(m.sum(dim=1) > 0, (m * positions).max(dim=1).values + 1, torch.zeros_like(m[:, 0]))
+    at_slot = torch.nn.functional.one_hot(slot, seq_len + 1).to(torch.bool)  # [B*C, L+1]
+    seq = torch.cat([hist, hist.new_zeros(batch * n_cand, 1, dim)], dim=1)
+    seq = torch.where(at_slot.unsqueeze(-1), candidates.reshape(batch * n_cand, 1, dim), seq)
+    ext = torch.cat([m, m.new_zeros(batch * n_cand, 1)], dim=1).maximum(at_slot.to(torch.long))  # ONNX: no int OR
+    ext_ts = None
+    if timestamps is not None:
+        if candidate_timestamps is None:
+            raise ValueError("append_candidates: timestamps given for the history but not candidate_timestamps [B]")
+        ts = timestamps.to(torch.long).unsqueeze(1).expand(batch, n_cand, seq_len).reshape(batch * n_cand, seq_len)
+        ts = torch.cat([ts, ts.new_zeros(batch * n_cand, 1)], dim=1)
+        cand_ts = candidate_timestamps.to(torch.long).repeat_interleave(n_cand).unsqueeze(1)  # [B*C, 1]
+        ext_ts = torch.where(at_slot, cand_ts, ts)
+    return seq, ext, ext_ts
 
 
 class EarlyFusionScorer(nn.Module):
     """Appends each candidate to the user's sequence, runs the User LLM, and scores the output at the
-    candidate's position: the candidate meets every history item inside attention."""
+    candidate's position: the candidate meets every history item inside attention. One User LLM pass
+    per (user, candidate), all of a batch's candidates in one call."""
 
     def __init__(self, user_llm: UserLLM, dim: int):
         super().__init__()
         self.user_llm = user_llm
         self.head = nn.Linear(dim, 1)
 
-    def forward(self, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """history [B, L, D], mask [B, L] (right or left padded), candidates [B, C, D] -> logits [B, C]."""
-        batch, seq_len, dim = history.shape
-        n_cand = candidates.size(1)
-        # Put the candidate right after each row's last real item: [B*C, L+1, D].
-        hist = history.unsqueeze(1).expand(batch, n_cand, seq_len, dim).reshape(batch * n_cand, seq_len, dim)
-        m = mask.to(torch.long).unsqueeze(1).expand(batch, n_cand, seq_len).reshape(batch * n_cand, seq_len)
-        seq = torch.cat([hist, hist.new_zeros(batch * n_cand, 1, dim)], dim=1)
-        ext = torch.cat([m, m.new_zeros(batch * n_cand, 1)], dim=1)
-        positions = torch.arange(seq_len, device=mask.device)
-        slot = (m * positions).max(dim=1).values + 1
-        rows = torch.arange(batch * n_cand, device=mask.device)
-        onehot = torch.zeros(batch * n_cand, seq_len + 1, 1, dtype=seq.dtype, device=seq.device)
-        onehot[rows, slot] = 1.0
-        seq = seq * (1 - onehot) + onehot * candidates.reshape(batch * n_cand, 1, dim)
-        ext = ext.clone()
-        ext[rows, slot] = 1
-        out = self.user_llm(seq, ext)
+    def forward(self, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor,
+                timestamps: torch.Tensor | None = None, candidate_timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """history [B, L, D], mask [B, L] (right or left padded), candidates [B, C, D] (+ timestamps
+        [B, L] and candidate_timestamps [B] when the User LLM uses time gaps) -> logits [B, C]."""
+        batch, n_cand = candidates.shape[:2]
+        seq, ext, ext_ts = append_candidates(history, mask, candidates, timestamps, candidate_timestamps)
+        out = self.user_llm(seq, ext, ext_ts)
         return self.head(out.user_embedding).view(batch, n_cand)
 
 
-def click_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over (user, candidate) pairs; labels 1 = click."""
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+def click_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE over (user, candidate) pairs; labels 1 = click. `mask` [same shape] keeps only the
+    real candidates of a padded batch (the mean is over those)."""
+    if mask is None:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    keep = mask.to(torch.bool)
+    return F.binary_cross_entropy_with_logits(logits[keep], labels[keep].to(logits.dtype))
 
 
 def total_loss(
