@@ -8,6 +8,11 @@ The same `assemble_features` and `model_inputs` as training, so a cold-start use
 row older than max_staleness) gets exactly the defaults the ranker was trained with. Rows of another
 bundle version than the ranker's count as missing: a user embedding is never scored against an item
 embedding of another version, and a ranker never reads embeddings of a bundle it was not trained on.
+
+Missing data never fails a request: reads ask the store for `[n, D]` rows with D the ranker's embedding
+width (from its saved feature schema), so a request none of whose candidates is online still gets
+NaN rows, then every missing user and item its cold-start default. A None id is refused with a
+ValueError naming it (as a string it would read the row of a user called "None").
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class RequestScorer:
 
     def score(self, user_id, item_ids: Sequence, now_ts: int | None = None) -> ScoredRequest:
         now = int(time.time()) if now_ts is None else int(now_ts)
+        _refuse_missing_ids(user_id, item_ids)
         ids = [str(i) for i in item_ids]
         n = len(ids)
         version = self.ranker.bundle_version
@@ -52,8 +58,8 @@ class RequestScorer:
         features: dict[str, np.ndarray] = {}
         user_ok, items_ok = False, np.zeros(n, dtype=bool)
         if self.ranker.use_hllm:
-            user = self.store.user_embeddings([str(user_id)])
-            items = self.store.item_embeddings(ids)
+            user = self.store.user_embeddings([str(user_id)], dim=self.item_dim)
+            items = self.store.item_embeddings(ids, dim=self.item_dim)
             read_ms = (time.perf_counter() - started) * 1e3
             user_ok = bool(user.found[0] and user.bundle_versions[0] == version)
             items_ok = items.found & (np.asarray(items.bundle_versions, dtype=object) == version)
@@ -77,3 +83,15 @@ class RequestScorer:
         frame = pd.DataFrame({"user_id": [str(user_id)] * n, "item_id": ids, "timestamp": np.full(n, now, dtype=np.int64)})
         scores = self.ranker.score(model_inputs(frame, features, self.fc, self.ranker.use_hllm))
         return ScoredRequest(str(user_id), ids, scores, user_ok, items_ok, read_ms, (time.perf_counter() - t) * 1e3)
+
+
+def _refuse_missing_ids(user_id, item_ids: Sequence) -> None:
+    if _is_missing(user_id):
+        raise ValueError(f"user_id is {user_id!r}; expected an id (a cold-start user still has one)")
+    bad = [k for k, i in enumerate(item_ids) if _is_missing(i)]
+    if bad:
+        raise ValueError(f"item_ids: {len(bad)} missing id(s), first at position {bad[0]} ({item_ids[bad[0]]!r})")
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
