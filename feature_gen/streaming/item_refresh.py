@@ -6,6 +6,10 @@ reason); the newest event of each item in the batch is embedded with the Item LL
 and written to the online store under the consumer's bundle version. Offsets are committed after the
 write (consumer_loop).
 
+Poison-proof as the user consumer (refresh.py): building an item's text is guarded per record, and when
+embedding or writing the batch fails for a reason other than the store, each item is tried on its own
+and those that still fail are dead-lettered as `processing_failed`; a store failure stops the process.
+
 Ordering of changes: item events are keyed by item_id, so one item's changes arrive in order and the
 last one in the log wins. Within a batch the event with the newest timestamp wins (the later offset on
 a tie). A replay re-applies the same changes in the same order and ends in the same state.
@@ -19,8 +23,8 @@ import time
 from feature_gen.config import HLLMConfig
 from feature_gen.model.item_text import item_text_or_reject
 from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
-from feature_gen.streaming.dead_letter import DeadLetter
-from feature_gen.streaming.events import InvalidEvent, parse_item_event
+from feature_gen.streaming.dead_letter import DeadLetter, error_line
+from feature_gen.streaming.events import REASON_PROCESSING_FAILED, InvalidEvent, parse_item_event
 from feature_gen.streaming.metrics import StreamMetrics
 from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
 
@@ -49,7 +53,12 @@ class ItemRefresh:
             except InvalidEvent as exc:
                 letters.append(DeadLetter.of(r, exc.reason, exc.detail))
                 continue
-            text = item_text_or_reject(event.fields, self.encoders.text_cfg)
+            try:
+                text = item_text_or_reject(event.fields, self.encoders.text_cfg)
+            except Exception as exc:  # noqa: BLE001 (a field the text builder chokes on: this record's fault)
+                letters.append(DeadLetter.of(r, REASON_PROCESSING_FAILED, f"item_id {event.item_id[:80]!r}: "
+                                             f"building its text: {error_line(exc)}"))
+                continue
             if text.reject_reason is not None:
                 letters.append(DeadLetter.of(r, text.reject_reason, f"item_id {event.item_id!r}: {text.reject_reason} "
                                              f"(text keys {', '.join(self.encoders.text_cfg.text_keys)})"))
@@ -59,15 +68,48 @@ class ItemRefresh:
             if current is None or (event.timestamp, r.offset) >= current[:2]:
                 newest[event.item_id] = (event.timestamp, r.offset, text.text, r)
         if newest:
-            ids = list(newest)
-            vectors = self.encoders.embed_items([newest[i][2] for i in ids])
-            self.state.write_item_embeddings(ids, vectors)
+            ids, failed = self._embed_and_write(newest)
+            letters += failed
+            failed_offsets = {(letter.partition, letter.offset) for letter in failed}
+            accepted = [r for r in accepted if (r.partition, r.offset) not in failed_offsets]
             written_at = time.time()
             self.metrics.observe_freshness([max(0.0, written_at - r.timestamp / 1000) for r in accepted])
             self.metrics.count("embedded", len(ids))
             self.metrics.count("superseded", len(accepted) - len(ids))
             self.metrics.batch_entities.observe(len(ids))
         return BatchOutcome(letters, {})
+
+    def _embed_and_write(self, newest: dict[str, tuple]) -> tuple[list[str], list[DeadLetter]]:
+        """Embed and write the newest text of each item; on a failure that is not the store's, item by
+        item, dead-lettering those that still fail (all failing, of several: propagated, see refresh.py)."""
+        from feature_gen.store.feature_store import OnlineStoreError
+
+        def embed_write(ids: list[str]) -> None:
+            vectors = self.encoders.embed_items([newest[i][2] for i in ids])
+            self.state.write_item_embeddings(ids, vectors)
+
+        ids = list(newest)
+        try:
+            embed_write(ids)
+            return ids, []
+        except OnlineStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            first = exc
+        written, letters = [], []
+        for item_id in ids:
+            try:
+                embed_write([item_id])
+                written.append(item_id)
+            except OnlineStoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                letters.append(DeadLetter.of(newest[item_id][3], REASON_PROCESSING_FAILED,
+                                             f"item_id {item_id[:80]!r}: {error_line(exc)}"))
+        if len(ids) > 1 and not written:
+            raise first
+        return written, letters
+
 
 
 def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders=None, store=None) -> ConsumerLoop:

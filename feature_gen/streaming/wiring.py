@@ -1,6 +1,11 @@
 """What the two refresh consumers (`hllm refresh`, `hllm refresh-items`) share: loading the bundle's
 encoders, opening the online store, the Kafka clients and dead-letter writer around a processor, and
-running until a signal. Each consumer module only builds its processor."""
+running until a signal. Each consumer module only builds its processor.
+
+How a consumer stops on an error (`hllm` turns each into one line and an exit code, see hllm/cli.py):
+a Kafka client error that escapes the client's own retries becomes BrokerError naming the servers; an
+OnlineStoreError (the store failed) and BundleError / ConfigError (start-up) pass through unchanged.
+A failure tied to one record never gets here: the processors dead-letter it (refresh.py)."""
 
 from __future__ import annotations
 
@@ -57,12 +62,20 @@ def wire_loop(cfg: HLLMConfig, processor, metrics: StreamMetrics, *, topic: str,
 def run_until_signalled(cfg: HLLMConfig, build_loop, name: str, topic: str, group_id: str,
                         max_batches: int | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or `max_batches`); serve metrics when a port is configured."""
+    from kafka.errors import KafkaError
+
+    from feature_gen.streaming.clients import BrokerError
+
     stop = threading.Event()
     stop_on_signals(stop)
-    loop = build_loop(cfg, stop)
-    if cfg.stream.metrics_port is not None:
-        loop.metrics.serve(cfg.stream.metrics_port)
-    encoders = loop.processor.encoders
-    log.info("%s: group %s on %s, bundle %s (%s)", name, group_id, topic, encoders.version, encoders.runtime)
-    loop.run(max_batches=max_batches)
+    try:
+        loop = build_loop(cfg, stop)
+        if cfg.stream.metrics_port is not None:
+            loop.metrics.serve(cfg.stream.metrics_port)
+        encoders = loop.processor.encoders
+        log.info("%s: group %s on %s, bundle %s (%s)", name, group_id, topic, encoders.version, encoders.runtime)
+        loop.run(max_batches=max_batches)
+    except KafkaError as exc:
+        raise BrokerError(f"{name}: Kafka at {cfg.stream.bootstrap_servers} (group {group_id}, topic {topic}): "
+                          f"{type(exc).__name__}: {exc}") from exc
     return 0
