@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
     try:
         return _run(spark, args, cfg, version, text_cfg, started)
+    except Exception as exc:
+        from spark_jobs.job_setup import unreadable_input_line
+
+        line = unreadable_input_line(exc, args.items)
+        if line is None:
+            raise
+        print(f"item_embed: {line}", file=sys.stderr)  # one line: the input is the operator's to fix
+        return 2
     finally:
         spark.stop()
 

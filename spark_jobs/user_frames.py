@@ -14,27 +14,38 @@ from spark_jobs.worker_model import WorkerStats, timed_batches, worker_bundle
 USER_ID, ITEM_ID, TIMESTAMP, ORDER = "user_id", "item_id", "timestamp", "_order"
 # Reasons an interaction is rejected (user_rejects), never silently dropped.
 NULL_USER_ID, NULL_ITEM_ID, BAD_TIMESTAMP, UNKNOWN_ITEM = "null_user_id", "null_item_id", "bad_timestamp", "unknown_item"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # outside feature_gen.data.event_time's plausible window
 
 
-def check_interactions(raw: DataFrame) -> DataFrame:
+def check_interactions(raw: DataFrame, now: float | None = None) -> DataFrame:
     """user_id, item_id (strings), timestamp (int64 seconds), _order (file order), reason (null = ok),
-    row_json."""
+    row_json. A timestamp outside the plausible window of feature_gen.data.event_time (the stream's rule
+    too) is rejected as timestamp_out_of_range: one far-future value would otherwise overflow the
+    job's datetime conversion and fail it for everyone, or become a user's newest event."""
+    from feature_gen.data.event_time import MIN_EVENT_TS, max_event_ts
+
+    newest = max_event_ts(now)
     missing = [c for c in (USER_ID, ITEM_ID, TIMESTAMP) if c not in raw.columns]
     if missing:
         raise ValueError(f"interactions: missing column(s) {', '.join(missing)} (have: {', '.join(raw.columns)})")
     ts_type = raw.schema[TIMESTAMP].dataType
+    in_int64 = F.lit(True)
     if isinstance(ts_type, TimestampType):
         seconds = F.unix_timestamp(F.col(TIMESTAMP)).cast(LongType())
     elif isinstance(ts_type, NumericType):
-        # a fractional value is not a whole number of seconds: rejected below rather than rounded
-        seconds = F.when(F.col(TIMESTAMP) == F.floor(F.col(TIMESTAMP)), F.col(TIMESTAMP).cast(LongType()))
+        # a fractional value is not a whole number of seconds: rejected below rather than rounded; a
+        # value beyond int64 is never cast (ANSI mode would fail the job): out of range, below
+        in_int64 = (F.col(TIMESTAMP) >= -(2**62)) & (F.col(TIMESTAMP) <= 2**62)  # 2**62: exact in a double
+        seconds = F.when(in_int64 & (F.col(TIMESTAMP) == F.floor(F.col(TIMESTAMP))), F.col(TIMESTAMP).cast(LongType()))
     else:
         seconds = F.col(TIMESTAMP).cast("string").try_cast(LongType())
     numbered = raw.withColumn(ORDER, F.monotonically_increasing_id())
     reason = (
         F.when(F.col(USER_ID).isNull(), F.lit(NULL_USER_ID))
         .when(F.col(ITEM_ID).isNull(), F.lit(NULL_ITEM_ID))
+        .when(~in_int64, F.lit(TIMESTAMP_OUT_OF_RANGE))
         .when(seconds.isNull(), F.lit(BAD_TIMESTAMP))
+        .when((seconds < MIN_EVENT_TS) | (seconds > newest), F.lit(TIMESTAMP_OUT_OF_RANGE))
     )
     return numbered.select(
         F.col(USER_ID).cast("string").alias(USER_ID),
