@@ -36,9 +36,16 @@ def consumer_store(cfg: HLLMConfig, store=None):
     """The online store the consumer writes to: `store` when a caller already holds one (tests, demo)."""
     if store is not None:
         return store
-    from feature_gen.store.feature_store import open_store
+    from feature_gen.store.feature_store import FeatureStoreError, OnlineStoreError, open_store
 
-    return open_store(cfg.store)
+    try:
+        return open_store(cfg.store)
+    except (FeatureStoreError, OnlineStoreError):
+        raise
+    except Exception as exc:  # Redis unreachable, a registry file that cannot be opened: the store's, not ours
+        where = cfg.store.redis_connection if cfg.store.online_store == "redis" else cfg.store.repo_path
+        raise OnlineStoreError(f"opening the {cfg.store.online_store} feature store at {where} failed: "
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def wire_loop(cfg: HLLMConfig, processor, metrics: StreamMetrics, *, topic: str, group_id: str,
