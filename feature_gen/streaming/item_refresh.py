@@ -22,7 +22,7 @@ import time
 
 from feature_gen.config import HLLMConfig
 from feature_gen.model.item_text import item_text_or_reject
-from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
+from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop, FencedError
 from feature_gen.streaming.dead_letter import DeadLetter, error_line
 from feature_gen.streaming.events import REASON_PROCESSING_FAILED, InvalidEvent, parse_item_event
 from feature_gen.streaming.metrics import StreamMetrics
@@ -92,7 +92,7 @@ class ItemRefresh:
         try:
             embed_write(ids)
             return ids, []
-        except OnlineStoreError:
+        except (OnlineStoreError, FencedError):  # not the records' fault: the loop decides
             raise
         except Exception as exc:  # noqa: BLE001
             first = exc
@@ -101,7 +101,7 @@ class ItemRefresh:
             try:
                 embed_write([item_id])
                 written.append(item_id)
-            except OnlineStoreError:
+            except (OnlineStoreError, FencedError):
                 raise
             except Exception as exc:  # noqa: BLE001
                 letters.append(DeadLetter.of(newest[item_id][3], REASON_PROCESSING_FAILED,
@@ -121,7 +121,9 @@ def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encode
     metrics = StreamMetrics("item_refresh")
     processor = ItemRefresh(OnlineState(consumer_store(cfg, store), encoders.version, s.item_cache_ttl_ms), encoders,
                             metrics, s.max_item_event_bytes)
-    return wire_loop(cfg, processor, metrics, topic=s.item_events_topic, group_id=s.item_group_id, stop=stop)
+    loop = wire_loop(cfg, processor, metrics, topic=s.item_events_topic, group_id=s.item_group_id, stop=stop)
+    processor.state.fence = loop.fence  # every online write proves the member still owns its partitions
+    return loop
 
 
 def run_item_refresh(cfg: HLLMConfig, max_batches: int | None = None) -> int:

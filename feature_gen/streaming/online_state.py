@@ -1,5 +1,8 @@
 """What the refresh consumers read and write, through the feature store's API (never their own keys).
 
+Every write first calls `fence` (the consumer loop's: it proves the member still owns its partitions,
+so a member that stalled and lost them does not write over its successor; see consumer_loop).
+
     users:  recent-item sequence (user_recent_items view) -> RecentSequence; user embeddings written
             with `only_newer_events`, so a replay or a zombie consumer never moves one backwards
     items:  item embeddings of the consumer's bundle version; another version's embedding counts as
@@ -14,7 +17,7 @@ new item's embedding is found as soon as it is written.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -32,6 +35,7 @@ class OnlineState:
         self.version = bundle_version
         self.item_cache_ttl_s = item_cache_ttl_ms / 1000
         self._items: dict[str, tuple[float, np.ndarray]] = {}  # item_id -> (read at, vector)
+        self.fence: Callable[[], None] = lambda: None  # set by the consumer that owns this state
 
     # ------------------------------------------------------------------ users
 
@@ -45,6 +49,7 @@ class OnlineState:
     def write_sequences(self, sequences: dict[str, RecentSequence]) -> None:
         if not sequences:
             return
+        self.fence()
         frame = pd.DataFrame({
             "user_id": list(sequences),
             "recent_item_ids": [s.item_ids for s in sequences.values()],
@@ -54,6 +59,7 @@ class OnlineState:
         self.store.push_recent_items(frame)
 
     def write_user_embeddings(self, user_ids: list[str], emb: UserEmbeddings) -> None:
+        self.fence()
         frame = pd.DataFrame({
             "user_id": user_ids,
             "embedding": list(emb.vectors),
@@ -90,6 +96,7 @@ class OnlineState:
         return out
 
     def write_item_embeddings(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        self.fence()
         frame = pd.DataFrame({"item_id": item_ids, "embedding": list(vectors), "bundle_version": self.version})
         self.store.push_item_embeddings(frame)
         now = time.monotonic()

@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from feature_gen.config import HLLMConfig
-from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
+from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop, FencedError
 from feature_gen.streaming.dead_letter import DeadLetter, error_line
 from feature_gen.streaming.events import (
     REASON_PROCESSING_FAILED,
@@ -124,7 +124,7 @@ class UserRefresh:
         try:
             self.write(ready)
             return []
-        except OnlineStoreError:
+        except (OnlineStoreError, FencedError):  # not the records' fault: the loop decides
             raise
         except Exception as exc:  # noqa: BLE001 (narrowed down below: a record's fault or a systemic one)
             first = exc
@@ -135,7 +135,7 @@ class UserRefresh:
         for uid, held in by_user.items():
             try:
                 self.write(held)
-            except OnlineStoreError:
+            except (OnlineStoreError, FencedError):
                 raise
             except Exception as exc:  # noqa: BLE001
                 failures[uid] = exc
@@ -205,7 +205,9 @@ def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encode
         max_event_bytes=s.max_event_bytes, max_recent_items=max(s.max_recent_items, encoders.max_seq_len),
         unknown_item_wait_ms=s.unknown_item_wait_ms, max_waiting_events=s.max_waiting_events,
     )
-    return wire_loop(cfg, processor, metrics, topic=s.user_events_topic, group_id=s.group_id, stop=stop)
+    loop = wire_loop(cfg, processor, metrics, topic=s.user_events_topic, group_id=s.group_id, stop=stop)
+    processor.state.fence = loop.fence  # every online write proves the member still owns its partitions
+    return loop
 
 
 def run_refresh(cfg: HLLMConfig, max_batches: int | None = None) -> int:
