@@ -71,9 +71,13 @@ def mark_unknown_items(checked: DataFrame, item_ids: DataFrame) -> DataFrame:
 
 
 def recent_events(valid: DataFrame, keep: int) -> DataFrame:
-    """Each user's newest `keep` events with `rank` (1 = newest); ties on timestamp broken by file order."""
+    """Each user's newest `keep` events with `rank` (1 = newest); ties on timestamp broken by file order.
+    An exact repeat (same user, item and timestamp: a replayed log) counts once, at its first position:
+    the stream's merge rule (feature_gen/streaming/recent_items.py), so batch and stream agree."""
+    first_seen = Window.partitionBy(USER_ID, ITEM_ID, TIMESTAMP).orderBy(F.col(ORDER))
+    unique = valid.withColumn("_repeat", F.row_number().over(first_seen)).filter(F.col("_repeat") == 1).drop("_repeat")
     newest_first = Window.partitionBy(USER_ID).orderBy(F.col(TIMESTAMP).desc(), F.col(ORDER).desc())
-    return valid.withColumn("rank", F.row_number().over(newest_first)).filter(F.col("rank") <= keep)
+    return unique.withColumn("rank", F.row_number().over(newest_first)).filter(F.col("rank") <= keep)
 
 
 def recent_items(recent: DataFrame) -> DataFrame:
