@@ -18,7 +18,7 @@ import torch
 from feature_gen.model.bundle import read_manifest
 from feature_gen.store.offline_store import USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS, read_version
 from feature_gen.streaming.clients import make_producer
-from feature_gen.streaming.encoders import load_stream_encoders
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.events import user_event_json
 from feature_gen.streaming.produce import send_paced
 from feature_gen.streaming.refresh import build_user_loop
@@ -77,7 +77,7 @@ def test_batch_jobs_and_the_consumer_store_identical_state(tmp_path, broker, tin
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        encoders = load_stream_encoders(tiny_bundle)
+        encoders = load_encoders(tiny_bundle)
         store = store_of(cfg)
         send_paced(make_producer(cfg.stream), cfg.stream.user_events_topic, messages)
         loop = build_user_loop(cfg, threading.Event(), encoders, store)

@@ -66,7 +66,7 @@ def test_an_unreachable_store_is_one_line_and_exit_3(tiny_bundle, tmp_path, brok
 @pytest.mark.parametrize("error, code", [
     ("feature_gen.config:ConfigError", 2), ("feature_gen.data.contract:DataError", 2),
     ("feature_gen.model.bundle:BundleError", 2), ("feature_gen.store.feature_store:FeatureStoreError", 3),
-    ("feature_gen.store.feature_store:VersionMismatchError", 3), ("feature_gen.store.feature_store:OnlineStoreError", 3),
+    ("feature_gen.store.feature_store:OnlineStoreError", 3),
     ("feature_gen.streaming.clients:BrokerError", 4), ("kafka.errors:KafkaTimeoutError", 4), ("builtins:KeyError", None),
 ])
 def test_each_error_type_has_its_documented_code(error, code):

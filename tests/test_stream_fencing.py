@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from feature_gen.streaming.clients import make_producer
-from feature_gen.streaming.encoders import load_stream_encoders
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.produce import send_paced, user_messages
 from feature_gen.streaming.refresh import build_user_loop
@@ -33,7 +33,7 @@ from tests.test_streaming_refresh import check_alive, running
 def encoders(tiny_bundle):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_stream_encoders(tiny_bundle)
+    yield load_encoders(tiny_bundle)
     torch.set_num_threads(threads)
 
 

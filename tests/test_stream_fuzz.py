@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from kafka.consumer.fetcher import ConsumerRecord
 
 from feature_gen.config import StoreConfig
-from feature_gen.streaming.encoders import load_stream_encoders
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.events import InvalidEvent, ItemEvent, UserEvent, parse_item_event, parse_user_event
 from feature_gen.streaming.item_refresh import ItemRefresh
 from feature_gen.streaming.metrics import StreamMetrics
@@ -143,7 +143,7 @@ def world(tiny_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_store")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    encoders = load_stream_encoders(tiny_bundle)
+    encoders = load_encoders(tiny_bundle)
     store = open_store(StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline"), project="fuzz"))
     seed_item_embeddings(store, encoders, KNOWN_ITEMS)
     yield store, encoders

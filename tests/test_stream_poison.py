@@ -25,7 +25,7 @@ from feature_gen.streaming.dead_letter import (
     DeadLetterWriter,
     read_headers,
 )
-from feature_gen.streaming.encoders import load_stream_encoders
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.events import InvalidEvent, parse_item_event, parse_user_event, user_event_json
 from feature_gen.streaming.item_refresh import build_item_loop
 from feature_gen.streaming.metrics import StreamMetrics
@@ -65,7 +65,7 @@ def user_event_with_ts(ts) -> bytes:
 def encoders(tiny_bundle):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_stream_encoders(tiny_bundle)
+    yield load_encoders(tiny_bundle)
     torch.set_num_threads(threads)
 
 
