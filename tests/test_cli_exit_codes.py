@@ -1,5 +1,5 @@
 """Issue 20: every project error type becomes one line and its documented exit code (hllm/cli.py):
-2 config / data / bundle, 3 feature store, 4 broker."""
+2 config / data / bundle, 3 broker, 4 feature store."""
 
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ def test_a_tampered_bundle_is_one_line_and_exit_2(tiny_bundle, tmp_path, capsys)
     assert _one_line(capsys).startswith("hllm refresh: BundleError: ")
 
 
-def test_an_unreachable_broker_is_one_line_and_exit_4(tiny_bundle, tmp_path, capsys):
+def test_an_unreachable_broker_is_one_line_and_exit_3(tiny_bundle, tmp_path, capsys):
     cfg = stream_config(tmp_path, _Broker, tiny_bundle)
-    assert _refresh(cfg, tmp_path) == 4
+    assert _refresh(cfg, tmp_path) == 3
     line = _one_line(capsys)
-    assert line.startswith("hllm refresh: BrokerError: ") and _Broker.bootstrap in line
+    assert line.startswith("hllm refresh: Broker") and _Broker.bootstrap in line
 
 
-def test_an_unreachable_store_is_one_line_and_exit_3(tiny_bundle, tmp_path, broker, capsys):
+def test_an_unreachable_store_is_one_line_and_exit_4(tiny_bundle, tmp_path, broker, capsys):
     from feature_gen.streaming.clients import make_producer
     from feature_gen.streaming.events import user_event_json
     from feature_gen.streaming.produce import send_paced
@@ -58,16 +58,17 @@ def test_an_unreachable_store_is_one_line_and_exit_3(tiny_bundle, tmp_path, brok
     create_stream_topics(cfg, partitions=1)
     send_paced(make_producer(cfg.stream), cfg.stream.user_events_topic, [(b"u", user_event_json("u", "1", 5))])
     unreachable = f"127.0.0.1:{free_port()}"  # Feast opens Redis lazily: the first read of the batch fails
-    assert _refresh(cfg, tmp_path, "--set", "store.online_store=redis", "--set", f"store.redis_connection={unreachable}") == 3
+    assert _refresh(cfg, tmp_path, "--set", "store.online_store=redis", "--set", f"store.redis_connection={unreachable}") == 4
     line = _one_line(capsys)
     assert line.startswith("hllm refresh: OnlineStoreError: ") and unreachable in line
 
 
 @pytest.mark.parametrize("error, code", [
     ("feature_gen.config:ConfigError", 2), ("feature_gen.data.contract:DataError", 2),
-    ("feature_gen.model.bundle:BundleError", 2), ("feature_gen.store.feature_store:FeatureStoreError", 3),
-    ("feature_gen.store.feature_store:OnlineStoreError", 3),
-    ("feature_gen.streaming.clients:BrokerError", 4), ("kafka.errors:KafkaTimeoutError", 4), ("builtins:KeyError", None),
+    ("feature_gen.model.bundle:BundleError", 2), ("feature_gen.store.feature_store:FeatureStoreError", 4),
+    ("feature_gen.store.feature_store:OnlineStoreError", 4),
+    ("feature_gen.streaming.clients:BrokerError", 3), ("kafka.errors:KafkaTimeoutError", 3),
+    ("feature_gen.streaming.clients:BrokerUnreachable", 3), ("builtins:KeyError", None),
 ])
 def test_each_error_type_has_its_documented_code(error, code):
     from importlib import import_module

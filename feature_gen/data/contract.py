@@ -158,9 +158,10 @@ def fingerprint(items: pd.DataFrame, interactions: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def load_files(items_path: str | Path, interactions_path: str | Path, text_cfg: ItemTextConfig):
-    """Read and check both tables of the contract from files."""
-    items = validate_items(read_table(items_path), str(items_path), text_cfg)
-    interactions = validate_interactions(read_table(interactions_path), str(interactions_path))
+def load_files(items_path: str | Path, interactions_path: str | Path, text_cfg: ItemTextConfig, read=read_table):
+    """Read and check both tables of the contract from files (`read`: path -> DataFrame, e.g.
+    feature_gen.data.formats.read_mapped, which maps a team's columns and formats onto the contract)."""
+    items = validate_items(read(items_path), str(items_path), text_cfg)
+    interactions = validate_interactions(read(interactions_path), str(interactions_path))
     check_known_items(interactions, items[ITEM_ID], str(interactions_path))
     return items, interactions
