@@ -199,6 +199,9 @@ class SparkConfig(_Section):
     arrow_batch_rows: int = Field(2048, gt=0)
     partitions: Optional[int] = Field(None, gt=0, description="repartition input to this many tasks (None: 2 x default parallelism)")
     max_recent_items: int = Field(50, gt=0, description="recent item ids kept per user for the streaming refresh")
+    device: str = Field("cpu", description="torch device of the workers' models: cpu, cuda, cuda:N (auto: CUDA where present)")
+    materialize_batch_rows: int = Field(
+        2000, gt=0, description="rows per online write inside an executor task (--materialize): one Feast write / Redis pipeline")
 
 
 class StoreConfig(_Section):
@@ -210,10 +213,21 @@ class StoreConfig(_Section):
 
     repo_path: str = "outputs/feature_repo"
     project: str = "hllm_features"
+    # Any Hadoop URI for the Spark jobs (hdfs://, s3a://, gs://, file://, a path); Feast's file offline
+    # store reads local, s3:// and gs:// paths.
     offline_root: str = "outputs/features"
+    # Feast registry: None = <repo_path>/registry.db; a path or s3:// / gs:// URI = a registry file; a
+    # SQLAlchemy URL (postgresql://, mysql://, sqlite:///) = Feast's SQL registry (shared, transactional).
+    registry: Optional[str] = None
+    registry_cache_ttl_s: int = Field(60, ge=0, description="how long a process caches the registry before re-reading it")
     online_store: Literal["sqlite", "redis"] = "sqlite"
     sqlite_path: Optional[str] = None
-    redis_connection: str = "127.0.0.1:6379"
+    redis_connection: str = Field("127.0.0.1:6379", description="host:port (a cluster: host1:port1,host2:port2)")
+    redis_type: Literal["redis", "redis_cluster"] = "redis"
+    redis_password_env: Optional[str] = Field(
+        None, description="environment variable holding the Redis password (feature_store.yaml gets ${VAR}, never the secret)")
+    redis_ssl: bool = False
+    redis_key_ttl_s: Optional[int] = Field(None, gt=0, description="Redis key TTL: users not written for this long expire")
 
 
 class StreamConfig(_Section):

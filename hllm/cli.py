@@ -174,13 +174,21 @@ def cmd_export(args) -> int:
 def cmd_materialize(args) -> int:
     from hllm.materialize_cli import run_materialize
 
-    return run_materialize(_load(args), args.version, args.bundle, args.views.split(",") if args.views else None)
+    return run_materialize(_load(args), args.version, args.bundle, args.views.split(",") if args.views else None,
+                           engine=args.engine, master=args.master)
+
+
+def cmd_feature_repo(args) -> int:
+    from hllm.materialize_cli import run_feature_repo
+
+    return run_feature_repo(_load(args), args.version)
 
 
 def cmd_validate_features(args) -> int:
     from ranker_integration.feature_config import run_validate_features
 
-    return run_validate_features(args.features, args.bundle, _load(args).store)
+    return run_validate_features(args.features, args.bundle, _load(args).store, min_coverage=args.min_coverage,
+                                 catalogue_size=args.catalogue_size, active_users=args.active_users)
 
 
 def cmd_refresh(args) -> int:
@@ -285,11 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="bundle version to publish, e.g. hllm-1a2b3c4d5e6f")
     p.add_argument("--bundle", default=None, help="... or the bundle folder whose version to publish")
     p.add_argument("--views", default=None, help="comma-separated subset of item_embedding,user_embedding,user_recent_items")
+    p.add_argument("--engine", choices=["driver", "spark"], default="driver",
+                   help="driver: this process reads the version and writes it (small tables); spark: Spark executors "
+                        "write their partitions (any size; --master, or spark-submit's)")
+    p.add_argument("--master", default=None, help="Spark master for --engine spark (default local[*])")
     p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("feature-repo", help="create or update the Feast feature repo (store section) and apply it, "
+                                            "under a lock; --version makes that bundle version the one served")
+    _config_args(p, required=False)
+    p.add_argument("--version", default=None, help="bundle version the serving views' batch sources read (default: keep)")
+    p.set_defaults(func=cmd_feature_repo)
 
     p = sub.add_parser("validate-features", help="check the ranker's feature config against the feature store and a bundle")
     p.add_argument("--features", default=None, help="feature config YAML (default: the shipped ranker_integration/feature_config.yaml)")
     p.add_argument("--bundle", required=True, help="bundle folder (<root>/<version>/) the features must match")
+    p.add_argument("--min-coverage", type=float, default=0.99,
+                   help="least fraction of the version's offline rows found online with this version, and of "
+                        "--catalogue-size / --active-users found offline (default 0.99)")
+    p.add_argument("--catalogue-size", type=int, default=None, help="items the catalogue holds (offline item rows are checked against it)")
+    p.add_argument("--active-users", type=int, default=None, help="users to be served (offline user rows are checked against it)")
     _config_args(p, required=False)
     p.set_defaults(func=cmd_validate_features)
 

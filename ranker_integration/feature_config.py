@@ -217,10 +217,10 @@ def _registered_views(store_cfg) -> dict:
         views = store.feast.list_feature_views()
     except Exception as exc:  # a repo never applied has no registry file
         raise FeatureConfigError(f"{store.repo_path}: no readable Feast registry ({type(exc).__name__}: {exc}); "
-                                 "apply the repo first (any job, `hllm materialize`)") from None
+                                 "create it first (`hllm feature-repo`, any job with --materialize, `hllm materialize`)") from None
     if not views:
         raise FeatureConfigError(f"{store.repo_path}: no feature views registered; apply the repo first "
-                                 "(any job, `hllm materialize`)")
+                                 "(`hllm feature-repo`)")
     return {v.name: v for v in views}
 
 
@@ -294,21 +294,85 @@ def validate_feature_config(fc: FeatureConfig, store_cfg, bundle_dir: str | Path
     return report
 
 
-def run_validate_features(features_path: str | None, bundle_dir: str, store_cfg) -> int:
-    """`hllm validate-features`: exit 0 and print what was checked, or 2 and one line per problem."""
+@dataclass
+class RowCount:
+    view: str
+    offline: int  # rows of the version in the offline store
+    probed: int  # offline ids looked up online (all of them up to the probe limit, else a random sample)
+    online: int  # of those, found online with this bundle version
+
+
+def count_version_rows(store_cfg, version: str, probe_limit: int = 100_000, seed: int = 0) -> list[RowCount]:
+    """Rows of bundle `version` per embedding view: offline (the version's Parquet), and online (the
+    offline ids looked up in the online store, counted where the row there carries this version)."""
+    import numpy as np
+
+    from feature_gen.store.feature_store import open_store
+    from feature_gen.store.offline_store import OfflineStoreError, read_version
+
+    store = open_store(store_cfg, apply=False)
+    counts = []
+    for view, key, lookup in (("item_embedding", "item_id", store.item_embeddings), ("user_embedding", "user_id", store.user_embeddings)):
+        try:
+            ids = read_version(store_cfg.offline_root, view, version, columns=[key])[key].astype(str).to_numpy()
+        except OfflineStoreError:
+            ids = np.array([], dtype=object)
+        probe = ids if len(ids) <= probe_limit else np.random.default_rng(seed).choice(ids, probe_limit, replace=False)
+        online = 0
+        for start in range(0, len(probe), 5000):
+            got = lookup(probe[start : start + 5000].tolist())
+            online += int(sum(bool(f) and v == version for f, v in zip(got.found, got.bundle_versions)))
+        counts.append(RowCount(view, len(ids), len(probe), online))
+    return counts
+
+
+def row_problems(counts: list[RowCount], version: str, min_coverage: float,
+                 catalogue_size: int | None = None, active_users: int | None = None) -> list[str]:
+    """One line per view whose rows of `version` are missing or below `min_coverage`, naming the count."""
+    expected = {"item_embedding": (catalogue_size, "the catalogue"), "user_embedding": (active_users, "the active users")}
+    problems = []
+    for c in counts:
+        size, what = expected[c.view]
+        if c.offline == 0:
+            problems.append(f"{c.view}: 0 rows of bundle {version} offline; run the Spark job for this bundle")
+            continue
+        if size and c.offline < min_coverage * size:
+            problems.append(f"{c.view}: {c.offline} rows of bundle {version} offline, {c.offline / size:.1%} of {what} "
+                            f"({size}); expected at least {min_coverage:.0%}")
+        if c.online == 0:
+            problems.append(f"{c.view}: 0 of {c.probed} rows of bundle {version} online; materialize the version "
+                            "(`hllm materialize --bundle ...` or the job's --materialize)")
+        elif c.online < min_coverage * c.probed:
+            problems.append(f"{c.view}: {c.online} of {c.probed} probed rows of bundle {version} online "
+                            f"({c.online / c.probed:.1%}); expected at least {min_coverage:.0%}")
+    return problems
+
+
+def run_validate_features(features_path: str | None, bundle_dir: str, store_cfg, min_coverage: float = 0.99,
+                          catalogue_size: int | None = None, active_users: int | None = None) -> int:
+    """`hllm validate-features`: exit 0 and print what was checked, or 2 and one line per problem. Checks
+    the config against the registered views and the bundle, then the bundle version's rows: offline and
+    online, each at least `min_coverage` (of --catalogue-size / --active-users offline, of the offline
+    rows online)."""
     import sys
 
     features_path = features_path or str(SHIPPED_CONFIG)
     try:
         fc = load_feature_config(features_path)
         report = validate_feature_config(fc, store_cfg, bundle_dir)
+        counts = count_version_rows(store_cfg, report.bundle_version)
+        problems = row_problems(counts, report.bundle_version, min_coverage, catalogue_size, active_users)
+        if problems:
+            raise FeatureConfigError("\n".join(problems))
     except FeatureConfigError as exc:
         for line in str(exc).splitlines():
             print(f"hllm validate-features: {line}", file=sys.stderr)
         return 2
     for line in report.checked:
         print(line)
+    for c in counts:
+        print(f"{c.view:20s} {c.offline} rows of {report.bundle_version} offline; {c.online} of {c.probed} probed online")
     pin = "pinned" if report.pinned else "not pinned (bundle_version: any)"
     print(f"ok: {features_path}: {len(report.checked)} features match the feature store and bundle "
-          f"{report.bundle_version} (item_dim {report.item_dim}); version {pin}")
+          f"{report.bundle_version} (item_dim {report.item_dim}); version {pin}; rows at least {min_coverage:.0%} covered")
     return 0

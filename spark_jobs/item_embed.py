@@ -13,37 +13,38 @@ import sys
 import time
 import uuid
 
-from feature_gen.model.bundle import read_manifest
-from feature_gen.config import ConfigError, ItemTextConfig
-from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS
+from feature_gen.config import ItemTextConfig
+from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS, VERSION_COLUMN
 from feature_gen.store.schema import ITEM_ID, with_spark_event_timestamp
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs.job_setup import job_arguments, job_config, spark_session
+    from spark_jobs.job_setup import driver_bundle_before_spark, job_arguments, job_config, spark_session
 
     args = job_arguments(__doc__.splitlines()[0], "--items", "item table: Parquet, CSV or JSON lines").parse_args(argv)
     try:
         cfg = job_config(args)
-        manifest = read_manifest(args.bundle)
+        bundle = driver_bundle_before_spark(args.bundle)  # None: a remote URI, fetched once Spark is up
+        if bundle is not None:
+            _check_bundle(bundle)
     except Exception as exc:  # config and bundle problems are the operator's to fix: one line, no trace
-        print(f"item_embed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    version = manifest["version"]
-    text_cfg = ItemTextConfig(**manifest["item_text"])
-    try:
-        _check_prompt_budget(args.bundle, text_cfg)
-    except ConfigError as exc:  # every item would embed to the same vector: refuse before any work
-        print(f"item_embed: {args.bundle}: {exc}", file=sys.stderr)
+        print(f"item_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
 
-    spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
+    spark = spark_session("hllm item_embed" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
     try:
+        from spark_jobs.job_setup import driver_bundle_with_spark
         from spark_jobs.progress import job_progress
 
+        try:
+            bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
+            _check_bundle(bundle)
+        except Exception as exc:
+            print(f"item_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
         with job_progress(spark, "item_embed"):
-            return _run(spark, args, cfg, version, text_cfg, started)
+            return _run(spark, args, cfg, bundle, started)
     except Exception as exc:
         from spark_jobs.job_setup import unreadable_input_line
 
@@ -56,24 +57,30 @@ def main(argv: list[str] | None = None) -> int:
         spark.stop()
 
 
-def _check_prompt_budget(bundle: str, text_cfg: ItemTextConfig) -> None:
+def _check_bundle(bundle) -> None:
+    """Refuse, before any work, a bundle whose prompt fills the token budget (every item would embed to
+    the same vector)."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
     from feature_gen.model.item_text import check_prompt_budget
 
-    check_prompt_budget(AutoTokenizer.from_pretrained(Path(bundle) / "tokenizer"), text_cfg)
+    text_cfg = ItemTextConfig(**bundle.manifest["item_text"])
+    check_prompt_budget(AutoTokenizer.from_pretrained(Path(bundle.local_dir) / "tokenizer"), text_cfg)
 
 
-def _run(spark, args, cfg, version, text_cfg, started) -> int:
+def _run(spark, args, cfg, bundle, started) -> int:
     from pyspark.sql import functions as F
 
     from spark_jobs.item_frames import embed_items, prepare_items
-    from spark_jobs.job_setup import inference_options, read_input, table_paths
+    from spark_jobs.job_setup import inference_options, read_input, spark_settings_line, table_paths
     from spark_jobs.publish import publish
     from spark_jobs.worker_model import WorkerStats
 
+    version = bundle.manifest["version"]
+    text_cfg = ItemTextConfig(**bundle.manifest["item_text"])
+    print(f"item_embed: {spark_settings_line(spark, cfg)}", flush=True)
     try:
         from spark_jobs.input_mapping import map_to_contract
 
@@ -90,9 +97,12 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     rej = table_paths(cfg.store.offline_root, ITEM_REJECTS, version, run_id)
 
     embedded = embed_items(prepared.filter(F.col("reason").isNull()), args.bundle, opts, stats)
-    # The offline event-time rule (store.schema): an item row is valid from the epoch.
-    with_spark_event_timestamp(embedded).write.mode("overwrite").parquet(out.staging)
-    prepared.filter(F.col("reason").isNotNull()).select(ITEM_ID, "reason", "row_json").write.mode("overwrite").parquet(rej.staging)
+    # The offline event-time rule (store.schema): an item row is valid from the epoch. The version is a
+    # column of the files too: one version's folder is a complete Feast source.
+    with_spark_event_timestamp(embedded).withColumn(VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(
+        out.staging)
+    prepared.filter(F.col("reason").isNotNull()).select(ITEM_ID, "reason", "row_json").withColumn(
+        VERSION_COLUMN, F.lit(version)).write.mode("overwrite").parquet(rej.staging)
 
     n_embedded = spark.read.parquet(out.staging).count()
     reasons = {r["reason"]: r["count"] for r in spark.read.parquet(rej.staging).groupBy("reason").count().collect()}
@@ -108,11 +118,12 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
         flush=True,
     )
     if args.materialize:
-        from feature_gen.store.feature_store import open_store
+        from spark_jobs.online_write import materialize_online
 
-        written = open_store(cfg.store).materialize_version(version, views=[ITEM_EMBEDDING])
+        written = materialize_online(spark, cfg.store, version, [ITEM_EMBEDDING], cfg.spark.materialize_batch_rows,
+                                     cfg.spark.partitions)
         print(f"item_embed: materialized {written[ITEM_EMBEDDING]} item embeddings of {version} into the "
-              f"{cfg.store.online_store} online store", flush=True)
+              f"{cfg.store.online_store} online store (from the executors)", flush=True)
     return 0
 
 

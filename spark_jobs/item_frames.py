@@ -22,6 +22,7 @@ class InferenceOptions:
     torch_threads: int = 1
     bucket: bool = True
     partitions: int = 2
+    device: str = "cpu"  # torch device of the workers' models (cpu, cuda, cuda:N)
 
 
 def prepare_items(raw: DataFrame, text_cfg: ItemTextConfig) -> DataFrame:
@@ -58,7 +59,7 @@ def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, s
         spread = spread.sortWithinPartitions(F.length("text").desc())
 
     def run(batches):
-        encoders = worker_encoders(bundle_path, opts.torch_threads, stats)
+        encoders = worker_encoders(bundle_path, opts.torch_threads, stats, device=opts.device)
         yield from timed_batches(batches, lambda pdf: embed_item_batch(pdf, encoders, opts.batch_size, opts.bucket), stats)
 
     return spread.mapInPandas(run, ITEM_EMBEDDING_SPARK_SCHEMA)

@@ -14,7 +14,15 @@ from spark_jobs.item_frames import InferenceOptions
 
 def job_arguments(description: str, input_flag: str, input_help: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--bundle", required=True, help="model bundle folder (<root>/<version>), visible to every executor")
+    p.add_argument("--bundle", required=True,
+                   help="model bundle folder (<root>/<version>): a path or any Hadoop URI (file://, hdfs://, s3a://, gs://); "
+                        "a path or file:// must be visible to every executor, other schemes are shipped by Spark")
+    p.add_argument("--ship-bundle", action="store_true",
+                   help="have Spark copy the bundle to each executor once (SparkContext.addFile) even for a path or "
+                        "file:// URI (default only for other schemes)")
+    p.add_argument("--device", default=None,
+                   help="torch device of the Python workers' models: cpu, cuda, cuda:N (one GPU per executor: "
+                        "spark.executor.resource.gpu.amount=1 and a task's share)")
     p.add_argument(input_flag, required=True, help=input_help)
     p.add_argument("--output", default=None, help="offline store root (default: store.offline_root of the config)")
     p.add_argument("--config", default=None, help="YAML config; its spark and store sections are used")
@@ -26,7 +34,9 @@ def job_arguments(description: str, input_flag: str, input_help: str) -> argpars
     p.add_argument("--partitions", type=int, default=None, help="inference tasks (spark.partitions)")
     p.add_argument("--bucket", dest="bucket", action="store_true", default=None, help="bucket texts by length")
     p.add_argument("--no-bucket", dest="bucket", action="store_false", help="do not bucket texts by length")
-    p.add_argument("--materialize", action="store_true", help="push the new version into the online store")
+    p.add_argument("--materialize", action="store_true",
+                   help="write the new version into the online store from the executors (each task writes its "
+                        "partition through Feast's online write path; nothing is collected on the driver)")
     return p
 
 
@@ -41,7 +51,7 @@ def job_config(args) -> HLLMConfig:
         cfg = config_from_dict(raw, "<defaults>")
     # Flags win over the config file: they are what the operator typed for this run.
     for flag, field in (("batch_size", "batch_size"), ("torch_threads", "torch_threads"), ("partitions", "partitions"),
-                        ("bucket", "bucket_by_length")):
+                        ("bucket", "bucket_by_length"), ("device", "device")):
         value = getattr(args, flag)
         if value is not None:
             setattr(cfg.spark, field, value)
@@ -50,16 +60,11 @@ def job_config(args) -> HLLMConfig:
     return cfg
 
 
-def spark_session(app_name: str, cfg: HLLMConfig, master: str | None):
-    """The job's session. `master` (the --master flag) wins; otherwise spark-submit's --master applies
-    (its default is local[*]), so the same command runs unchanged on a cluster."""
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.appName(app_name)
-    if master:
-        builder = builder.master(master)
+# The job's defaults, applied only where the user (spark-submit --conf, spark-defaults.conf, the cluster's
+# settings) did not set the key: the operator's configuration always wins.
+def job_defaults(cfg: HLLMConfig) -> dict[str, str]:
     threads = str(cfg.spark.torch_threads)
-    settings = {
+    return {
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.spark.arrow_batch_rows),
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
@@ -72,15 +77,94 @@ def spark_session(app_name: str, cfg: HLLMConfig, master: str | None):
         "spark.executorEnv.TOKENIZERS_PARALLELISM": "false",
         "spark.executorEnv.OMP_NUM_THREADS": threads,
     }
-    for key, value in settings.items():
-        builder = builder.config(key, value)
+
+
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+_USER_KEYS: set[str] = set()  # what the user set, as found by the last spark_session() of this driver
+
+
+def user_spark_conf():
+    """The configuration the user gave before the session exists: spark-submit's --conf and
+    spark-defaults.conf reach the driver JVM as system properties, which SparkConf() loads."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # attach to spark-submit's JVM (or start one) so the defaults load
+    return SparkConf()
+
+
+def spark_session(app_name: str, cfg: HLLMConfig, master: str | None):
+    """The job's session. `master` (the --master flag) wins; otherwise spark-submit's --master applies
+    (its default is local[*]), so the same command runs unchanged on a cluster. Every key of
+    `job_defaults` and spark.sql.shuffle.partitions is set only when the user did not set it; the
+    effective values are printed (`spark_settings_line`)."""
+    from pyspark.sql import SparkSession
+
+    conf = user_spark_conf()
+    user_keys = {k for k, _ in conf.getAll()}
+    for key, value in job_defaults(cfg).items():
+        if key not in user_keys:
+            conf.set(key, value)
+    conf.setIfMissing("spark.app.name", app_name)
+    if master:
+        conf.setMaster(master)
+    builder = SparkSession.builder.config(conf=conf)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    if "spark.log.level" not in user_keys:
+        spark.sparkContext.setLogLevel("WARN")
     if cfg.spark.partitions is None:
         cfg.spark.partitions = 2 * spark.sparkContext.defaultParallelism
-    # Shuffles of a feature job are small per row; Spark's default of 200 partitions mostly schedules empty tasks.
-    spark.conf.set("spark.sql.shuffle.partitions", str(cfg.spark.partitions))
+    # Shuffles of a feature job are small per row; Spark's default of 200 partitions mostly schedules
+    # empty tasks. A user's own value stays.
+    if SHUFFLE_PARTITIONS not in user_keys:
+        spark.conf.set(SHUFFLE_PARTITIONS, str(cfg.spark.partitions))
+    _USER_KEYS.clear()
+    _USER_KEYS.update(user_keys)
     return spark
+
+
+def spark_settings_line(spark, cfg: HLLMConfig) -> str:
+    """The effective value of every setting the job has a default for, read back from the session,
+    marked `(user)` where the user's value won: what ran, not what was asked for."""
+    user_keys = _USER_KEYS
+    keys = [*job_defaults(cfg), SHUFFLE_PARTITIONS]
+    conf = spark.sparkContext.getConf()
+    parts = []
+    for key in keys:
+        value = spark.conf.get(key, None) if key.startswith("spark.sql.") else conf.get(key)
+        parts.append(f"{key}={value}{' (user)' if key in user_keys else ''}")
+    return "spark settings: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class DriverBundle:
+    uri: str  # what the operator gave; what executors resolve
+    local_dir: str  # a folder on the driver: manifest, tokenizer
+    manifest: dict
+
+
+def driver_bundle_before_spark(uri: str) -> DriverBundle | None:
+    """The bundle read before Spark starts when it is a local path or file:// URI (so a bad bundle costs no
+    session); None for a remote URI, which needs Spark's file system (`driver_bundle_with_spark`)."""
+    from feature_gen.model.bundle import read_manifest
+    from spark_jobs.worker_model import local_path
+
+    local = local_path(uri)
+    if local is None:
+        return None
+    return DriverBundle(uri, local, read_manifest(local))
+
+
+def driver_bundle_with_spark(spark, uri: str, ship: bool) -> DriverBundle:
+    """Fetch a remote bundle to the driver, and ship it to the executors when asked or when it is remote
+    (each executor fetches it once through Spark; loading verifies its checksums there)."""
+    from feature_gen.model.bundle import read_manifest
+    from spark_jobs.worker_model import fetch_bundle_to_driver, local_path, ship_bundle
+
+    local_dir = fetch_bundle_to_driver(spark, uri)
+    manifest = read_manifest(local_dir)
+    if ship or local_path(uri) is None:
+        ship_bundle(spark, uri)
+    return DriverBundle(uri, local_dir, manifest)
 
 
 def inference_options(cfg: HLLMConfig) -> InferenceOptions:
@@ -89,6 +173,7 @@ def inference_options(cfg: HLLMConfig) -> InferenceOptions:
         torch_threads=cfg.spark.torch_threads,
         bucket=cfg.spark.bucket_by_length,
         partitions=cfg.spark.partitions,
+        device=cfg.spark.device,
     )
 
 

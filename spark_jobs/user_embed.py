@@ -18,28 +18,33 @@ import sys
 import time
 import uuid
 
-from feature_gen.model.bundle import read_manifest
-from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS
+from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS, VERSION_COLUMN
 from feature_gen.store.schema import ITEM_ID, USER_ID, with_spark_event_timestamp
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs.job_setup import job_arguments, job_config, spark_session
+    from spark_jobs.job_setup import driver_bundle_before_spark, job_arguments, job_config, spark_session
 
     args = job_arguments(__doc__.splitlines()[0], "--interactions", "interactions: Parquet, CSV or JSON lines").parse_args(argv)
     try:
         cfg = job_config(args)
-        manifest = read_manifest(args.bundle)
+        bundle = driver_bundle_before_spark(args.bundle)  # None: a remote URI, fetched once Spark is up
     except Exception as exc:  # config and bundle problems are the operator's to fix: one line, no trace
-        print(f"user_embed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"user_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    spark = spark_session(f"hllm user_embed {manifest['version']}", cfg, args.master)
+    spark = spark_session("hllm user_embed" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
     try:
+        from spark_jobs.job_setup import driver_bundle_with_spark
         from spark_jobs.progress import job_progress
 
+        try:
+            bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
+        except Exception as exc:
+            print(f"user_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
         with job_progress(spark, "user_embed"):
-            return _run(spark, args, cfg, manifest, started)
+            return _run(spark, args, cfg, bundle.manifest, started)
     except Exception as exc:
         from spark_jobs.job_setup import unreadable_input_line
 
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(spark, args, cfg, manifest, started) -> int:
     from pyspark.sql import functions as F
 
-    from spark_jobs.job_setup import inference_options, read_input, table_paths, uri
+    from spark_jobs.job_setup import inference_options, read_input, spark_settings_line, table_paths
     from spark_jobs.publish import publish
     from spark_jobs.worker_model import WorkerStats
     from spark_jobs.user_frames import (
@@ -68,6 +73,7 @@ def _run(spark, args, cfg, manifest, started) -> int:
     )
 
     version = manifest["version"]
+    print(f"user_embed: {spark_settings_line(spark, cfg)}", flush=True)
     items_path = table_paths(cfg.store.offline_root, ITEM_EMBEDDING, version, "").target
     try:
         item_embeddings = spark.read.parquet(items_path)
@@ -96,10 +102,14 @@ def _run(spark, args, cfg, manifest, started) -> int:
 
     users = embed_user_sequences(user_sequences(recent, item_embeddings, max_seq_len), args.bundle, opts, stats)
     # The offline event-time rule (store.schema): a user row is valid from the last event it reflects.
-    with_spark_event_timestamp(users).write.mode("overwrite").parquet(paths[USER_EMBEDDING].staging)
-    with_spark_event_timestamp(recent_items(recent)).write.mode("overwrite").parquet(paths[USER_RECENT_ITEMS].staging)
-    checked.filter(F.col("reason").isNotNull()).select(USER_ID, ITEM_ID, "timestamp", "reason", "row_json").write.mode(
-        "overwrite").parquet(paths[USER_REJECTS].staging)
+    # The version is a column of the files too: one version's folder is a complete Feast source.
+    tag = F.lit(version)
+    with_spark_event_timestamp(users).withColumn(VERSION_COLUMN, tag).write.mode("overwrite").parquet(
+        paths[USER_EMBEDDING].staging)
+    with_spark_event_timestamp(recent_items(recent)).withColumn(VERSION_COLUMN, tag).write.mode("overwrite").parquet(
+        paths[USER_RECENT_ITEMS].staging)
+    checked.filter(F.col("reason").isNotNull()).select(USER_ID, ITEM_ID, "timestamp", "reason", "row_json").withColumn(
+        VERSION_COLUMN, tag).write.mode("overwrite").parquet(paths[USER_REJECTS].staging)
 
     n_users = spark.read.parquet(paths[USER_EMBEDDING].staging).count()
     reasons = {r["reason"]: r["count"] for r in spark.read.parquet(paths[USER_REJECTS].staging).groupBy("reason").count().collect()}
@@ -115,10 +125,12 @@ def _run(spark, args, cfg, manifest, started) -> int:
         end="", flush=True,
     )
     if args.materialize:
-        from feature_gen.store.feature_store import open_store
+        from spark_jobs.online_write import materialize_online
 
-        written = open_store(cfg.store).materialize_version(version, views=[USER_EMBEDDING, USER_RECENT_ITEMS])
-        print(f"user_embed: materialized {written} of {version} into the {cfg.store.online_store} online store", flush=True)
+        written = materialize_online(spark, cfg.store, version, [USER_EMBEDDING, USER_RECENT_ITEMS],
+                                     cfg.spark.materialize_batch_rows, cfg.spark.partitions)
+        print(f"user_embed: materialized {written} of {version} into the {cfg.store.online_store} online store "
+              "(from the executors)", flush=True)
     return 0
 
 

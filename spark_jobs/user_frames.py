@@ -108,7 +108,7 @@ def embed_user_sequences(sequences: DataFrame, bundle_path: str, opts: Inference
     """user_id, embedding, seq_len, last_event_ts via mapInPandas over the User LLM."""
 
     def run(batches):
-        encoders = worker_encoders(bundle_path, opts.torch_threads, stats)
+        encoders = worker_encoders(bundle_path, opts.torch_threads, stats, device=opts.device)
         yield from timed_batches(batches, lambda pdf: embed_user_batch(pdf, encoders, opts.batch_size), stats)
 
     return sequences.repartition(opts.partitions).mapInPandas(run, USER_EMBEDDING_SPARK_SCHEMA)

@@ -11,30 +11,78 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
 
 from feature_gen.inference.encoders import Encoders, Runtime
 
 _ENCODERS: dict[tuple[str, str], Encoders] = {}
 
 
+def local_path(uri: str) -> str | None:
+    """The local path of a plain path or a `file://` URI; None for any other scheme (hdfs://, s3a://, gs://)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return uri
+    return None
+
+
+def bundle_name(uri: str) -> str:
+    """The bundle folder's name (its version), the name Spark ships it under."""
+    return PurePosixPath(urlparse(uri).path.rstrip("/")).name or uri
+
+
 def resolve_bundle_path(bundle_path: str) -> str:
-    """A path every executor sees (shared file system), or the name of a folder shipped with
-    `--archives bundle.tar.gz#<name>` / `--files`, which Spark unpacks into the worker's directory."""
-    if Path(bundle_path).is_dir():
-        return bundle_path
+    """The bundle as a local folder on this worker: a plain path or `file://` URI every executor sees
+    (shared file system), or the folder Spark shipped (`SparkContext.addFile(uri, recursive=True)` for
+    --ship-bundle and remote URIs, or `--archives bundle.tar.gz#<name>` / `--files`), found by name."""
     from pyspark import SparkFiles
 
-    shipped = SparkFiles.get(Path(bundle_path).name)
-    if Path(shipped).is_dir():
+    name = bundle_name(bundle_path)
+    try:
+        shipped = SparkFiles.get(name)  # shipped by this job: the executor's own copy comes first
+    except Exception:  # no Spark file root here (called outside a task): nothing was shipped
+        shipped = None
+    if shipped and Path(shipped).is_dir():
         return shipped
-    local = Path(os.getcwd()) / Path(bundle_path).name  # --archives unpacks into the working directory
-    if local.is_dir():
-        return str(local)
+    local = local_path(bundle_path)
+    if local is not None and Path(local).is_dir():
+        return local
+    unpacked = Path(os.getcwd()) / name  # --archives unpacks into the working directory
+    if unpacked.is_dir():
+        return str(unpacked)
     raise FileNotFoundError(
-        f"bundle {bundle_path!r} is not visible on this worker (not a folder here, not shipped with "
-        "--archives/--files); put it on a shared file system or ship it with --archives"
+        f"bundle {bundle_path!r} is not visible on this worker (not a folder here, not shipped by the job or "
+        "with --archives/--files); put it on a shared file system, give a hdfs:// / s3a:// URI, or use --ship-bundle"
     )
+
+
+def fetch_bundle_to_driver(spark, uri: str) -> str:
+    """A local copy of the bundle at `uri` for the driver (manifest, tokenizer), copied through Hadoop's
+    FileSystem API, so any scheme the cluster is configured for works (hdfs://, s3a://, gs://, abfs://).
+    Plain paths and file:// URIs are used in place."""
+    local = local_path(uri)
+    if local is not None:
+        return local
+    import tempfile
+
+    jvm = spark.sparkContext._jvm
+    src = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = src.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(src):
+        raise FileNotFoundError(f"{uri}: bundle folder not found")
+    target = Path(tempfile.mkdtemp(prefix="hllm-bundle-")) / bundle_name(uri)
+    # raw local file system: no .crc side files next to the copy (the manifest's checksums are the check)
+    fs.copyToLocalFile(False, src, jvm.org.apache.hadoop.fs.Path(str(target)), True)
+    return str(target)
+
+
+def ship_bundle(spark, uri: str) -> None:
+    """Have Spark copy the bundle folder to every executor once (fetched through its file system, cached
+    per executor); workers find it with SparkFiles.get(<name>) and verify its checksums when loading."""
+    spark.sparkContext.addFile(uri, recursive=True)
 
 
 @dataclass
@@ -56,10 +104,10 @@ class WorkerStats:
 
 
 def worker_encoders(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None,
-                    runtime: Runtime = "torch") -> Encoders:
-    """The bundle's encoders (feature_gen.inference.load_encoders), loaded at most once per Python
-    worker (counted in `stats`)."""
-    key = (bundle_path, runtime)
+                    runtime: Runtime = "torch", device: str = "cpu") -> Encoders:
+    """The bundle's encoders (feature_gen.inference.load_encoders) on `device`, loaded at most once per
+    Python worker (counted in `stats`)."""
+    key = (bundle_path, runtime, device)
     encoders = _ENCODERS.get(key)
     if encoders is None:
         import torch
@@ -69,7 +117,8 @@ def worker_encoders(bundle_path: str, torch_threads: int, stats: WorkerStats | N
         started = time.perf_counter()
         # One worker per task slot: more threads than the slot's share of cores only adds contention.
         torch.set_num_threads(torch_threads)
-        encoders = load_encoders(resolve_bundle_path(bundle_path), runtime, threads=torch_threads)
+        # torch: the modules go to `device` and the batches follow them (encoders.embed_*)
+        encoders = load_encoders(resolve_bundle_path(bundle_path), runtime, device=device, threads=torch_threads)
         _ENCODERS[key] = encoders
         if stats is not None:
             stats.loads.add(1)

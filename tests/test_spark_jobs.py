@@ -82,9 +82,9 @@ def _env() -> dict:
     return env
 
 
-def _submit(script: str, *args: str) -> str:
-    cmd = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", str(REPO / "spark_jobs" / script), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+def _submit(script: str, *args: str, spark_args: tuple = ()) -> str:
+    cmd = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", *spark_args, str(REPO / "spark_jobs" / script), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1500, cwd=REPO)  # a loaded shared machine
     assert out.returncode == 0, f"{script} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out.stdout + out.stderr  # stderr: the progress lines (logging)
 
@@ -246,11 +246,13 @@ def test_sqlite_online_store_serves_the_new_version(run):
     assert rows.user_found.all() and rows.item_found.all()
     np.testing.assert_allclose(rows.user_vectors[0], users.embedding.iloc[0], rtol=1e-6)
     assert store.recent_items([user]).found.all()
-    assert f"materialized {N_ITEMS - 4} item embeddings of {run['version']}" in run["item_out"]
+    assert f"materialized {N_ITEMS - 4} item embeddings of {run['version']} into the sqlite online store (from the executors)" in run["item_out"]
 
 
 def test_redis_online_store_via_hllm_materialize_and_version_mismatch_refused(run, redis_server):
-    cfg = {**run["store"].model_dump(), "online_store": "redis", "redis_connection": redis_server}
+    # A feature repo has one online store: Redis gets its own repo (opening never rewrites a repo).
+    cfg = {**run["store"].model_dump(), "online_store": "redis", "redis_connection": redis_server,
+           "repo_path": str(run["root"] / "repo-redis")}
     config_path = run["root"] / "redis.yaml"
     config_path.write_text(yaml.safe_dump({"store": cfg}))
     out = subprocess.run([str(VENV_BIN / "hllm"), "materialize", "--config", str(config_path), "--version", run["version"]],
@@ -299,6 +301,74 @@ def test_item_job_refuses_a_bundle_whose_prompt_fills_the_token_budget(tmp_path,
     assert code == 2
     assert "item_text.max_item_tokens: 48 leaves no room" in capsys.readouterr().err
     assert not (tmp_path / "off").exists()
+
+
+USER_CONF = {"spark.ui.enabled": "true", "spark.sql.shuffle.partitions": "7", "spark.sql.session.timeZone": "America/New_York"}
+
+
+@pytest.fixture(scope="module")
+def uri_run(tmp_path_factory, spark_bundle):
+    """item_embed.py as on a cluster: bundle, input and offline root as URIs (file://, Hadoop's local file
+    system), the bundle shipped to the executors by Spark (SparkContext.addFile: the path hdfs:// and
+    s3a:// bundles take), the user's --conf, and distributed materialization into its own repo."""
+    root = tmp_path_factory.mktemp("uri")
+    _catalogue().to_parquet(root / "items.parquet", index=False)
+    spark_args = tuple(a for k, v in USER_CONF.items() for a in ("--conf", f"{k}={v}"))
+    out = _submit(
+        "item_embed.py", "--bundle", Path(spark_bundle).as_uri(), "--ship-bundle",
+        "--items", (root / "items.parquet").as_uri(), "--output", (root / "offline").as_uri(),
+        "--set", f"store.repo_path={root / 'repo'}", "--partitions", "3", "--batch-size", "8", "--materialize",
+        spark_args=spark_args,
+    )
+    return {"root": root, "out": out, "store": StoreConfig(repo_path=str(root / "repo"), offline_root=str(root / "offline")),
+            "version": read_manifest(spark_bundle)["version"]}
+
+
+def test_user_spark_conf_wins_over_the_job_defaults(uri_run):
+    """The effective values, read back from the running session, are the user's --conf (the issue saw
+    false, 4 and UTC); keys the user left alone keep the job's defaults."""
+    line = next(l for l in uri_run["out"].splitlines() if "spark settings:" in l)
+    for key, value in USER_CONF.items():
+        assert f"{key}={value} (user)" in line, line
+    assert "spark.python.worker.reuse=true," in line and "spark.executorEnv.HF_HUB_OFFLINE=1," in line
+
+
+def test_bundle_input_and_output_given_as_file_uris(uri_run, bundle):
+    version = uri_run["version"]
+    got = read_version(uri_run["root"] / "offline", ITEM_EMBEDDING, version).sort_values("item_id")
+    want = _expected_items(bundle, _catalogue())
+    assert sorted(got.item_id) == sorted(want)
+    for item_id, vector in zip(got.item_id, got.embedding):
+        np.testing.assert_allclose(np.asarray(vector), want[item_id], atol=1e-4, rtol=1e-4)
+    assert re.search(r"model loads [12] ", uri_run["out"]), uri_run["out"]  # shipped copy, loaded once per worker
+    # executors wrote the version into the online store of the URI run's own repo
+    store = open_store(uri_run["store"], apply=False)
+    online = store.item_embeddings(sorted(want))
+    assert online.found.all() and set(online.bundle_versions) == {version}
+
+
+def test_a_bundle_uri_that_does_not_exist_is_one_clear_line(tmp_path):
+    from spark_jobs.item_embed import main
+
+    code = main(["--bundle", (tmp_path / "missing").as_uri(), "--items", str(tmp_path / "x.parquet")])
+    assert code == 2
+
+
+def test_shipped_bundle_is_resolved_by_name_on_a_worker(tmp_path, monkeypatch, spark_bundle):
+    """What an executor does with a hdfs:// bundle shipped by SparkContext.addFile: SparkFiles holds a
+    folder named like the bundle, found by name (no Spark needed to check the lookup)."""
+    import shutil
+
+    from pyspark import SparkFiles
+
+    from spark_jobs.worker_model import bundle_name, local_path, resolve_bundle_path
+
+    shutil.copytree(spark_bundle, tmp_path / Path(spark_bundle).name)
+    monkeypatch.setattr(SparkFiles, "get", classmethod(lambda cls, name: str(tmp_path / name)))
+    uri = f"hdfs://namenode:8020/models/{Path(spark_bundle).name}"
+    assert bundle_name(uri) == Path(spark_bundle).name and local_path(uri) is None
+    assert resolve_bundle_path(uri) == str(tmp_path / Path(spark_bundle).name)
+    assert local_path("file:///data/b%20x") == "/data/b x" and local_path("rel/path") == "rel/path"
 
 
 def test_the_public_api_round_trip_equals_the_spark_jobs_embeddings(run, spark_bundle):

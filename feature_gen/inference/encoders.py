@@ -104,12 +104,24 @@ class Encoders:
         return self.embed_users(table.vectors, internal, ts, batch_size)
 
 
+def torch_device(device: str = "auto") -> torch.device:
+    """`auto`: the first CUDA device where one exists, else the CPU; otherwise the device named (cpu,
+    cuda, cuda:N). Asking for CUDA where there is none is an error naming the device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device here")
+    return resolved
+
+
 def load_encoders(bundle: "str | Path | Bundle", runtime: Runtime = "torch", device: str = "auto",
                   threads: int | None = None) -> Encoders:
     """The bundle's encoders in `runtime`. `bundle` is a bundle folder or a loaded
     feature_gen.model.bundle.Bundle. "torch" loads the eager modules (verifying every checksum);
     "onnx" opens the graphs `hllm export` wrote (verifying them too) and loads no PyTorch weights.
-    `device` ("auto" | "cpu" | "cuda") and `threads` (intra-op threads) apply to ONNX Runtime only.
+    `device` ("auto" | "cpu" | "cuda" | "cuda:N") places the torch modules (inputs follow them in
+    embed_*) or picks ONNX Runtime's provider; `threads` (intra-op threads): ONNX Runtime only.
     Raises ValueError for another runtime, BundleError for a bad or unexported bundle."""
     from feature_gen.model.bundle import Bundle, bundle_config, load_bundle, load_bundle_tokenizer
 
@@ -117,6 +129,7 @@ def load_encoders(bundle: "str | Path | Bundle", runtime: Runtime = "torch", dev
         raise ValueError(f"runtime: expected 'torch' or 'onnx'; got {runtime!r}")
     if runtime == "torch":
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        loaded.model.to(torch_device(device))
         return Encoders(
             loaded.model.item_llm, loaded.model.user_llm, loaded.tokenizer, loaded.cfg.item_text,
             loaded.cfg.item_llm.padding_side, loaded.cfg.data.max_seq_len, loaded.version, "torch",
@@ -139,7 +152,16 @@ def _eval(encoder) -> None:
 
 
 def _float32(x) -> np.ndarray:
-    return x.float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    return x.float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+
+
+def _device_of(encoder) -> torch.device:
+    """Where a torch encoder's weights live (inputs follow them); the CPU for ONNX encoders."""
+    if isinstance(encoder, torch.nn.Module):
+        first = next(encoder.parameters(), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
 
 
 def batches_by_length(lengths: Sequence[int], batch_size: int, bucket: bool = True) -> list[np.ndarray]:
@@ -162,10 +184,11 @@ def embed_token_ids(
     """Item embeddings [n, D] float32 for pre-tokenised texts, in input order. `progress`: anything
     with `update(n)` (feature_gen.logs.Progress), told the rows done after each batch."""
     _eval(item_llm)
+    device = _device_of(item_llm)
     out = np.zeros((len(token_ids), item_llm.hidden_size), dtype=np.float32)
     for idx in batches_by_length([len(t) for t in token_ids], batch_size, bucket):
         batch = pad_token_ids([token_ids[i] for i in idx], pad_id, padding_side)
-        out[idx] = _float32(item_llm(batch.input_ids, batch.attention_mask))
+        out[idx] = _float32(item_llm(batch.input_ids.to(device), batch.attention_mask.to(device)))
         if progress is not None:
             progress.update(len(idx))
     return out
@@ -222,6 +245,7 @@ def embed_users(
 ) -> UserEmbeddings:
     """The User LLM's last-position output for each history (its most recent `max_seq_len` items)."""
     _eval(user_llm)
+    device = _device_of(user_llm)
     n = len(histories)
     if any(len(h) == 0 for h in histories):
         raise ValueError("embed_users: a user has an empty history; there is nothing to embed")
@@ -233,8 +257,9 @@ def embed_users(
     for start in range(0, n, batch_size):
         chunk = order[start : start + batch_size]
         batch = pad_sequences([histories[i] for i in chunk], [timestamps[i] for i in chunk], int(lengths[chunk].max()), "left")
-        item_embs = item_table[batch.item_ids]  # [B, L, D]
-        out = user_llm(item_embs, batch.attention_mask, batch.timestamps)
+        item_embs = item_table[batch.item_ids].to(device)  # [B, L, D]
+        timestamps_b = batch.timestamps.to(device) if isinstance(batch.timestamps, torch.Tensor) else batch.timestamps
+        out = user_llm(item_embs, batch.attention_mask.to(device), timestamps_b)
         vectors[chunk] = _float32(out.user_embedding)
     return UserEmbeddings(
         vectors=vectors,

@@ -37,6 +37,10 @@ from feature_gen.config import HLLMConfig, config_from_dict, read_data_file
 from feature_gen.model.model_card import CARD, base_model_licence, render_model_card
 
 MANIFEST = "manifest.json"
+# Bundles are shared read-only artefacts: executors, consumers and scorers often run as other accounts of
+# the owner's group. Folders rwxr-x---, files rw-r----- (mkdtemp would leave the folder rwx------).
+BUNDLE_DIR_MODE = 0o750
+BUNDLE_FILE_MODE = 0o640
 MODEL_SECTIONS = ("seed", "data", "item_text", "item_llm", "user_llm", "loss", "eval")
 FORMAT_VERSION = 1
 
@@ -142,6 +146,7 @@ def save_bundle(
         (tmp / CARD).write_text(render_model_card(manifest, cfg.model_dump(), manifest["base_model_licences"]))
         hashes[CARD] = _sha256(tmp / CARD)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _group_readable(tmp)
         target = root / version
         if target.exists():
             verify_bundle(target)  # same content already frozen: keep the existing one
@@ -150,6 +155,13 @@ def save_bundle(
         return target
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _group_readable(folder: Path) -> None:
+    """BUNDLE_DIR_MODE on the folder and every subfolder, BUNDLE_FILE_MODE on every file."""
+    folder.chmod(BUNDLE_DIR_MODE)
+    for p in folder.rglob("*"):
+        p.chmod(BUNDLE_DIR_MODE if p.is_dir() else BUNDLE_FILE_MODE)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -192,6 +204,7 @@ def record_files(path: str | Path, extra: dict[str, Any] | None = None) -> dict[
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(path / MANIFEST)
+    _group_readable(path)  # the derived files (onnx/) too
     return manifest
 
 

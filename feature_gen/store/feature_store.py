@@ -1,7 +1,8 @@
 """Typed access to the Feast feature store: the only way jobs and consumers read or write features.
 
     from feature_gen.store.feature_store import open_store
-    store = open_store(cfg.store)                  # writes + applies the Feast repo on first use
+    store = open_store(cfg.store)                  # reads the Feast repo (creates it once if missing)
+    write_feature_repo(cfg.store, active_version=v)   # `hllm feature-repo`: create/update, locked, atomic
 
     # writes (online: through the views' push sources; offline: Parquet partitioned by version)
     store.push_item_embeddings(frame)              # item_id, embedding, bundle_version
@@ -41,7 +42,11 @@ changing its input, so a consumer stops on it instead of dead-lettering.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import threading
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -54,7 +59,7 @@ import yaml
 
 from feature_gen.config import StoreConfig
 from feature_gen.store.feature_repo.definitions import feature_definitions, push_source_name
-from feature_gen.store.offline_store import read_version, write_version
+from feature_gen.store.offline_store import check_version, list_versions, read_version, write_version
 from feature_gen.store.schema import (
     BUNDLE_VERSION,
     EMBEDDING,
@@ -130,57 +135,201 @@ class _WriteClock:
 _CLOCK = _WriteClock()
 
 
-def _repo_config(cfg: StoreConfig) -> dict:
-    repo = Path(cfg.repo_path).resolve()
+CONFIG_FILE = "feature_store.yaml"
+REPO_STATE_FILE = "hllm_repo.json"  # the active version and the versions the definitions were built for
+REPO_LOCK_FILE = ".hllm_feature_repo.lock"
+_SQL_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql", "oracle")
+
+
+def _registry_config(cfg: StoreConfig, repo: Path) -> dict:
+    ttl = cfg.registry_cache_ttl_s
+    if cfg.registry is None:
+        return {"path": str(repo / "registry.db"), "cache_ttl_seconds": ttl}
+    scheme = cfg.registry.split("://", 1)[0].split("+", 1)[0] if "://" in cfg.registry else ""
+    if scheme in _SQL_SCHEMES:  # a SQLAlchemy URL: Feast's SQL registry, transactional and shared
+        return {"registry_type": "sql", "path": cfg.registry, "cache_ttl_seconds": ttl}
+    path = cfg.registry if scheme else str(Path(cfg.registry).resolve())  # s3://, gs:// files as given
+    return {"path": path, "cache_ttl_seconds": ttl}
+
+
+def _online_config(cfg: StoreConfig, repo: Path) -> dict:
     if cfg.online_store == "sqlite":
-        online = {"type": "sqlite", "path": str(Path(cfg.sqlite_path).resolve() if cfg.sqlite_path else repo / "online.db")}
-    else:
-        online = {"type": "redis", "connection_string": cfg.redis_connection}
+        return {"type": "sqlite", "path": str(Path(cfg.sqlite_path).resolve() if cfg.sqlite_path else repo / "online.db")}
+    connection = cfg.redis_connection
+    if cfg.redis_password_env:
+        # Feast expands ${VAR} when it reads the file: the secret stays in the environment.
+        connection += f",password=${{{cfg.redis_password_env}}}"
+    if cfg.redis_ssl:
+        connection += ",ssl=true"
+    online = {"type": "redis", "redis_type": cfg.redis_type, "connection_string": connection}
+    if cfg.redis_key_ttl_s:
+        online["key_ttl_seconds"] = cfg.redis_key_ttl_s
+    return online
+
+
+def repo_config(cfg: StoreConfig) -> dict:
+    """The feature_store.yaml keys this project manages, from the `store` config section."""
+    repo = Path(cfg.repo_path).resolve()
     return {
         "project": cfg.project,
         "provider": "local",
-        "registry": str(repo / "registry.db"),
-        "online_store": online,
+        "registry": _registry_config(cfg, repo),
+        "online_store": _online_config(cfg, repo),
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,
     }
 
 
-def _generated_repo_module(offline_root: Path) -> str:
-    # `feast apply` imports every .py in the repo folder: this one re-exports the project's definitions.
+def _merged_config(existing: dict, managed: dict) -> dict:
+    """`managed` over `existing`: keys a user added (flags, auth, an online store option) survive; a key
+    the config manages takes the config's value. A changed online store type replaces that section."""
+    merged = dict(existing)
+    for key, value in managed.items():
+        old = existing.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and old.get("type", value.get("type")) == value.get("type"):
+            merged[key] = {**old, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _generated_repo_module() -> str:
+    # `feast apply` imports every .py in the repo folder: this one builds the project's definitions for
+    # the offline root and versions recorded next to it (hllm_repo.json), so the CLI sees what hllm applied.
     return (
-        '"""Generated by feature_gen.store.feature_store; edit feature_gen/store/feature_repo/definitions.py instead."""\n'
+        '"""Generated by `hllm feature-repo`; edit feature_gen/store/feature_repo/definitions.py instead."""\n'
+        "import json\nfrom pathlib import Path\n\n"
         "from feature_gen.store.feature_repo.definitions import feature_definitions\n\n"
-        f"_objects = feature_definitions({str(offline_root)!r})\n"
+        f"_state = json.loads((Path(__file__).parent / {REPO_STATE_FILE!r}).read_text())\n"
+        "_objects = feature_definitions(_state['offline_root'], _state['active_version'], _state['versions'])\n"
         "globals().update({getattr(o, 'name', str(i)): o for i, o in enumerate(_objects)})\n"
     )
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename over it: a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _feast_store(config: dict, repo: Path):
+    from feast import FeatureStore, RepoConfig
+
+    repo_cfg = RepoConfig(**yaml.safe_load(os.path.expandvars(yaml.safe_dump(config))))
+    repo_cfg.repo_path = repo
+    return FeatureStore(repo_path=str(repo), config=repo_cfg)
+
+
+def _apply_atomically(config: dict, repo: Path, objects: list) -> None:
+    """Apply `objects` to the registry. A local registry file is updated as a copy that is then renamed
+    over the original (Feast itself truncates and rewrites it, which a concurrent reader can catch half
+    written); a SQL or object-store registry is written by Feast (a transaction / a whole-object put)."""
+    registry = config["registry"]
+    path = registry.get("path", "") if isinstance(registry, dict) else str(registry)
+    local_file = (not isinstance(registry, dict) or registry.get("registry_type", "file") == "file") and "://" not in path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Feast warns about preview features on every apply
+        if not local_file:
+            _feast_store(config, repo).apply(objects)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            if target.exists():
+                shutil.copyfile(target, tmp)
+            _feast_store({**config, "registry": {**registry, "path": str(tmp)}}, repo).apply(objects)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class FeatureRepo:
+    """What `write_feature_repo` left: the repo folder, the active version, the versions with their own
+    offline views and FeatureService, and the managed keys it changed in feature_store.yaml."""
+
+    path: Path
+    active_version: str | None
+    versions: list[str]
+    changed_keys: list[str]
+    created: bool
+
+
+def _offline_versions(offline_root: str) -> list[str]:
+    if "://" in offline_root:
+        return []  # listing a remote root needs its file system; versions are then the active one only
+    return sorted({v for view in _COLUMNS for v in list_versions(offline_root, view)})
+
+
+def write_feature_repo(
+    cfg: StoreConfig, active_version: str | None = None, lock_timeout_s: float = 600, only_if_missing: bool = False
+) -> FeatureRepo | None:
+    """Create or update the Feast repo at `cfg.repo_path` and apply it, under a file lock, every file
+    written atomically: feature_store.yaml (managed keys from `cfg`; a user's other keys are kept), the
+    generated features.py with its hllm_repo.json (offline root, active version, versions offline), the
+    registry. `active_version` None keeps the current one. Safe to run from several processes at once.
+    Returns None when `only_if_missing` and the repo exists."""
+    from filelock import FileLock
+
+    repo = Path(cfg.repo_path).resolve()
+    repo.mkdir(parents=True, exist_ok=True)
+    offline_root = cfg.offline_root if "://" in cfg.offline_root else str(Path(cfg.offline_root).resolve())
+    with FileLock(str(repo / REPO_LOCK_FILE), timeout=lock_timeout_s):
+        config_path, state_path = repo / CONFIG_FILE, repo / REPO_STATE_FILE
+        existing = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else None
+        if only_if_missing and existing is not None:
+            return None  # another process created it while this one waited for the lock
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        active = active_version or state.get("active_version")
+        if active:
+            check_version(active)
+        versions = sorted(set(_offline_versions(offline_root)) | ({active} if active else set()))
+        managed = repo_config(cfg)
+        merged = _merged_config(existing or {}, managed)
+        changed = sorted(k for k in managed if (existing or {}).get(k) != merged[k])
+        new_state = {"offline_root": offline_root, "active_version": active, "versions": versions}
+        _write_atomically(state_path, json.dumps(new_state, indent=2) + "\n")
+        _write_atomically(repo / _GENERATED_REPO_FILE, _generated_repo_module())
+        _apply_atomically(merged, repo, feature_definitions(offline_root, active, versions))
+        # Last: a process that finds feature_store.yaml finds an applied registry next to it.
+        if existing is None or changed:
+            _write_atomically(config_path, yaml.safe_dump(merged, sort_keys=False))
+    return FeatureRepo(repo, active, versions, changed, existing is None)
+
+
 class HLLMFeatureStore:
-    """The feature store of one config: a Feast repo folder, its offline Parquet and its online store."""
+    """The feature store of one config: a Feast repo folder, its offline Parquet and its online store.
+    Opening it reads the repo; it never writes the repo (see write_feature_repo)."""
 
-    def __init__(self, cfg: StoreConfig):
-        from feast import FeatureStore
-
+    def __init__(self, cfg: StoreConfig, repo_config_dict: dict | None = None):
         self.cfg = cfg
         self.repo_path = Path(cfg.repo_path).resolve()
-        self.offline_root = Path(cfg.offline_root).resolve()
-        self._write_repo_files()
-        self.feast = FeatureStore(repo_path=str(self.repo_path))
+        self.offline_root = Path(cfg.offline_root).resolve() if "://" not in cfg.offline_root else cfg.offline_root
+        self._repo_config_dict = repo_config_dict
+        self._feast = None
 
-    # ----------------------------------------------------------------------------- repo
+    @property
+    def feast(self):
+        """The Feast FeatureStore, opened on first use from feature_store.yaml (or the dict an executor
+        was handed, so it needs no repo folder: only the registry and the online store)."""
+        if self._feast is None:
+            if self._repo_config_dict is not None:
+                self._feast = _feast_store(self._repo_config_dict, self.repo_path)
+            elif not (self.repo_path / CONFIG_FILE).is_file():
+                raise FeatureStoreError(
+                    f"{self.repo_path}: no {CONFIG_FILE} (the feature repo was never created); "
+                    "run `hllm feature-repo --config ...` (or any job with --materialize)")
+            else:
+                from feast import FeatureStore
 
-    def _write_repo_files(self) -> None:
-        self.repo_path.mkdir(parents=True, exist_ok=True)
-        (self.repo_path / "feature_store.yaml").write_text(yaml.safe_dump(_repo_config(self.cfg), sort_keys=False))
-        (self.repo_path / _GENERATED_REPO_FILE).write_text(_generated_repo_module(self.offline_root))
+                self._feast = FeatureStore(repo_path=str(self.repo_path))
+        return self._feast
 
-    def apply(self) -> None:
-        """Register every definition (idempotent) and create the online tables."""
-        objects = feature_definitions(self.offline_root)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Feast warns about preview features on every apply
-            self.feast.apply(objects)
+    def repo_config_dict(self) -> dict:
+        """feature_store.yaml as written (env vars unexpanded): what executors open the store from."""
+        return yaml.safe_load((self.repo_path / CONFIG_FILE).read_text())
 
     # ----------------------------------------------------------------------------- writes
 
@@ -222,6 +371,13 @@ class HLLMFeatureStore:
             raise OnlineStoreError(f"{view}: online write of {len(online)} row(s) failed ({self._where()}): "
                                    f"{type(exc).__name__}: {_one_line(exc)}") from exc
         return len(online)
+
+    def write_online(self, view: str, frame: pd.DataFrame) -> int:
+        """Write rows of `view` (its columns, see _COLUMNS) online through the view's push source; returns
+        rows written. What the executors of a distributed materialization call per chunk."""
+        if view not in _COLUMNS:
+            raise FeatureStoreError(f"unknown view {view!r} (expected one of {', '.join(_COLUMNS)})")
+        return self._push(view, frame)
 
     def push_item_embeddings(self, frame: pd.DataFrame) -> int:
         """Write item embeddings online (columns item_id, embedding, bundle_version); returns rows written."""
@@ -357,8 +513,9 @@ def _ints(values: list) -> np.ndarray:
 
 
 def open_store(cfg: StoreConfig, apply: bool = True) -> HLLMFeatureStore:
-    """The feature store of `cfg`, with its definitions applied (cheap when nothing changed)."""
-    store = HLLMFeatureStore(cfg)
-    if apply:
-        store.apply()
-    return store
+    """The feature store of `cfg`. Reads the repo as it is and never rewrites it (a user's edit of
+    feature_store.yaml survives); with `apply` a repo that does not exist yet is created and applied
+    once (write_feature_repo, under its lock). Update a repo with `hllm feature-repo`."""
+    if apply and not (Path(cfg.repo_path).resolve() / CONFIG_FILE).is_file():
+        write_feature_repo(cfg, only_if_missing=True)  # re-checked under the lock: the first of several processes creates it
+    return HLLMFeatureStore(cfg)

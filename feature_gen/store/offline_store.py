@@ -11,6 +11,11 @@ A version is published by writing it completely into a staging folder (`<root>/_
 outside every table folder) and then renaming it into place, so a reader sees the old
 version or the new one, never half of one. The same two-rename swap is done through Hadoop's FileSystem
 API by the Spark jobs (spark_jobs/publish.py) so it also works on HDFS.
+
+Every file also holds the `bundle_version` column (equal to its folder's), so one version's folder is a
+complete source for Feast (feature_repo/definitions.py). Read a version through `read_version` (its
+folder), or the table with Spark; pyarrow's hive discovery of the table root refuses a partition
+column that files also hold.
 """
 
 from __future__ import annotations
@@ -82,13 +87,15 @@ def publish_local(staging: Path, target: Path) -> None:
 
 
 def write_version(root: str | Path, table: str, version: str, frame: pd.DataFrame) -> Path:
-    """Write `frame` as the whole of `version` in `table` (replacing it), without the version column."""
+    """Write `frame` as the whole of `version` in `table` (replacing it). The files carry the
+    `bundle_version` column too, so a version folder is a complete Feast source on its own."""
     target = version_path(root, table, version)
     staging = staging_path(root, table)
     staging.mkdir(parents=True)
     try:
-        data = frame.drop(columns=[VERSION_COLUMN], errors="ignore")
-        data.to_parquet(staging / "part-00000.parquet", index=False)
+        data = frame.assign(**{VERSION_COLUMN: version})
+        # Microsecond timestamps, as the Spark jobs write them: Spark refuses Parquet's nanosecond type.
+        data.to_parquet(staging / "part-00000.parquet", index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
         publish_local(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -102,8 +109,8 @@ def list_versions(root: str | Path, table: str) -> list[str]:
     return sorted(p.name[len(PARTITION_PREFIX):] for p in folder.iterdir() if p.name.startswith(PARTITION_PREFIX))
 
 
-def read_version(root: str | Path, table: str, version: str) -> pd.DataFrame:
-    """One version of a table, with its `bundle_version` column filled in."""
+def read_version(root: str | Path, table: str, version: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One version of a table (only `columns` if given), with its `bundle_version` column filled in."""
     folder = version_path(root, table, version)
     if not folder.is_dir():
         have = list_versions(root, table)
@@ -111,6 +118,6 @@ def read_version(root: str | Path, table: str, version: str) -> pd.DataFrame:
             f"{folder}: no version {version!r} in offline table {table!r} "
             f"(have: {', '.join(have) if have else 'none'})"
         )
-    frame = pd.read_parquet(folder)
+    frame = pd.read_parquet(folder, columns=[c for c in columns if c != VERSION_COLUMN] if columns else None)
     frame[VERSION_COLUMN] = version
     return frame

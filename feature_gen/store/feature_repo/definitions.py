@@ -18,9 +18,19 @@ over two views that share feature names (both have `embedding` and `bundle_versi
 second view's values under the first view's names at online-read time, so it would score an item
 against itself. The function also refuses mixed versions instead of returning NaN.
 
-`feature_definitions(offline_root)` builds the objects; feature_gen.store.feature_store applies them and
-writes a generated `features.py` into the repo folder so the `feast` CLI (`feast -c <repo> ...`) sees
-the same repo.
+Versions never mix (what plain `feast materialize` reads):
+  - the three serving views' batch sources read one folder, the *active* version's
+    (`<offline_root>/<view>/bundle_version=<active>`), never the whole table: `feast materialize` can only
+    load that version. `hllm feature-repo --version V` / `hllm materialize` set the active version.
+  - every version present offline also gets offline-only views `<view>__<version>` (its own source,
+    online=False: `feast materialize` skips them) and a FeatureService `hllm_<version>` over them: a
+    training set of one version, point-in-time correct, through Feast's standard API
+    (get_historical_features(..., full_feature_names=True): the views share feature names).
+Files carry the `bundle_version` column themselves (a version folder is a complete source on its own).
+
+`feature_definitions(offline_root, active_version, versions)` builds the objects;
+feature_gen.store.feature_store.write_feature_repo writes a generated `features.py` calling it into the
+repo folder (so the `feast` CLI sees the same repo) and applies them under a lock.
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
+from feature_gen.store.offline_store import PARTITION_PREFIX, check_version
 from feature_gen.store.schema import ENTITY_DESCRIPTIONS, ENTITY_KEYS, EVENT_TIMESTAMP, VIEWS
 
 # Embeddings do not expire: a version stays valid until a new one replaces it.
@@ -43,31 +54,62 @@ def push_source_name(view: str) -> str:
     return f"{view}_push"
 
 
-def _sources(view: str, offline_root: str | Path) -> PushSource:
-    batch = FileSource(
-        name=f"{view}_parquet",
-        path=str(Path(offline_root).resolve() / view),
-        timestamp_field=EVENT_TIMESTAMP,
-    )
-    return PushSource(name=push_source_name(view), batch_source=batch)
+NO_ACTIVE_VERSION = "none"  # the serving views' source before any version is active: an empty folder name
 
 
-def feature_definitions(offline_root: str | Path) -> list:
-    """Entities, push sources (each over its offline Parquet table) and feature views, from the schema."""
+def offline_view_name(view: str, version: str) -> str:
+    return f"{view}__{version}"
+
+
+def feature_service_name(version: str) -> str:
+    return f"hllm_{version}"
+
+
+def version_folder(offline_root: str | Path, view: str, version: str) -> str:
+    """`<offline_root>/<view>/bundle_version=<version>`; a URI root (s3://, gs://, hdfs://) stays a URI."""
+    root = str(offline_root)
+    base = root.rstrip("/") if "://" in root else str(Path(root).resolve())
+    return f"{base}/{view}/{PARTITION_PREFIX}{version}"
+
+
+def _file_source(name: str, path: str) -> FileSource:
+    return FileSource(name=name, path=path, timestamp_field=EVENT_TIMESTAMP)
+
+
+def feature_definitions(offline_root: str | Path, active_version: str | None = None, versions=()) -> list:
+    """Entities, push sources, the serving views from the schema (batch source: the active version's
+    folder) and, per version in `versions`, offline-only views and a FeatureService (module docstring)."""
     entities = {
         name: Entity(name=name, join_keys=[key], value_type=ValueType.STRING, description=ENTITY_DESCRIPTIONS[name])
         for name, key in ENTITY_KEYS.items()
     }
-    pushes = {name: _sources(name, offline_root) for name in VIEWS}
-    views = [
-        FeatureView(
-            name=view.name,
-            entities=[entities[view.entity]],
-            ttl=NO_EXPIRY,
-            schema=[Field(name=f.name, dtype=FEAST_TYPES[f.kind]) for f in view.features],
-            source=pushes[view.name],
-            description=view.description,
-        )
-        for view in VIEWS.values()
-    ]
-    return [*entities.values(), *pushes.values(), *views]
+    active = check_version(active_version) if active_version else NO_ACTIVE_VERSION
+
+    def schema(view):
+        return [Field(name=f.name, dtype=FEAST_TYPES[f.kind]) for f in view.features]
+
+    objects: list = list(entities.values())
+    for view in VIEWS.values():
+        batch = _file_source(f"{view.name}_parquet", version_folder(offline_root, view.name, active))
+        push = PushSource(name=push_source_name(view.name), batch_source=batch)
+        objects += [push, FeatureView(
+            name=view.name, entities=[entities[view.entity]], ttl=NO_EXPIRY, schema=schema(view), source=push,
+            description=f"{view.description} (served online; batch source: the active version {active})",
+            tags={"active_bundle_version": active},
+        )]
+    for version in sorted(set(versions)):
+        check_version(version)
+        views = [
+            FeatureView(
+                name=offline_view_name(view.name, version), entities=[entities[view.entity]], ttl=NO_EXPIRY,
+                schema=schema(view), online=False, tags={"bundle_version": version},
+                source=_file_source(f"{view.name}__{version}_parquet", version_folder(offline_root, view.name, version)),
+                description=f"{view.description}: bundle {version} only (offline)",
+            )
+            for view in VIEWS.values()
+        ]
+        objects += views + [FeatureService(
+            name=feature_service_name(version), features=views, tags={"bundle_version": version},
+            description=f"every HLLM feature of bundle {version}, from that version's offline tables only",
+        )]
+    return objects

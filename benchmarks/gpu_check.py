@@ -1,0 +1,168 @@
+"""GPU check: train HLLM stage-1 steps and embed a batch on a CUDA device; report tokens/s and MFU.
+
+    .venv/bin/python -m benchmarks.gpu_check                       # on a machine with CUDA
+    .venv/bin/python -m benchmarks.gpu_check --device cpu --shape tiny --steps 2   # a smoke run anywhere
+
+Without CUDA (and no --device cpu) it prints why and exits 0 having measured nothing: a CPU cannot stand
+in for these figures. The model is random (no download): both LLMs Llama-shaped, `--shape tinyllama`
+(TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632) or `tiny`.
+
+A training step is HLLM stage 1 end to end: the Item LLM embeds every item of a batch of user
+sequences from token ids, the User LLM predicts the next item embedding at each position, and the
+model's own generative loss (HLLM.losses: InfoNCE with in-catalogue negatives) is backpropagated into
+both LLMs, AdamW, bf16 autocast where the device supports it. Every input is created on the model's
+device: the placement the trainer must do. Embedding is feature_gen.inference.encoders.embed_token_ids
+(the path the Spark jobs and consumers use) on the same device.
+
+MFU (nanoGPT's): achieved FLOP/s over the device's peak. Achieved = 6 x non-embedding parameters x
+tokens (forward + backward) + attention, per second; the peak is measured in the same run (a bf16,
+else fp32, 8192^3 matmul), or `--peak-tflops` (H100 SXM bf16 dense: 989). Writes
+benchmarks/results/gpu_check.json; the figures belong in BENCHMARKS.md ("GPU check").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gpu_check.json"
+SHAPES = {
+    "tinyllama": {"hidden_size": 2048, "num_layers": 22, "num_heads": 32, "num_kv_heads": 4, "intermediate_size": 5632,
+                  "max_position_embeddings": 2048},
+    "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def non_embedding_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for name, p in module.named_parameters() if "embed_tokens" not in name)
+
+
+def train_flops(model, tokens_item: int, item_len: int, seq_len: int, n_seqs: int) -> float:
+    """6 x params x tokens for both LLMs, plus attention scores (12 x layers x hidden x L^2 per sequence)."""
+    item_cfg = model.item_llm.backbone.config
+    user_cfg = model.user_llm.backbone.config
+    dense = 6 * non_embedding_params(model.item_llm) * tokens_item + 6 * non_embedding_params(model.user_llm) * n_seqs * seq_len
+    attn = 12 * item_cfg.num_hidden_layers * item_cfg.hidden_size * item_len**2 * (tokens_item // item_len)
+    attn += 12 * user_cfg.num_hidden_layers * user_cfg.hidden_size * seq_len**2 * n_seqs
+    return float(dense + attn)
+
+
+def run(device_name: str, shape: str, steps: int, batch_users: int, seq_len: int, item_len: int, embed_items: int,
+        peak_tflops: float | None) -> dict:
+    from feature_gen.config import HLLMConfig
+    from feature_gen.inference.encoders import embed_token_ids, torch_device
+    from feature_gen.model.hllm import build_hllm
+
+    device = torch_device(device_name)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    amp_dtype = torch.bfloat16 if bf16 else torch.float32
+    cfg = HLLMConfig.model_validate({
+        "item_text": {"max_item_tokens": item_len},
+        "item_llm": {"source": "tiny_random", "tiny": SHAPES[shape]},
+        "user_llm": {"source": "tiny_random", "tiny": {**SHAPES[shape], "seed": 1}},
+        "loss": {"num_negatives": 512},
+        "data": {"max_seq_len": seq_len},
+    })
+    model, tokenizer = build_hllm(cfg)
+    model.to(device).train()
+    vocab = model.item_llm.backbone.config.vocab_size
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    n_items = batch_users * (seq_len + 1)  # each sequence's items and its final target
+    step_times = []
+    for step in range(steps):
+        # Inputs are made on the CPU (as a loader would) and moved to the model's device.
+        input_ids = torch.randint(1, vocab, (n_items, item_len), generator=gen).to(device)
+        mask = torch.ones(n_items, item_len, dtype=torch.long).to(device)
+        ids = torch.arange(1, n_items + 1).view(batch_users, seq_len + 1).to(device)
+        _sync(device)
+        started = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=bf16):
+            item_embs = model.item_llm(input_ids, mask).view(batch_users, seq_len + 1, -1)  # [B, L+1, D]
+            pick = torch.randperm(n_items, device=device)[:512]  # negatives from the batch's own items
+            losses = model.losses(
+                item_embs[:, :-1], torch.ones(batch_users, seq_len, dtype=torch.long, device=device),
+                item_embs[:, 1:], ids[:, 1:], item_embs.flatten(0, 1)[pick], ids.flatten()[pick],
+            )
+        losses.total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        step_times.append(time.perf_counter() - started)
+    warm = step_times[1:] or step_times  # the first step pays for kernels' compilation and allocation
+    step_s = sum(warm) / len(warm)
+    flops = train_flops(model, n_items * item_len, item_len, seq_len, batch_users)
+
+    model.eval()
+    token_ids = torch.randint(1, vocab, (embed_items, item_len), generator=gen).tolist()
+    embed_token_ids(model.item_llm, token_ids[:64], tokenizer.pad_token_id, batch_size=64)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=bf16):
+        vectors = embed_token_ids(model.item_llm, token_ids, tokenizer.pad_token_id, batch_size=256)
+    _sync(device)
+    embed_s = time.perf_counter() - started
+    embed_flops = 2 * non_embedding_params(model.item_llm) * embed_items * item_len
+
+    peak = peak_tflops * 1e12 if peak_tflops else matmul_peak_flops(device, amp_dtype if device.type == "cuda" else torch.float32,
+                                                                     n=8192 if device.type == "cuda" else 1024)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "shape": shape, "dtype": str(amp_dtype), "batch_users": batch_users, "seq_len": seq_len, "item_len": item_len,
+        "params_item_llm": non_embedding_params(model.item_llm), "params_user_llm": non_embedding_params(model.user_llm),
+        "step_seconds": round(step_s, 4), "train_tokens_per_s": round(n_items * item_len / step_s),
+        "train_tflops": round(flops / step_s / 1e12, 2), "train_mfu": round(flops / step_s / peak, 4),
+        "last_loss": round(float(losses.total.detach()), 4),
+        "embed_items_per_s": round(embed_items / embed_s, 1), "embed_mfu": round(embed_flops / embed_s / peak, 4),
+        "embedding_finite": bool(torch.isfinite(torch.from_numpy(vectors)).all()),
+        "peak_tflops": round(peak / 1e12, 1), "peak_source": "given" if peak_tflops else "measured matmul",
+        "max_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (a smoke run; no figures worth keeping)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch-users", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=10)
+    p.add_argument("--item-len", type=int, default=64)
+    p.add_argument("--embed-items", type=int, default=2048)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: measured)")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; nothing measured (run it where a GPU is, or --device cpu for a smoke run)")
+        return 0
+    result = run(args.device, args.shape, args.steps, args.batch_users, args.seq_len, args.item_len, args.embed_items,
+                 args.peak_tflops)
+    print(json.dumps(result, indent=2))
+    if args.device != "cpu":
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
