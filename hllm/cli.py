@@ -1,4 +1,18 @@
-"""`hllm`: the one front door. Subcommands import their modules lazily so `hllm --help` stays fast."""
+"""`hllm`: the one front door. Subcommands import their modules lazily so `hllm --help` stays fast.
+
+Exit codes: every project error becomes one line on stderr (`hllm COMMAND: ErrorType: message`, the
+message naming the field, file, row, view or servers) and the code of its kind, so a supervisor can
+tell "fix what you gave the command" (2: restarting will not help) from "a service is down" (3, 4:
+restart later; a refresh consumer replays from its last commit):
+
+    0  done
+    1  an unexpected error: a bug (the traceback is printed)
+    2  what the command was given: config (ConfigError, FeatureConfigError), input data (DataError,
+       TrainingSetError), model bundle (BundleError: missing, corrupt or tampered; ParityError) -- the
+       same code the Spark jobs use for their input
+    3  broker: BrokerUnreachable, BrokerError, any Kafka client error (unreachable, refused, no topic)
+    4  feature store: FeatureStoreError, OfflineStoreError, OnlineStoreError (unreachable, locked)
+"""
 
 from __future__ import annotations
 
@@ -329,6 +343,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Error class (module.name, matched along the exception's MRO) -> exit code; by name, so classifying an
+# error never imports Feast, Kafka or torch.
+EXIT_CODES = {
+    "feature_gen.config.ConfigError": 2,
+    "feature_gen.data.contract.DataError": 2,
+    "ranker_integration.feature_config.FeatureConfigError": 2,
+    "ranker_integration.training_set.TrainingSetError": 2,
+    "feature_gen.model.bundle.BundleError": 2,
+    "export.bundle_export.ParityError": 2,
+    "feature_gen.store.feature_store.FeatureStoreError": 4,
+    "feature_gen.store.feature_store.OnlineStoreError": 4,
+    "feature_gen.store.offline_store.OfflineStoreError": 4,
+    "feature_gen.streaming.clients.BrokerUnreachable": 3,
+    "feature_gen.streaming.clients.BrokerError": 3,
+    "hllm.local_broker.BrokerError": 3,
+    "kafka.errors.KafkaError": 3,
+}
+
+
+def exit_code_of(exc: BaseException) -> int | None:
+    """The documented exit code of a project error (see the module docstring); None for anything else."""
+    for cls in type(exc).__mro__:
+        code = EXIT_CODES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if code is not None:
+            return code
+    return None
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -347,19 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     from feature_gen.logs import setup_logging
 
     setup_logging("WARNING" if args.quiet else args.log_level)
-    from feature_gen.config import ConfigError
-    from feature_gen.data.contract import DataError
-    from feature_gen.streaming.clients import BrokerUnreachable
-
-    # exit codes: 2 = the input is wrong (config, data); 3 = a service it needs is unreachable (broker)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as exc:
-        print(f"hllm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except BrokerUnreachable as exc:
-        print(f"hllm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 3
+    except Exception as exc:
+        code = exit_code_of(exc)
+        if code is None:
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the error's own formatting
+        print(f"hllm {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ The one request-time scoring path (the feature store only reads rows; it does no
 row older than max_staleness) gets exactly the defaults the ranker was trained with. Rows of another
 bundle version than the ranker's count as missing: a user embedding is never scored against an item
 embedding of another version, and a ranker never reads embeddings of a bundle it was not trained on.
+
+Missing data never fails a request: reads ask the store for `[n, D]` rows with D the ranker's embedding
+width (from its saved feature schema), so a request none of whose candidates is online still gets
+NaN rows, then every missing user and item its cold-start default. A None id is refused with a
+ValueError naming it (as a string it would read the row of a user called "None").
 """
 
 from __future__ import annotations
@@ -47,17 +52,22 @@ def read_online_features(store: HLLMFeatureStore, user_id, item_ids: Sequence, b
     and each candidate's embedding, as of `now_ts` (unix seconds). A row of another bundle version than
     `bundle_version` counts as missing (found False, NaN vector), exactly like no row: the ranker then
     uses the defaults it was trained with, and a user is never scored against another version's items."""
+    _refuse_missing_ids(user_id, item_ids)
     ids = [str(i) for i in item_ids]
     n = len(ids)
     # 1 user + n items in one round trip per store, vectors decoded with numpy (the same rows as the
     # store's get_online_features reads; tests/test_online_io.py); a scorer passes its OnlineIO so the
     # views are resolved once, not per request
     user, items = (online or OnlineIO(store)).request_rows(str(user_id), ids)
-    user_ok = bool(user.found[0] and user.bundle_versions[0] == bundle_version)
-    items_ok = items.found & (np.asarray(items.bundle_versions, dtype=object) == bundle_version)
+    # D comes from the ranker's schema (item_dim), never from what was found: a read that finds no
+    # candidate has vectors [n, 0], and a row of another width belongs to another bundle: both missing
+    user_ok = bool(user.found[0] and user.bundle_versions[0] == bundle_version and user.vectors.shape[1] == item_dim)
+    items_ok = (items.found & (np.asarray(items.bundle_versions, dtype=object) == bundle_version)
+                & (items.vectors.shape[1] == item_dim))
     user_vec = user.vectors[0] if user_ok else np.full(item_dim, np.nan, np.float32)
     item_vectors = np.full((n, item_dim), np.nan, dtype=np.float32)
-    item_vectors[items_ok] = items.vectors[items_ok]
+    if items_ok.any():
+        item_vectors[items_ok] = items.vectors[items_ok]
     return FeatureRows(
         at_ts=np.full(n, now_ts, dtype=np.int64),
         user_vectors=np.repeat(user_vec[None, :], n, axis=0),
@@ -83,6 +93,7 @@ class RequestScorer:
 
     def score(self, user_id, item_ids: Sequence, now_ts: int | None = None) -> ScoredRequest:
         now = int(time.time()) if now_ts is None else int(now_ts)
+        _refuse_missing_ids(user_id, item_ids)
         ids = [str(i) for i in item_ids]
         n = len(ids)
         started = time.perf_counter()
@@ -99,3 +110,15 @@ class RequestScorer:
         frame = pd.DataFrame({USER_ID: [str(user_id)] * n, ITEM_ID: ids, "timestamp": np.full(n, now, dtype=np.int64)})
         scores = self.ranker.score(model_inputs(frame, features, self.fc, self.ranker.use_hllm))
         return ScoredRequest(str(user_id), ids, scores, user_ok, items_ok, read_ms, (time.perf_counter() - t) * 1e3)
+
+
+def _refuse_missing_ids(user_id, item_ids: Sequence) -> None:
+    if _is_missing(user_id):
+        raise ValueError(f"user_id is {user_id!r}; expected an id (a cold-start user still has one)")
+    bad = [k for k, i in enumerate(item_ids) if _is_missing(i)]
+    if bad:
+        raise ValueError(f"item_ids: {len(bad)} missing id(s), first at position {bad[0]} ({item_ids[bad[0]]!r})")
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)

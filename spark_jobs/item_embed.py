@@ -45,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         with job_progress(spark, "item_embed"):
             return _run(spark, args, cfg, bundle, started)
+    except Exception as exc:
+        from spark_jobs.job_setup import unreadable_input_line
+
+        line = unreadable_input_line(exc, args.items)
+        if line is None:
+            raise
+        print(f"item_embed: {line}", file=sys.stderr)  # one line: the input is the operator's to fix
+        return 2
     finally:
         spark.stop()
 

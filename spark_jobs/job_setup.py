@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +187,25 @@ def read_input(spark, path: str):
     if lowered.endswith((".json", ".jsonl")):
         return spark.read.json(path)
     return spark.read.parquet(path)
+
+
+_SPARK_ERROR = re.compile(r"\[([A-Z_]+(?:\.[A-Z_]+)?)\] (.*?)(?: SQLSTATE: \w+|$)", re.S)
+# Spark error classes that mean "this input cannot be read": the job's input is the operator's to fix.
+_UNREADABLE = ("FAILED_READ_FILE", "UNABLE_TO_INFER_SCHEMA", "PATH_NOT_FOUND", "CANNOT_READ_FILE_FOOTER")
+
+
+def unreadable_input_line(exc: BaseException, path: str) -> str | None:
+    """One line for an error meaning the input at `path` cannot be read (an empty folder, a file that is
+    not Parquet, files whose column types differ), naming the file and column Spark names; None for any
+    other error. Spark raises the type mismatch only when a task reads the file, so the job maps errors
+    from anywhere in the run, not just from `read_input`."""
+    match = _SPARK_ERROR.search(str(exc))
+    if match is None or not match.group(1).startswith(_UNREADABLE):
+        return None
+    condition, message = match.group(1), " ".join(match.group(2).split())
+    if condition == "UNABLE_TO_INFER_SCHEMA":
+        message = "no readable data files (an empty folder?): " + message
+    return f"{path}: cannot read the input ({condition}): {message}"
 
 
 def uri(root: str) -> str:

@@ -6,8 +6,10 @@ embeddings item_embed.py wrote for the same bundle version; out, under `<ROOT>/.
                      ordered, file order breaking timestamp ties), with seq_len and last_event_ts
   user_recent_items  each user's newest item ids and timestamps (the streaming refresh's state)
   user_rejects       interactions that were not used, with the reason (null_user_id, null_item_id,
-                     bad_timestamp, unknown_item) and the input row
-Re-running for the same bundle replaces the version atomically.
+                     bad_timestamp, timestamp_out_of_range, unknown_item) and the input row
+Re-running for the same bundle replaces the version atomically. Exit 0 when done (rejects are data, not
+failures); 2 with one line on bad arguments, a bad bundle, or input that cannot be read at all (an empty
+folder, a file that is not Parquet, files whose column types differ: the line names file and column).
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         with job_progress(spark, "user_embed"):
             return _run(spark, args, cfg, bundle.manifest, started)
+    except Exception as exc:
+        from spark_jobs.job_setup import unreadable_input_line
+
+        line = unreadable_input_line(exc, args.interactions)
+        if line is None:
+            raise
+        print(f"user_embed: {line}", file=sys.stderr)  # one line: the input is the operator's to fix
+        return 2
     finally:
         spark.stop()
 

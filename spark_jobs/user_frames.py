@@ -17,27 +17,38 @@ from spark_jobs.worker_model import WorkerStats, timed_batches, worker_encoders
 TIMESTAMP, ORDER = "timestamp", "_order"  # the interactions' time column; the input-order tie-break
 # Reasons an interaction is rejected (user_rejects), never silently dropped.
 NULL_USER_ID, NULL_ITEM_ID, BAD_TIMESTAMP, UNKNOWN_ITEM = "null_user_id", "null_item_id", "bad_timestamp", "unknown_item"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # outside feature_gen.data.event_time's plausible window
 
 
-def check_interactions(raw: DataFrame) -> DataFrame:
+def check_interactions(raw: DataFrame, now: float | None = None) -> DataFrame:
     """user_id, item_id (strings), timestamp (int64 seconds), _order (file order), reason (null = ok),
-    row_json."""
+    row_json. A timestamp outside the plausible window of feature_gen.data.event_time (the stream's rule
+    too) is rejected as timestamp_out_of_range: one far-future value would otherwise overflow the
+    job's datetime conversion and fail it for everyone, or become a user's newest event."""
+    from feature_gen.data.event_time import MIN_EVENT_TS, max_event_ts
+
+    newest = max_event_ts(now)
     missing = [c for c in (USER_ID, ITEM_ID, TIMESTAMP) if c not in raw.columns]
     if missing:
         raise ValueError(f"interactions: missing column(s) {', '.join(missing)} (have: {', '.join(raw.columns)})")
     ts_type = raw.schema[TIMESTAMP].dataType
+    in_int64 = F.lit(True)
     if isinstance(ts_type, TimestampType):
         seconds = F.unix_timestamp(F.col(TIMESTAMP)).cast(LongType())
     elif isinstance(ts_type, NumericType):
-        # a fractional value is not a whole number of seconds: rejected below rather than rounded
-        seconds = F.when(F.col(TIMESTAMP) == F.floor(F.col(TIMESTAMP)), F.col(TIMESTAMP).cast(LongType()))
+        # a fractional value is not a whole number of seconds: rejected below rather than rounded; a
+        # value beyond int64 is never cast (ANSI mode would fail the job): out of range, below
+        in_int64 = (F.col(TIMESTAMP) >= -(2**62)) & (F.col(TIMESTAMP) <= 2**62)  # 2**62: exact in a double
+        seconds = F.when(in_int64 & (F.col(TIMESTAMP) == F.floor(F.col(TIMESTAMP))), F.col(TIMESTAMP).cast(LongType()))
     else:
         seconds = F.col(TIMESTAMP).cast("string").try_cast(LongType())
     numbered = raw.withColumn(ORDER, F.monotonically_increasing_id())
     reason = (
         F.when(F.col(USER_ID).isNull(), F.lit(NULL_USER_ID))
         .when(F.col(ITEM_ID).isNull(), F.lit(NULL_ITEM_ID))
+        .when(~in_int64, F.lit(TIMESTAMP_OUT_OF_RANGE))
         .when(seconds.isNull(), F.lit(BAD_TIMESTAMP))
+        .when((seconds < MIN_EVENT_TS) | (seconds > newest), F.lit(TIMESTAMP_OUT_OF_RANGE))
     )
     return numbered.select(
         F.col(USER_ID).cast("string").alias(USER_ID),
@@ -63,9 +74,13 @@ def mark_unknown_items(checked: DataFrame, item_ids: DataFrame) -> DataFrame:
 
 
 def recent_events(valid: DataFrame, keep: int) -> DataFrame:
-    """Each user's newest `keep` events with `rank` (1 = newest); ties on timestamp broken by file order."""
+    """Each user's newest `keep` events with `rank` (1 = newest); ties on timestamp broken by file order.
+    An exact repeat (same user, item and timestamp: a replayed log) counts once, at its first position:
+    the stream's merge rule (feature_gen/streaming/recent_items.py), so batch and stream agree."""
+    first_seen = Window.partitionBy(USER_ID, ITEM_ID, TIMESTAMP).orderBy(F.col(ORDER))
+    unique = valid.withColumn("_repeat", F.row_number().over(first_seen)).filter(F.col("_repeat") == 1).drop("_repeat")
     newest_first = Window.partitionBy(USER_ID).orderBy(F.col(TIMESTAMP).desc(), F.col(ORDER).desc())
-    return valid.withColumn("rank", F.row_number().over(newest_first)).filter(F.col("rank") <= keep)
+    return unique.withColumn("rank", F.row_number().over(newest_first)).filter(F.col("rank") <= keep)
 
 
 def recent_items(recent: DataFrame) -> DataFrame:

@@ -117,3 +117,29 @@ def test_request_scorer_reads_online_and_matches_training_features(world, traine
 
     cold = RequestScorer(ranker, store, fc).score("never-seen-user", ["i0", "i1"], now_ts=now)
     assert not cold.user_found and np.all((cold.scores > 0) & (cold.scores < 1))
+
+
+def test_a_request_with_nothing_online_scores_every_candidate_with_its_defaults(world, trained, tmp_path):
+    """Issue 20: no candidate online used to give [n, 0] vectors and a shape error; None ids read a user "None"."""
+    from feature_gen.store.feature_store import FeatureStoreError
+    from ranker_integration.ranker import export_ranker, load_ranker
+    from ranker_integration.serving import RequestScorer
+
+    store, fc = world["store"], world["fc"]
+    got = store.item_embeddings(["never-1", "never-2"], dim=DIM)
+    assert got.vectors.shape == (2, DIM) and np.isnan(got.vectors).all() and not got.found.any()
+    assert store.user_embeddings([], dim=DIM).vectors.shape == (0, DIM)
+
+    scorer = RequestScorer(load_ranker(export_ranker(trained[True], tmp_path / "saved_model")), store, fc)
+    now = T0 + 40 * 86_400
+    for user in ("u5", "never-seen-user"):
+        scored = scorer.score(user, ["never-1", "never-2", "never-3"], now_ts=now)
+        assert scored.scores.shape == (3,) and np.all((scored.scores > 0) & (scored.scores < 1))
+        assert not scored.items_found.any()
+
+    with pytest.raises(FeatureStoreError, match="user_id at position 0 is None"):
+        store.user_embeddings([None])
+    with pytest.raises(ValueError, match="user_id is None"):
+        scorer.score(None, ["i0"], now_ts=now)
+    with pytest.raises(ValueError, match="item_ids: 1 missing id.*position 1"):
+        scorer.score("u5", ["i0", None], now_ts=now)

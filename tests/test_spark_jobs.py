@@ -183,6 +183,7 @@ def _expected_users(bundle, events: pd.DataFrame, item_vectors: dict):
     events = events.assign(item_id=events.item_id.astype(str))  # ids are strings in the store
     ok = events[events.user_id.notna() & events.item_id.isin(list(item_vectors))].copy()
     ok["order"] = ok.index
+    ok = ok.drop_duplicates(["user_id", "item_id", "timestamp"])  # a repeat counts once (the stream's rule)
     ok = ok.sort_values(["timestamp", "order"], kind="stable")
     ids = list(item_vectors)
     table = padded_item_table([item_vectors[i] for i in ids])

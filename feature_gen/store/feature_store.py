@@ -12,9 +12,9 @@
     store.write_offline(ITEM_EMBEDDING, version, frame)         # replaces that version atomically
     store.materialize_version(version)             # offline Parquet of `version` -> online store
 
-    # reads (online)
-    store.item_embeddings(["i1", "i2"])   -> ItemEmbeddings(ids, vectors [n, D], bundle_versions, found)
-    store.user_embeddings(["u1"])         -> UserEmbeddingRows(ids, vectors, seq_len, last_event_ts, ...)
+    # reads (online); a missing row is a NaN row with found=False, never an error
+    store.item_embeddings(["i1", "i2"], dim=64) -> ItemEmbeddings(ids, vectors [n, D], bundle_versions, found)
+    store.user_embeddings(["u1"], dim=64)       -> UserEmbeddingRows(ids, vectors [n, D], seq_len, last_event_ts, ...)
     store.recent_items(["u1"])            -> RecentItems(ids, item_ids, item_ts, last_event_ts, found)
 
 The store reads and writes rows; it does not score. Request-time scoring (the user·item score, the
@@ -27,7 +27,17 @@ within a process), so a newer write always replaces an older one; Feast's Redis 
 is not newer than what it holds. Whether a user embedding is *newer by events* is a separate question
 (`last_event_ts`), answered by `only_newer_events`.
 
-Ids are strings in the store; any id passed in is converted with `str()`.
+Ids are strings in the store; any id passed in is converted with `str()`, except None (and NaN), which
+is refused naming the id column: `str(None)` would read the row of a user called "None".
+
+D of a read: the caller's `dim` (the width its schema expects: the bundle manifest's `item_dim`, the
+ranker's feature config), else the width of the rows found. With `dim` the result is `[n, dim]` even
+when nothing is found, and a stored vector of another width (another bundle's) counts as not found;
+without it, a read that finds nothing has no width to give (`[n, 0]`) and two widths are refused.
+
+Errors: FeatureStoreError for wrong input (names the view and column); OnlineStoreError when the online
+store itself fails (unreachable Redis, a locked or corrupt SQLite file): a caller cannot fix that by
+changing its input, so a consumer stops on it instead of dead-lettering.
 """
 
 from __future__ import annotations
@@ -74,6 +84,10 @@ _GENERATED_REPO_FILE = "features.py"
 
 class FeatureStoreError(RuntimeError):
     """A feature-store call with the wrong input; the message names the view and the column."""
+
+
+class OnlineStoreError(RuntimeError):
+    """The online store could not be read or written (not the caller's input: the store itself failed)."""
 
 
 @dataclass
@@ -351,7 +365,11 @@ class HLLMFeatureStore:
             return 0
         online = self._checked_frame(view, frame)
         online[EVENT_TIMESTAMP] = _CLOCK.stamp()
-        self.feast.push(push_source_name(view), online, to=PushMode.ONLINE)
+        try:
+            self.feast.push(push_source_name(view), online, to=PushMode.ONLINE)
+        except Exception as exc:
+            raise OnlineStoreError(f"{view}: online write of {len(online)} row(s) failed ({self._where()}): "
+                                   f"{type(exc).__name__}: {_one_line(exc)}") from exc
         return len(online)
 
     def write_online(self, view: str, frame: pd.DataFrame) -> int:
@@ -412,25 +430,36 @@ class HLLMFeatureStore:
 
     # ----------------------------------------------------------------------------- reads
 
+    def _where(self) -> str:
+        if self.cfg.online_store == "redis":
+            return f"redis at {self.cfg.redis_connection}"
+        return f"sqlite at {_repo_config(self.cfg)['online_store']['path']}"
+
     def _read(self, view: str, key: str, ids: Iterable, features: Sequence[str]) -> tuple[list[str], dict]:
-        ids = [str(i) for i in ids]
+        ids = _id_strings(view, key, ids)
         if not ids:
             return ids, {f: [] for f in features}
-        response = self.feast.get_online_features(
-            features=[f"{view}:{f}" for f in features], entity_rows=[{key: i} for i in ids]
-        ).to_dict()
+        try:
+            response = self.feast.get_online_features(
+                features=[f"{view}:{f}" for f in features], entity_rows=[{key: i} for i in ids]
+            ).to_dict()
+        except Exception as exc:
+            raise OnlineStoreError(f"{view}: online read of {len(ids)} row(s) failed ({self._where()}): "
+                                   f"{type(exc).__name__}: {_one_line(exc)}") from exc
         return ids, response
 
-    def item_embeddings(self, item_ids: Iterable) -> ItemEmbeddings:
+    def item_embeddings(self, item_ids: Iterable, dim: int | None = None) -> ItemEmbeddings:
+        """Rows in input order; `dim` (D the caller's schema expects) makes an all-missing read [n, D]."""
         ids, got = self._read(ITEM_EMBEDDING, ITEM_ID, item_ids, [EMBEDDING, BUNDLE_VERSION])
-        vectors, found = _stack(got[EMBEDDING])
+        vectors, found = _stack(got[EMBEDDING], dim, ITEM_EMBEDDING, ids)
         return ItemEmbeddings(ids, vectors, list(got[BUNDLE_VERSION]), found)
 
-    def user_embeddings(self, user_ids: Iterable) -> UserEmbeddingRows:
+    def user_embeddings(self, user_ids: Iterable, dim: int | None = None) -> UserEmbeddingRows:
+        """Rows in input order; `dim` (D the caller's schema expects) makes an all-missing read [n, D]."""
         ids, got = self._read(
             USER_EMBEDDING, USER_ID, user_ids, [EMBEDDING, SEQ_LEN, LAST_EVENT_TS, BUNDLE_VERSION]
         )
-        vectors, found = _stack(got[EMBEDDING])
+        vectors, found = _stack(got[EMBEDDING], dim, USER_EMBEDDING, ids)
         return UserEmbeddingRows(
             ids, vectors, _ints(got[SEQ_LEN]), _ints(got[LAST_EVENT_TS]), list(got[BUNDLE_VERSION]), found
         )
@@ -447,14 +476,36 @@ class HLLMFeatureStore:
         )
 
 
-def _stack(values: list) -> tuple[np.ndarray, np.ndarray]:
+def _stack(values: list, dim: int | None = None, view: str = "", ids: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """[n, D] float32 with NaN rows where a value is missing, and found [n] bool."""
     found = np.array([v is not None for v in values], dtype=bool)
-    dim = next((len(v) for v in values if v is not None), 0)
-    out = np.full((len(values), dim), np.nan, dtype=np.float32)
+    width = next((len(v) for v in values if v is not None), 0) if dim is None else int(dim)
+    out = np.full((len(values), width), np.nan, dtype=np.float32)
     for row, v in enumerate(values):
-        if v is not None:
-            out[row] = np.asarray(v, dtype=np.float32)
+        if v is None:
+            continue
+        if len(v) != width:
+            if dim is None:
+                raise FeatureStoreError(f"{view}: embeddings of {len(v)} and {width} values in one read "
+                                        f"({ids[row]!r}); pass dim= to read one width")
+            found[row] = False  # a vector of another width belongs to another bundle: missing for this caller
+            continue
+        out[row] = np.asarray(v, dtype=np.float32)
     return out, found
+
+
+def _id_strings(view: str, key: str, ids: Iterable) -> list[str]:
+    out = []
+    for position, i in enumerate(ids):
+        if i is None or (isinstance(i, float) and np.isnan(i)):
+            raise FeatureStoreError(f"{view}: {key} at position {position} is {i!r}; expected an id")
+        out.append(str(i))
+    return out
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _ints(values: list) -> np.ndarray:

@@ -11,6 +11,11 @@ from typing import Any
 from feature_gen.config import ConfigError, StreamConfig
 
 
+class BrokerError(RuntimeError):
+    """The Kafka cluster could not be reached, or refused a client, where retrying inside the client does
+    not apply (start-up, authorisation, a topic that does not exist); the message names the servers."""
+
+
 def connection_options(cfg: StreamConfig) -> dict[str, Any]:
     """bootstrap, security protocol, SASL and TLS settings, as kafka-python keyword arguments."""
     opts: dict[str, Any] = {

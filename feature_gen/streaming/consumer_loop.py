@@ -22,8 +22,18 @@ Delivery rules kept here, so both consumers share them:
 - **SIGTERM / SIGINT**: the loop stops polling, finishes and commits the current batch, leaves the group
   and returns.
 
-A processor error (the store is down, a bug) propagates without a commit: the process exits non-zero,
-its supervisor restarts it, and the group replays from the last commit.
+- **fencing**: before each online write the processor calls `fence()`, which commits (synchronously,
+  with this member's group generation) offsets the member may commit anyway: the lowest offset of each
+  partition it has not finished. A member that lost its partitions (it stalled past its session
+  timeout or `max_poll_interval_ms` and the group moved on) is refused by the broker or its own client
+  (CommitFailedError / IllegalStateError): the write is skipped with FencedError, the batch dropped
+  uncommitted, and the new owner, who replays from the last commit, is the only writer. Feast has no
+  compare-and-set, so a window remains between the fence and the write's completion (milliseconds,
+  where the unfenced window was the whole stall).
+
+A record's failure never gets here (the processors dead-letter it). A processor error that does (the
+store is down, a bug) propagates without a commit: the process exits non-zero, its supervisor restarts
+it, and the group replays from the last commit.
 """
 
 from __future__ import annotations
@@ -45,6 +55,10 @@ log = logging.getLogger(__name__)
 class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held: dict = field(default_factory=dict)  # TopicPartition -> lowest offset still held (not committable)
+
+
+class FencedError(RuntimeError):
+    """A write refused because this member no longer owns the partition (the group has a newer generation)."""
 
 
 class BatchProcessor(Protocol):
@@ -77,6 +91,8 @@ class ConsumerLoop:
         self.stop = stop or threading.Event()
         self._buffer: list = []  # polled, not yet processed
         self._next_offset: dict = {}  # TopicPartition -> offset after the last processed record
+        self._held: dict = {}  # TopicPartition -> lowest offset held by the processor after the last batch
+        self._unfinished: dict = {}  # TopicPartition -> lowest offset not yet finished (what fence() commits)
         self.batches = 0  # loop iterations that processed something (records, or held events retried)
         self.status = StatusLine(settings.group_id, settings.status_every_s)
 
@@ -102,7 +118,13 @@ class ConsumerLoop:
                 if not records and not self.processor.has_held():
                     continue
                 started = time.monotonic()
-                outcome = self.processor.process(records)
+                self._unfinished = self._lowest_unfinished(records)
+                try:
+                    outcome = self.processor.process(records)
+                except FencedError as exc:
+                    self._on_fenced(exc)
+                    continue
+                self._held = dict(outcome.held)
                 if self._deliver(outcome.dead_letters):
                     self._commit(records, outcome.held)
                 self._observe(records, outcome, time.monotonic() - started)
@@ -130,6 +152,53 @@ class ConsumerLoop:
                 break  # idle: let the loop look at held events and the stop flag
         return self._buffer
 
+    def fence(self) -> None:
+        """Prove this member still owns its partitions, right before a write (see the module docstring);
+        raises FencedError when it does not. Retries a broker outage like a commit."""
+        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        assigned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self._unfinished.items() if tp in assigned}
+        lost = set(self._unfinished) - assigned
+        if lost:
+            raise FencedError(f"partition(s) {sorted(tp.partition for tp in lost)} revoked during the batch")
+        if not offsets:
+            return
+        attempt = 0
+        while True:
+            try:
+                self.consumer.commit(offsets, timeout_ms=self.settings.commit_timeout_ms)
+                return
+            except (CommitFailedError, IllegalStateError) as exc:
+                raise FencedError(f"this member no longer owns partition(s) "
+                                  f"{sorted(tp.partition for tp in offsets)}: {exc}") from exc
+            except KafkaError as exc:
+                if self.stop.is_set() and attempt > 0:
+                    raise FencedError(f"stopping before membership could be confirmed: {exc}") from exc
+                attempt = self._backoff("fence", attempt, exc)
+
+    def _lowest_unfinished(self, records: list) -> dict:
+        """Per partition: the first offset of this batch, or a lower one the processor still holds."""
+        from kafka import TopicPartition
+
+        lowest = dict(self._held)
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            lowest[tp] = min(lowest.get(tp, r.offset), r.offset)
+        return lowest
+
+    def _on_fenced(self, exc: FencedError) -> None:
+        log.warning("%s: write refused, batch dropped uncommitted (the partition's new owner replays it): %s",
+                    self.settings.group_id, exc)
+        self.metrics.retries.labels("fenced").inc()
+        lost = set(self._unfinished) | set(self._next_offset) | set(self._held)
+        self.processor.forget(lost)
+        for tp in lost:
+            self._next_offset.pop(tp, None)
+        self._held = {}
+        self._buffer = []
+
     def _on_revoked(self, revoked: set) -> None:
         from kafka import TopicPartition
 
@@ -139,6 +208,7 @@ class ConsumerLoop:
         self._buffer[:] = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked]
         for tp in revoked:
             self._next_offset.pop(tp, None)
+            self._held.pop(tp, None)
         self.processor.forget(revoked)
         self.metrics.assigned.set(len(self.consumer.assignment() - revoked))
         log.info("%s: revoked %s (%d buffered records left to the next owner)",

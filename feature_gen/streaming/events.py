@@ -10,10 +10,13 @@ change:
 
     {"item_id": "9001", "timestamp": 1763900000, "title": "...", "tags": ["a", "b"], "description": "..."}
 
-Ids are JSON strings or integers (stored as strings); `timestamp` is integer Unix seconds (event time,
-not produce time); `event_type` is a non-empty string (click, rating, purchase, ...). A message that
-breaks the contract raises InvalidEvent with one of the REASON_* codes below; the consumer dead-letters
-it with that reason and its original bytes, and goes on.
+Ids are JSON strings or integers (stored as strings; at most MAX_ID_CHARS characters of valid Unicode);
+`timestamp` is integer Unix seconds (event time, not produce time) inside the plausible window of
+feature_gen.data.event_time (the rule the batch jobs apply too); `event_type` is a non-empty string
+(click, rating, purchase, ...). A message that breaks the contract raises InvalidEvent with one of the
+REASON_* codes below; the consumer dead-letters it with that reason and its original bytes, and goes on.
+No input makes the parsers raise anything else: deep nesting, numbers of any size, lone surrogates and
+undecodable bytes are all InvalidEvent (tests/test_stream_fuzz.py throws arbitrary input at them).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from feature_gen.data.event_time import timestamp_problem
 
 REASON_OVERSIZE = "oversize"
 REASON_INVALID_JSON = "invalid_json"
@@ -31,6 +36,10 @@ REASON_KEY_MISMATCH = "key_mismatch"
 REASON_UNKNOWN_ITEM = "unknown_item"
 REASON_NO_TEXT = "no_text"
 REASON_OVERSIZE_TEXT = "oversize_text"
+REASON_PROCESSING_FAILED = "processing_failed"  # valid by the contract, but processing it raised (see refresh.py)
+
+INT64_LIMIT = 2**63
+MAX_ID_CHARS = 1024  # an id is a key in every store; a megabyte "id" is a producer bug
 
 USER_EVENT_FIELDS = ("user_id", "item_id", "timestamp", "event_type")
 ITEM_EVENT_FIELDS = ("item_id", "timestamp")
@@ -67,8 +76,11 @@ def _object(raw: bytes | None, max_bytes: int) -> dict:
         raise InvalidEvent(REASON_OVERSIZE, f"{len(raw)} bytes, the limit is {max_bytes}")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(REASON_INVALID_JSON, str(exc)) from None
+    except RecursionError:
+        # the C parser recurses once per nesting level: a few KB of brackets exhaust the stack
+        raise InvalidEvent(REASON_INVALID_JSON, "nested too deeply to parse") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        raise InvalidEvent(REASON_INVALID_JSON, str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise InvalidEvent(REASON_NOT_AN_OBJECT, f"expected a JSON object; got {type(obj).__name__}")
     return obj
@@ -85,16 +97,45 @@ def _id(obj: dict, name: str) -> str:
     # bool is an int in Python; an id of `true` is a producer bug, not an id.
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidEvent(REASON_BAD_FIELD, f"{name}: expected a string or integer id; got {type(value).__name__}")
-    text = str(value).strip()
+    if isinstance(value, int) and not -INT64_LIMIT <= value < INT64_LIMIT:
+        raise InvalidEvent(REASON_BAD_FIELD, f"{name}: integer id out of the int64 range")
+    text = value.strip() if isinstance(value, str) else str(value)
     if not text:
         raise InvalidEvent(REASON_BAD_FIELD, f"{name}: empty id")
+    if len(text) > MAX_ID_CHARS:
+        raise InvalidEvent(REASON_BAD_FIELD, f"{name}: {len(text)} characters, the limit is {MAX_ID_CHARS}")
+    _check_unicode(text, name)
     return text
+
+
+def _check_unicode(text: str, name: str) -> None:
+    # JSON may escape a lone surrogate ("\ud800"): a str Python holds but no store can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(REASON_BAD_FIELD, f"{name}: not valid Unicode ({exc.reason} at position {exc.start})") from None
+
+
+def _check_strings(obj: dict) -> None:
+    """Every string of an item event (its text fields feed the tokenizer), walked without recursion."""
+    stack: list = [("", obj)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, str):
+            _check_unicode(value, name or "value")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _check_unicode(k, "a field name")
+                stack.append((name or k, v))
+        elif isinstance(value, list):
+            stack.extend((name, v) for v in value)
 
 
 def _timestamp(obj: dict) -> int:
     value = obj["timestamp"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: expected non-negative integer Unix seconds; got {value!r}")
+    problem = timestamp_problem(value)
+    if problem is not None:
+        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: {problem}")
     return value
 
 
@@ -106,9 +147,10 @@ def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
     user_id = _id(obj, "user_id")
     event_type = obj["event_type"]
     if not isinstance(event_type, str) or not event_type.strip():
-        raise InvalidEvent(REASON_BAD_FIELD, f"event_type: expected a non-empty string; got {event_type!r}")
+        raise InvalidEvent(REASON_BAD_FIELD, f"event_type: expected a non-empty string; got {repr(event_type)[:80]}")
+    _check_unicode(event_type, "event_type")
     if key is not None and key.decode("utf-8", "replace") != user_id:
-        raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key!r} is not its user_id {user_id!r}")
+        raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key[:80]!r} is not its user_id {user_id[:80]!r}")
     return UserEvent(user_id, _id(obj, "item_id"), _timestamp(obj), event_type.strip())
 
 
@@ -118,8 +160,9 @@ def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
     obj = _object(raw, max_bytes)
     _require(obj, ITEM_EVENT_FIELDS)
     item_id = _id(obj, "item_id")
+    _check_strings(obj)
     if key is not None and key.decode("utf-8", "replace") != item_id:
-        raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key!r} is not its item_id {item_id!r}")
+        raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key[:80]!r} is not its item_id {item_id[:80]!r}")
     return ItemEvent(item_id, _timestamp(obj), dict(obj, item_id=item_id))
 
 

@@ -6,6 +6,10 @@ reason); the newest event of each item in the batch is embedded with the Item LL
 and written to the online store under the consumer's bundle version. Offsets are committed after the
 write (consumer_loop).
 
+Poison-proof as the user consumer (refresh.py): building an item's text is guarded per record, and when
+embedding or writing the batch fails for a reason other than the store, each item is tried on its own
+and those that still fail are dead-lettered as `processing_failed`; a store failure stops the process.
+
 Ordering of changes: item events are keyed by item_id, so one item's changes arrive in order and the
 last one in the log wins. Within a batch the event with the newest timestamp wins (the later offset on
 a tie). A replay re-applies the same changes in the same order and ends in the same state.
@@ -20,9 +24,9 @@ from typing import TYPE_CHECKING
 from feature_gen.config import HLLMConfig
 from feature_gen.inference.encoders import Encoders
 from feature_gen.model.item_text import item_text_or_reject
-from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
-from feature_gen.streaming.dead_letter import DeadLetter
-from feature_gen.streaming.events import InvalidEvent, parse_item_event
+from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop, FencedError
+from feature_gen.streaming.dead_letter import DeadLetter, error_line
+from feature_gen.streaming.events import REASON_PROCESSING_FAILED, InvalidEvent, parse_item_event
 from feature_gen.streaming.metrics import StreamMetrics
 from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
@@ -57,7 +61,12 @@ class ItemRefresh:
             except InvalidEvent as exc:
                 letters.append(DeadLetter.of(r, exc.reason, exc.detail))
                 continue
-            text = item_text_or_reject(event.fields, self.encoders.text_cfg)
+            try:
+                text = item_text_or_reject(event.fields, self.encoders.text_cfg)
+            except Exception as exc:  # noqa: BLE001 (a field the text builder chokes on: this record's fault)
+                letters.append(DeadLetter.of(r, REASON_PROCESSING_FAILED, f"item_id {event.item_id[:80]!r}: "
+                                             f"building its text: {error_line(exc)}"))
+                continue
             if text.reject_reason is not None:
                 letters.append(DeadLetter.of(r, text.reject_reason, f"item_id {event.item_id!r}: {text.reject_reason} "
                                              f"(text keys {', '.join(self.encoders.text_cfg.text_keys)})"))
@@ -67,15 +76,48 @@ class ItemRefresh:
             if current is None or (event.timestamp, r.offset) >= current[:2]:
                 newest[event.item_id] = (event.timestamp, r.offset, text.text, r)
         if newest:
-            ids = list(newest)
-            vectors = self.encoders.embed_texts([newest[i][2] for i in ids])
-            self.state.write_item_embeddings(ids, vectors)
+            ids, failed = self._embed_and_write(newest)
+            letters += failed
+            failed_offsets = {(letter.partition, letter.offset) for letter in failed}
+            accepted = [r for r in accepted if (r.partition, r.offset) not in failed_offsets]
             written_at = time.time()
             self.metrics.observe_freshness([max(0.0, written_at - r.timestamp / 1000) for r in accepted])
             self.metrics.count("embedded", len(ids))
             self.metrics.count("superseded", len(accepted) - len(ids))
             self.metrics.batch_entities.observe(len(ids))
         return BatchOutcome(letters, {})
+
+    def _embed_and_write(self, newest: dict[str, tuple]) -> tuple[list[str], list[DeadLetter]]:
+        """Embed and write the newest text of each item; on a failure that is not the store's, item by
+        item, dead-lettering those that still fail (all failing, of several: propagated, see refresh.py)."""
+        from feature_gen.store.feature_store import OnlineStoreError
+
+        def embed_write(ids: list[str]) -> None:
+            vectors = self.encoders.embed_texts([newest[i][2] for i in ids])
+            self.state.write_item_embeddings(ids, vectors)
+
+        ids = list(newest)
+        try:
+            embed_write(ids)
+            return ids, []
+        except (OnlineStoreError, FencedError):  # not the records' fault: the loop decides
+            raise
+        except Exception as exc:  # noqa: BLE001
+            first = exc
+        written, letters = [], []
+        for item_id in ids:
+            try:
+                embed_write([item_id])
+                written.append(item_id)
+            except (OnlineStoreError, FencedError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                letters.append(DeadLetter.of(newest[item_id][3], REASON_PROCESSING_FAILED,
+                                             f"item_id {item_id[:80]!r}: {error_line(exc)}"))
+        if len(ids) > 1 and not written:
+            raise first
+        return written, letters
+
 
 
 def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders: Encoders | None = None,
@@ -86,7 +128,9 @@ def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encode
     metrics = StreamMetrics("item_refresh")
     processor = ItemRefresh(OnlineState(consumer_store(cfg, store), encoders.version, s.item_cache_ttl_ms), encoders,
                             metrics, s.max_item_event_bytes)
-    return wire_loop(cfg, processor, metrics, topic=s.item_events_topic, group_id=s.item_group_id, stop=stop)
+    loop = wire_loop(cfg, processor, metrics, topic=s.item_events_topic, group_id=s.item_group_id, stop=stop)
+    processor.state.fence = loop.fence  # every online write proves the member still owns its partitions
+    return loop
 
 
 def run_item_refresh(cfg: HLLMConfig, max_batches: int | None = None) -> int:

@@ -8,6 +8,10 @@
             one partition, so between the batch's read and its write no other consumer writes that user
             (a zombie member after a rebalance could, in the same read-then-write window the plain
             push_user_embeddings(only_newer_events=True) has).
+    fence:  every write first calls `fence` (the consumer loop's: it proves the member still owns its
+            partitions, so a member that stalled and lost them does not write over its successor)
+    errors: a failing store call raises OnlineStoreError naming the view (the consumer stops; a
+            record's fault is the processor's to dead-letter)
     items:  item embeddings of the consumer's bundle version; another version's embedding counts as
             missing (a user embedding must never mix versions)
 
@@ -20,7 +24,7 @@ new item's embedding is found as soon as it is written.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -40,7 +44,8 @@ class OnlineState:
         from feature_gen.store.online_io import OnlineIO
 
         self.store = store
-        self.io = OnlineIO(store)
+        self.io = _GuardedIO(OnlineIO(store), store)
+        self.fence: Callable[[], None] = lambda: None  # set by the consumer that owns this state
         self.version = bundle_version
         self.item_cache_ttl_s = item_cache_ttl_ms / 1000
         self._items: dict[str, tuple[float, np.ndarray]] = {}  # item_id -> (read at, vector)
@@ -68,6 +73,7 @@ class OnlineState:
         rows = {USER_RECENT_ITEMS: recent_item_rows(
             list(sequences), [s.item_ids for s in sequences.values()], [s.timestamps for s in sequences.values()],
             [s.last_event_ts for s in sequences.values()])}
+        self.fence()
         written = 0
         if emb is not None and len(user_ids):
             keep = [k for k, (u, ts) in enumerate(zip(user_ids, emb.last_event_ts)) if self._newer(u, int(ts))]
@@ -122,7 +128,36 @@ class OnlineState:
     def write_item_embeddings(self, item_ids: list[str], vectors: np.ndarray) -> None:
         from feature_gen.store.online_io import item_embedding_rows
 
+        self.fence()
         self.io.write({ITEM_EMBEDDING: item_embedding_rows(item_ids, vectors, self.version)})
         now = time.monotonic()
         for i, v in zip(item_ids, vectors):
             self._items[i] = (now, v)
+
+
+class _GuardedIO:
+    """OnlineIO whose failures (Redis unreachable, a locked SQLite file) are OnlineStoreError: the store's
+    fault, which stops the consumer, never a record's, which the processors dead-letter."""
+
+    def __init__(self, io, store):
+        self._io, self._store = io, store
+
+    def __getattr__(self, name):
+        call = getattr(self._io, name)
+        if not callable(call):
+            return call
+
+        def guarded(*args, **kwargs):
+            from feature_gen.store.feature_store import FeatureStoreError, OnlineStoreError
+
+            try:
+                return call(*args, **kwargs)
+            except (FeatureStoreError, OnlineStoreError):
+                raise
+            except Exception as exc:
+                cfg = self._store.cfg
+                where = f"redis at {cfg.redis_connection}" if cfg.online_store == "redis" else "sqlite"
+                raise OnlineStoreError(f"online {name} failed ({where}): {type(exc).__name__}: "
+                                       f"{' '.join(str(exc).split())[:300]}") from exc
+
+        return guarded

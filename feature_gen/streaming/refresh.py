@@ -13,6 +13,13 @@ One micro-batch (see consumer_loop for the loop and its delivery rules):
    too: after a crash mid-write, the replay is what repairs the embedding), recomputed with the User
    LLM over the newest `max_seq_len` items, in one write per store (OnlineState.write_users; on Redis a
    user's sequence and embedding land in one HSET), embeddings under the `only_newer_events` rule.
+
+**Poison-proof**: no single record can stop the consumer. A failure of the write step that is not the
+store's (OnlineStoreError) is narrowed down by user: each user of the batch is written on its own,
+and the events of a user whose write still fails are dead-lettered as `processing_failed` with the
+error, while every other user is applied. When every user of a batch of several fails the same way,
+the fault is not in the records (a broken bundle, a bug): the error propagates and the batch is not
+committed. A store failure always propagates (the process stops; a restart replays the batch).
 """
 
 from __future__ import annotations
@@ -25,9 +32,15 @@ from typing import TYPE_CHECKING
 
 from feature_gen.config import HLLMConfig
 from feature_gen.inference.encoders import Encoders
-from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
-from feature_gen.streaming.dead_letter import DeadLetter
-from feature_gen.streaming.events import REASON_UNKNOWN_ITEM, InvalidEvent, UserEvent, parse_user_event
+from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop, FencedError
+from feature_gen.streaming.dead_letter import DeadLetter, error_line
+from feature_gen.streaming.events import (
+    REASON_PROCESSING_FAILED,
+    REASON_UNKNOWN_ITEM,
+    InvalidEvent,
+    UserEvent,
+    parse_user_event,
+)
 from feature_gen.streaming.metrics import StreamMetrics
 from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.recent_items import merge_events
@@ -74,8 +87,8 @@ class UserRefresh:
             events, letters = self.validate(records)
         with self.metrics.timed("store_read"):  # item embeddings (mostly from the in-process cache)
             ready, more_letters = self.resolve_items(events)
-        self.write(ready)
-        return BatchOutcome(letters + more_letters, self._held_offsets())
+        failed_letters = self.write_isolated(ready)
+        return BatchOutcome(letters + more_letters + failed_letters, self._held_offsets())
 
     # ------------------------------------------------------------------ steps
 
@@ -113,6 +126,34 @@ class UserRefresh:
             for h in expired
         ]
         return ready, letters
+
+    def write_isolated(self, ready: list[_Held]) -> list[DeadLetter]:
+        """write(ready); when that fails for a reason other than the store, each user on its own, and the
+        events of the users that still fail become dead letters."""
+        from feature_gen.store.feature_store import OnlineStoreError
+
+        try:
+            self.write(ready)
+            return []
+        except (OnlineStoreError, FencedError):  # not the records' fault: the loop decides
+            raise
+        except Exception as exc:  # noqa: BLE001 (narrowed down below: a record's fault or a systemic one)
+            first = exc
+        by_user: dict[str, list[_Held]] = defaultdict(list)
+        for h in ready:
+            by_user[h.event.user_id].append(h)
+        failures: dict[str, Exception] = {}
+        for uid, held in by_user.items():
+            try:
+                self.write(held)
+            except (OnlineStoreError, FencedError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                failures[uid] = exc
+        if len(by_user) > 1 and len(failures) == len(by_user):
+            raise first  # every user fails: not the records' fault
+        return [DeadLetter.of(h.record, REASON_PROCESSING_FAILED, f"user_id {uid[:80]!r}: {error_line(exc)}")
+                for uid, exc in failures.items() for h in by_user[uid]]
 
     def write(self, ready: list[_Held]) -> None:
         if not ready:
@@ -162,6 +203,7 @@ class UserRefresh:
         return lowest
 
 
+
 # ---------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -177,7 +219,9 @@ def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encode
         max_event_bytes=s.max_event_bytes, max_recent_items=max(s.max_recent_items, encoders.max_seq_len),
         unknown_item_wait_ms=s.unknown_item_wait_ms, max_waiting_events=s.max_waiting_events,
     )
-    return wire_loop(cfg, processor, metrics, topic=s.user_events_topic, group_id=s.group_id, stop=stop)
+    loop = wire_loop(cfg, processor, metrics, topic=s.user_events_topic, group_id=s.group_id, stop=stop)
+    processor.state.fence = loop.fence  # every online write proves the member still owns its partitions
+    return loop
 
 
 def run_refresh(cfg: HLLMConfig, max_batches: int | None = None) -> int:

@@ -1,6 +1,11 @@
 """What the two refresh consumers (`hllm refresh`, `hllm refresh-items`) share: loading the bundle's
 encoders, opening the online store, the Kafka clients and dead-letter writer around a processor, and
-running until a signal. Each consumer module only builds its processor."""
+running until a signal. Each consumer module only builds its processor.
+
+How a consumer stops on an error (`hllm` turns each into one line and an exit code, see hllm/cli.py):
+a Kafka client error that escapes the client's own retries becomes BrokerError naming the servers; an
+OnlineStoreError (the store failed) and BundleError / ConfigError (start-up) pass through unchanged.
+A failure tied to one record never gets here: the processors dead-letter it (refresh.py)."""
 
 from __future__ import annotations
 
@@ -34,9 +39,16 @@ def consumer_store(cfg: HLLMConfig, store: HLLMFeatureStore | None = None) -> HL
     """The online store the consumer writes to: `store` when a caller already holds one (tests, demo)."""
     if store is not None:
         return store
-    from feature_gen.store.feature_store import open_store
+    from feature_gen.store.feature_store import FeatureStoreError, OnlineStoreError, open_store
 
-    return open_store(cfg.store)
+    try:
+        return open_store(cfg.store)
+    except (FeatureStoreError, OnlineStoreError):
+        raise
+    except Exception as exc:  # Redis unreachable, a registry file that cannot be opened: the store's, not ours
+        where = cfg.store.redis_connection if cfg.store.online_store == "redis" else cfg.store.repo_path
+        raise OnlineStoreError(f"opening the {cfg.store.online_store} feature store at {where} failed: "
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def wire_loop(cfg: HLLMConfig, processor, metrics: StreamMetrics, *, topic: str, group_id: str,
@@ -60,12 +72,20 @@ def wire_loop(cfg: HLLMConfig, processor, metrics: StreamMetrics, *, topic: str,
 def run_until_signalled(cfg: HLLMConfig, build_loop, name: str, topic: str, group_id: str,
                         max_batches: int | None = None) -> int:
     """Consume until SIGTERM/SIGINT (or `max_batches`); serve metrics when a port is configured."""
+    from kafka.errors import KafkaError
+
+    from feature_gen.streaming.clients import BrokerError
+
     stop = threading.Event()
     stop_on_signals(stop)
-    loop = build_loop(cfg, stop)
-    if cfg.stream.metrics_port is not None:
-        loop.metrics.serve(cfg.stream.metrics_port)
-    encoders = loop.processor.encoders
-    log.info("%s: group %s on %s, bundle %s (%s)", name, group_id, topic, encoders.version, encoders.runtime)
-    loop.run(max_batches=max_batches)
+    try:
+        loop = build_loop(cfg, stop)
+        if cfg.stream.metrics_port is not None:
+            loop.metrics.serve(cfg.stream.metrics_port)
+        encoders = loop.processor.encoders
+        log.info("%s: group %s on %s, bundle %s (%s)", name, group_id, topic, encoders.version, encoders.runtime)
+        loop.run(max_batches=max_batches)
+    except KafkaError as exc:
+        raise BrokerError(f"{name}: Kafka at {cfg.stream.bootstrap_servers} (group {group_id}, topic {topic}): "
+                          f"{type(exc).__name__}: {exc}") from exc
     return 0
