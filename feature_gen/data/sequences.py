@@ -101,13 +101,14 @@ def build_interaction_data(
 def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> InteractionData:
     """The one entry point from config to sequences, for every data source."""
     if data_cfg.source == "files":
-        items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg)
+        items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg,
+                                         data_cfg.encoding, data_cfg.timestamp_unit)
     else:
         from feature_gen.data.movielens import LOADERS
 
         items, interactions = LOADERS[data_cfg.source]()
         items = validate_items(items, data_cfg.source, text_cfg)
-        interactions = validate_interactions(interactions, data_cfg.source)
+        interactions = validate_interactions(interactions, data_cfg.source, data_cfg.timestamp_unit)
         check_known_items(interactions, items[ITEM_ID], data_cfg.source)
     return build_interaction_data(items, interactions, text_cfg, data_cfg.min_user_interactions)
 

@@ -20,6 +20,18 @@ from feature_gen.config import ItemTextConfig
 REJECT_NULL_ID = "null_id"
 REJECT_NO_TEXT = "no_text"
 REJECT_OVERSIZE_TEXT = "oversize_text"
+# A cell holding U+FFFD: its bytes were not valid in the declared encoding and a decoder replaced them
+# (Spark always does). Embedding "Caf\ufffd society" silently would put a different item in the store.
+REJECT_BAD_ENCODING = "bad_encoding"
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+def _garbled(value: Any) -> bool:
+    if isinstance(value, str):
+        return _REPLACEMENT_CHAR in value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return any(_garbled(v) for v in value)
+    return False
 
 
 def _is_missing(value: Any) -> bool:
@@ -79,6 +91,8 @@ def item_text_or_reject(item: Mapping[str, Any], cfg: ItemTextConfig, id_key: st
     """Text for one item row, or the reason it must go to the rejects output."""
     if _is_missing(item.get(id_key)):
         return ItemTextResult(None, REJECT_NULL_ID)
+    if _garbled(item.get(id_key)) or any(_garbled(item.get(key)) for key in cfg.text_keys):
+        return ItemTextResult(None, REJECT_BAD_ENCODING)
     for key in cfg.text_keys:
         value = item.get(key)
         if isinstance(value, str) and len(value) > cfg.max_text_chars:

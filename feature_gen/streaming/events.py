@@ -10,8 +10,10 @@ change:
 
     {"item_id": "9001", "timestamp": 1763900000, "title": "...", "tags": ["a", "b"], "description": "..."}
 
-Ids are JSON strings or integers (stored as strings); `timestamp` is integer Unix seconds (event time,
-not produce time); `event_type` is a non-empty string (click, rating, purchase, ...). A message that
+Ids are JSON strings or integers (stored as strings); `timestamp` is a JSON integer in
+`stream.timestamp_unit` (seconds by default; event time, not produce time), read by the one timestamp
+rule of feature_gen/data/contract.py: outside [1995-01-01, now + clock skew] it is a bad_field (a
+millisecond value sent as seconds is refused, not stored as the year ~55,000); `event_type` is a non-empty string (click, rating, purchase, ...). A message that
 breaks the contract raises InvalidEvent with one of the REASON_* codes below; the consumer dead-letters
 it with that reason and its original bytes, and goes on.
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from feature_gen.data.contract import check_timestamp
 
 REASON_OVERSIZE = "oversize"
 REASON_INVALID_JSON = "invalid_json"
@@ -91,16 +95,22 @@ def _id(obj: dict, name: str) -> str:
     return text
 
 
-def _timestamp(obj: dict) -> int:
+def _timestamp(obj: dict, unit: str, now_s: float | None) -> int:
     value = obj["timestamp"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: expected non-negative integer Unix seconds; got {value!r}")
-    return value
+    # JSON integers only: a string or a float timestamp is a producer bug worth seeing in the dead letters.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: expected an integer ({unit}); got {value!r}")
+    checked = check_timestamp(value, unit, now_s)
+    if not checked.ok:
+        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: {checked.reason}")
+    return checked.seconds
 
 
-def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 4096) -> UserEvent:
+def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 4096,
+                     timestamp_unit: str = "seconds", now_s: float | None = None) -> UserEvent:
     """Validate one user-event message; raises InvalidEvent. A key, when present, must be the user id
-    (per-user ordering rests on it)."""
+    (per-user ordering rests on it). The timestamp is read in `timestamp_unit` against the clock
+    `now_s` (default: this machine's) and returned as Unix seconds."""
     obj = _object(raw, max_bytes)
     _require(obj, USER_EVENT_FIELDS)
     user_id = _id(obj, "user_id")
@@ -109,10 +119,11 @@ def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
         raise InvalidEvent(REASON_BAD_FIELD, f"event_type: expected a non-empty string; got {event_type!r}")
     if key is not None and key.decode("utf-8", "replace") != user_id:
         raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key!r} is not its user_id {user_id!r}")
-    return UserEvent(user_id, _id(obj, "item_id"), _timestamp(obj), event_type.strip())
+    return UserEvent(user_id, _id(obj, "item_id"), _timestamp(obj, timestamp_unit, now_s), event_type.strip())
 
 
-def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 1_000_000) -> ItemEvent:
+def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 1_000_000,
+                     timestamp_unit: str = "seconds", now_s: float | None = None) -> ItemEvent:
     """Validate one item-event message; raises InvalidEvent. Whether it has embeddable text is decided
     by feature_gen.model.item_text (the one place that builds item text)."""
     obj = _object(raw, max_bytes)
@@ -120,7 +131,7 @@ def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
     item_id = _id(obj, "item_id")
     if key is not None and key.decode("utf-8", "replace") != item_id:
         raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key!r} is not its item_id {item_id!r}")
-    return ItemEvent(item_id, _timestamp(obj), dict(obj, item_id=item_id))
+    return ItemEvent(item_id, _timestamp(obj, timestamp_unit, now_s), dict(obj, item_id=item_id))
 
 
 def user_event_json(user_id, item_id, timestamp: int, event_type: str = "click") -> bytes:
