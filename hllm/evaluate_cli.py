@@ -9,7 +9,7 @@ import torch
 
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
-from feature_gen.evaluation.metrics import chance_recall
+from feature_gen.evaluation.metrics import chance_recall, chance_seen_sizes
 from feature_gen.evaluation.protocol import evaluate_vectors, seen_items
 
 
@@ -42,7 +42,8 @@ def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0) -> int
     print(f"{cfg.data.source} {split} split, scorer={scorer}: {metrics.num_users} users x {data.num_items} items "
           f"({seconds:.2f} s)")
     print(metrics.format_table())
-    seen_sizes = [len(s) for s in seen_items(eval_set)]
+    # the target is not "seen" for chance even when the user consumed it before (repeat consumption)
+    seen_sizes = chance_seen_sizes(seen_items(eval_set), eval_set.targets)
     chance = {k: chance_recall(k, data.num_items, seen_sizes) for k in cfg.eval.ks}
     print("chance recall: " + "  ".join(f"@{k} {v:.4f}" for k, v in chance.items()))
     return 0

@@ -84,7 +84,7 @@ class TimestampCheck:
         return self.reason is None
 
 
-def _as_integer(value) -> int | None:
+def whole_number(value) -> int | None:
     """An integer value, or None when the value is not a whole number (bool, 1.5, 'abc', NaN)."""
     if isinstance(value, (bool, np.bool_)) or value is None:
         return None
@@ -114,7 +114,7 @@ def check_timestamp(value, unit: str = "seconds", now_s: float | None = None,
     for a bad value: returns a TimestampCheck whose `reason` says why (callers add file/row/offset)."""
     if unit not in TIMESTAMP_UNITS:
         raise ValueError(f"timestamp_unit: expected one of {', '.join(TIMESTAMP_UNITS)}; got {unit!r}")
-    number = _as_integer(value)
+    number = whole_number(value)
     if number is None:
         expected = "seconds or milliseconds" if unit == "auto" else unit
         return TimestampCheck(None, None, f"expected an integer number of {expected}; got {value!r}")
@@ -189,6 +189,22 @@ MISSING_CELLS = ("",)
 REPLACEMENT_CHAR = "\ufffd"  # the item-text builder refuses it too (REJECT_BAD_ENCODING), for every reader
 
 
+# Spark's CSV reader takes only these charsets (Java names); Python spells them differently.
+_JAVA_CHARSETS = {"utf-8": "UTF-8", "iso8859-1": "ISO-8859-1", "ascii": "US-ASCII", "utf-16": "UTF-16",
+                  "utf-16-be": "UTF-16BE", "utf-16-le": "UTF-16LE", "utf-32": "UTF-32"}
+
+
+def java_charset(encoding: str) -> str:
+    """`data.encoding` as the charset name Spark's CSV reader accepts; ValueError for one it cannot read."""
+    import codecs
+
+    name = codecs.lookup(encoding).name
+    if name not in _JAVA_CHARSETS:
+        raise ValueError(f"data.encoding: Spark reads CSV only as {', '.join(sorted(set(_JAVA_CHARSETS)))}; "
+                         f"got {encoding!r} (convert the file to UTF-8)")
+    return _JAVA_CHARSETS[name]
+
+
 def string_columns(text_keys=()) -> tuple[str, ...]:
     """Columns every reader keeps as text (never numbers): ids, the timestamp (the contract parses
     it), the text columns and the configured text keys."""
@@ -222,13 +238,22 @@ def _parquet_with_string_ids(path: Path) -> pd.DataFrame:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    import json
+
     table = pq.read_table(path)
-    for name in ID_COLUMNS:
-        if name in table.column_names and not pa.types.is_string(table.schema.field(name).type):
-            column = table.column(name)
-            if pa.types.is_integer(column.type):
-                # in Arrow, before pandas: an integer column with a null would become float64 there
-                table = table.set_column(table.schema.get_field_index(name), name, pc.cast(column, pa.string()))
+    cast = [n for n in ID_COLUMNS if n in table.column_names and pa.types.is_integer(table.schema.field(n).type)]
+    for name in cast:
+        # in Arrow, before pandas: an integer column with a null would become float64 ("7.0") there
+        table = table.set_column(table.schema.get_field_index(name), name, pc.cast(table.column(name), pa.string()))
+    metadata = dict(table.schema.metadata or {})
+    if cast and b"pandas" in metadata:
+        # the stored pandas dtype (Int64, int64) would be restored over the strings: say they are strings now
+        pandas_meta = json.loads(metadata[b"pandas"])
+        for column in pandas_meta.get("columns", []):
+            if column.get("name") in cast:
+                column.update(pandas_type="unicode", numpy_type="object", metadata=None)
+        metadata[b"pandas"] = json.dumps(pandas_meta).encode()
+        table = table.replace_schema_metadata(metadata)
     return table.to_pandas()
 
 
