@@ -6,7 +6,8 @@ embeddings item_embed.py wrote for the same bundle version; out, under `<ROOT>/.
                      ordered, file order breaking timestamp ties), with seq_len and last_event_ts
   user_recent_items  each user's newest item ids and timestamps (the streaming refresh's state)
   user_rejects       interactions that were not used, with the reason (null_user_id, null_item_id,
-                     bad_timestamp, unknown_item) and the input row
+                     bad_encoding, bad_timestamp: not whole seconds or outside the contract's plausible
+                     window, see data.timestamp_unit; unknown_item) and the input row
 Re-running for the same bundle replaces the version atomically.
 """
 
@@ -62,7 +63,7 @@ def _run(spark, args, cfg, manifest, started) -> int:
               "this bundle first", file=sys.stderr)
         return 2
     try:
-        checked = check_interactions(read_input(spark, args.interactions))
+        checked = check_interactions(read_input(spark, args.interactions, cfg.data.encoding), cfg.data.timestamp_unit)
     except (ValueError, FileNotFoundError) as exc:
         print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
         return 2
