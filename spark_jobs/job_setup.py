@@ -114,7 +114,8 @@ def read_input(spark, path: str, encoding: str = "utf-8"):
             encoding=java_charset(encoding), multiLine=True, nullValue=MISSING_CELLS[0], mode="PERMISSIVE",
         )
         # a quoted empty cell ("") is empty too: null, as pandas reads it
-        return frame.select([F.when(F.col(c) == "", F.lit(None)).otherwise(F.col(c)).alias(c) for c in frame.columns])
+        cells = [F.col(f"`{c}`") for c in frame.columns]  # backticks: a header may hold dots
+        return frame.select([F.when(c == "", F.lit(None)).otherwise(c).alias(n) for c, n in zip(cells, frame.columns)])
     if lowered.endswith((".json", ".jsonl")):
         return spark.read.json(path, primitivesAsString=True)
     frame = spark.read.parquet(path)

@@ -13,9 +13,10 @@ change:
 Ids are JSON strings or integers (stored as strings); `timestamp` is a JSON integer in
 `stream.timestamp_unit` (seconds by default; event time, not produce time), read by the one timestamp
 rule of feature_gen/data/contract.py: outside [1995-01-01, now + clock skew] it is a bad_field (a
-millisecond value sent as seconds is refused, not stored as the year ~55,000); `event_type` is a non-empty string (click, rating, purchase, ...). A message that
-breaks the contract raises InvalidEvent with one of the REASON_* codes below; the consumer dead-letters
-it with that reason and its original bytes, and goes on.
+millisecond value sent as seconds is refused, not stored as the year ~55,000); `event_type` is a
+non-empty string (click, rating, purchase, ...). A message that breaks the contract raises
+InvalidEvent with one of the REASON_* codes below; the consumer dead-letters it with that reason and
+its original bytes, and goes on.
 """
 
 from __future__ import annotations
