@@ -78,7 +78,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
     from feature_gen.model.item_text import build_item_text
     from hllm.local_broker import LocalBroker
     from feature_gen.streaming.clients import create_topics, make_producer
-    from feature_gen.streaming.encoders import load_stream_encoders
+    from feature_gen.inference.encoders import load_encoders
     from feature_gen.streaming.online_state import OnlineState
     from feature_gen.streaming.produce import send_paced, user_messages
     from feature_gen.streaming.recent_items import RecentSequence
@@ -96,7 +96,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
     work = ROOT / f"{name}-{runtime}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    encoders = load_stream_encoders(bundle, runtime, threads)
+    encoders = load_encoders(bundle, runtime, threads=threads)
 
     with LocalBroker.start(log_path=work / "tansu.log") as broker:
         cfg = HLLMConfig.model_validate({
@@ -112,7 +112,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
                                   "description": f"the story of item {i}"}, encoders.text_cfg) for i in range(num_items)]
         state = OnlineState(store, encoders.version)
         t0 = time.perf_counter()
-        state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_items(texts))
+        state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_texts(texts))
         item_seconds = time.perf_counter() - t0
         # steady state: every user already has a full history (what user_embed.py leaves behind), so
         # each event costs a User LLM pass over max_seq_len items, not over the one or two seen so far

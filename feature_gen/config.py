@@ -7,6 +7,7 @@ was expected: `ConfigError: run.yaml: item_llm.pooling: expected one of 'item_to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -307,7 +308,6 @@ class RankerConfig(_Section):
     label joins the newest one strictly before it.
     """
 
-    features_path: str = "ranker_integration/feature_config.yaml"
     labels: Literal["sampled_negatives", "rating"] = "sampled_negatives"
     negatives_per_positive: int = Field(4, gt=0)
     # popularity: negatives drawn in proportion to how often items occur in the history, like the
@@ -318,8 +318,6 @@ class RankerConfig(_Section):
     history_quantile: float = Field(0.8, gt=0.0, lt=1.0, description="labels come after this quantile of event times")
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="the newest share of labels is the test split")
     snapshot_interval_s: int = Field(3600, gt=0, description="user-embedding snapshots every this many seconds of the labelled period")
-    # Bundles store the whole config, so a bundle frozen while this field existed must still load.
-    snapshots: Optional[int] = Field(None, description="unused (replaced by snapshot_interval_s)")
     model: Literal["mlp", "dcn"] = "dcn"
     id_embedding_dim: int = Field(16, gt=0)
     hidden_units: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
@@ -390,17 +388,33 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "<dict>") -> HLLM
         raise ConfigError(f"{source}: {line}{suffix}") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HLLMConfig:
-    """Read a YAML config; `overrides` are dotted keys (`{"loss.num_negatives": 64}`) applied on top."""
+def read_data_file(path: str | Path, error: type[Exception], missing: str, what: str | None = None) -> Any:
+    """The parsed content of a JSON (`*.json`) or YAML file. Raises `error` with `missing` when there is
+    no such file, or with one line naming the file (`what`, default its path), the line where YAML
+    shows it, and the parser's complaint when it does not parse. Every reader of a config, manifest
+    or feature config goes through it, so their errors read alike."""
     path = Path(path)
+    what = what or str(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise error(missing)
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise error(f"{what}: not valid JSON ({exc})") from None
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise error(f"{what}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HLLMConfig:
+    """Read a YAML config; `overrides` are dotted keys (`{"loss.num_negatives": 64}`) applied on top."""
+    path = Path(path)
+    raw = read_data_file(path, ConfigError, f"{path}: config file not found") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level; got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():

@@ -245,7 +245,7 @@ def step_stream(run: DemoRun) -> None:
     from feature_gen.store.feature_store import open_store
     from hllm.local_broker import LocalBroker
     from feature_gen.streaming.clients import create_topics, make_producer
-    from feature_gen.streaming.encoders import load_stream_encoders
+    from feature_gen.inference.encoders import load_encoders
     from feature_gen.streaming.produce import user_messages
     from feature_gen.streaming.refresh import build_user_loop
 
@@ -258,7 +258,7 @@ def step_stream(run: DemoRun) -> None:
             s = cfg.stream
             create_topics(s, {s.user_events_topic: 2, s.dead_letter_topic: 1})
             store = open_store(cfg.store)
-            loop = build_user_loop(cfg, threading.Event(), load_stream_encoders(s.bundle_path, "onnx", 1), store)
+            loop = build_user_loop(cfg, threading.Event(), load_encoders(s.bundle_path, "onnx", threads=1), store)
             loop.metrics.freshness_samples = []
             thread = threading.Thread(target=loop.run, daemon=True)
             thread.start()
@@ -347,11 +347,11 @@ def step_ranker(run: DemoRun) -> None:
 def step_evaluate(run: DemoRun) -> None:
     import torch
 
-    from feature_gen.evaluation import reference_scorers
-    from feature_gen.model.bundle import load_bundle
     from feature_gen.data.sequences import leave_one_out, load_interaction_data
+    from feature_gen.evaluation import reference_scorers
     from feature_gen.evaluation.protocol import evaluate_vectors
-    from feature_gen.inference.encoders import embed_users
+    from feature_gen.inference.encoders import load_encoders
+    from feature_gen.inference.item_table import ItemTable
     from feature_gen.store.offline_store import ITEM_EMBEDDING, read_version
 
     with _step(run, "evaluate", "full ranking over the catalogue (leave-one-out on the history)") as note:
@@ -361,13 +361,11 @@ def step_evaluate(run: DemoRun) -> None:
         data = load_interaction_data(cfg.data, cfg.item_text)
         split = leave_one_out(data)
         items = read_version(cfg.store.offline_root, ITEM_EMBEDDING, run.facts["bundle"].name)
-        by_id = dict(zip(items["item_id"].astype(str), items["embedding"]))
-        table = torch.from_numpy(np.stack([np.zeros_like(items["embedding"].iloc[0])] +
-                                          [by_id[str(i)] for i in data.items["item_id"]]).astype(np.float32))
-        bundle = load_bundle(run.facts["bundle"])
+        stored = ItemTable.of(items["item_id"], list(items["embedding"]))
+        table = stored.vectors[torch.from_numpy(np.concatenate([[0], stored.rows(data.items["item_id"])]))]
+        encoders = load_encoders(run.facts["bundle"], "torch")
         with _elapsed_bar("   user embeddings (test histories)"):
-            users = embed_users(bundle.model.user_llm, table, split.test.histories, split.test.history_timestamps,
-                                cfg.data.max_seq_len)
+            users = encoders.embed_users(table, split.test.histories, split.test.history_timestamps)
         # (user vectors, item table, similarity): the model in the space it is trained on (cosine),
         # reference scorers in the one their vectors are built for
         scorers = {

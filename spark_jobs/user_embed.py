@@ -19,6 +19,7 @@ import uuid
 
 from feature_gen.model.bundle import read_manifest
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS
+from feature_gen.store.schema import ITEM_ID, USER_ID, with_spark_event_timestamp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +81,10 @@ def _run(spark, args, cfg, manifest, started) -> int:
     paths = {t: table_paths(cfg.store.offline_root, t, version, run_id) for t in (USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS)}
 
     users = embed_user_sequences(user_sequences(recent, item_embeddings, max_seq_len), args.bundle, opts, stats)
-    # A user row is valid from the last event it reflects (point-in-time joins).
-    users.withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode("overwrite").parquet(
-        paths[USER_EMBEDDING].staging)
-    recent_items(recent).withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode(
-        "overwrite").parquet(paths[USER_RECENT_ITEMS].staging)
-    checked.filter(F.col("reason").isNotNull()).select("user_id", "item_id", "timestamp", "reason", "row_json").write.mode(
+    # The offline event-time rule (store.schema): a user row is valid from the last event it reflects.
+    with_spark_event_timestamp(users).write.mode("overwrite").parquet(paths[USER_EMBEDDING].staging)
+    with_spark_event_timestamp(recent_items(recent)).write.mode("overwrite").parquet(paths[USER_RECENT_ITEMS].staging)
+    checked.filter(F.col("reason").isNotNull()).select(USER_ID, ITEM_ID, "timestamp", "reason", "row_json").write.mode(
         "overwrite").parquet(paths[USER_REJECTS].staging)
 
     n_users = spark.read.parquet(paths[USER_EMBEDDING].staging).count()

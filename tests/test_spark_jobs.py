@@ -22,8 +22,10 @@ import yaml
 
 from feature_gen.model.bundle import load_bundle, read_manifest
 from feature_gen.config import StoreConfig
-from feature_gen.store.feature_store import VersionMismatchError, open_store
+from feature_gen.store.feature_store import open_store
 from feature_gen.inference.encoders import embed_texts, embed_users
+from feature_gen.inference.item_table import padded_item_table
+from feature_gen.store.schema import EVENT_TIMESTAMP, offline_event_timestamps
 from feature_gen.model.item_text import item_text_or_reject
 from feature_gen.store.offline_store import (
     ITEM_EMBEDDING,
@@ -34,6 +36,7 @@ from feature_gen.store.offline_store import (
     list_versions,
     read_version,
 )
+from ranker_integration.serving import read_online_features
 
 pytestmark = pytest.mark.integration
 VENV_BIN = Path(sys.executable).parent
@@ -182,7 +185,7 @@ def _expected_users(bundle, events: pd.DataFrame, item_vectors: dict):
     ok["order"] = ok.index
     ok = ok.sort_values(["timestamp", "order"], kind="stable")
     ids = list(item_vectors)
-    table = torch.from_numpy(np.concatenate([np.zeros((1, 64), np.float32), np.stack([item_vectors[i] for i in ids])]))
+    table = padded_item_table([item_vectors[i] for i in ids])
     index = {item: k + 1 for k, item in enumerate(ids)}
     users, hist, ts = [], [], []
     for user, g in ok.groupby("user_id", sort=True):
@@ -222,13 +225,25 @@ def test_recent_items_and_interaction_rejects(run, bundle):
     assert "999" in set(rejects.item_id)
 
 
+def test_spark_and_pandas_apply_one_event_time_rule(run):
+    # The jobs stamp event_timestamp in Spark; the store's offline writes stamp it in pandas: one rule.
+    offline = run["root"] / "offline"
+    for table in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS):
+        frame = read_version(offline, table, run["version"])
+        got = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
+        expected = offline_event_timestamps(frame.drop(columns=[EVENT_TIMESTAMP]))
+        assert (got == expected).all(), table
+    users = read_version(offline, USER_EMBEDDING, run["version"])
+    assert (users[EVENT_TIMESTAMP] > pd.Timestamp(0, tz="UTC")).all()  # users: not the epoch, their last event
+
+
 def test_sqlite_online_store_serves_the_new_version(run):
     store = open_store(run["store"])
     users = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"])
     user = users.user_id.iloc[0]
-    req = store.request_features(user, [0, 1, 7])
-    assert req.bundle_version == run["version"]
-    np.testing.assert_allclose(req.user_vector, users.embedding.iloc[0], rtol=1e-6)
+    rows = read_online_features(store, user, [0, 1, 7], run["version"], len(users.embedding.iloc[0]), now_ts=0)
+    assert rows.user_found.all() and rows.item_found.all()
+    np.testing.assert_allclose(rows.user_vectors[0], users.embedding.iloc[0], rtol=1e-6)
     assert store.recent_items([user]).found.all()
     assert f"materialized {N_ITEMS - 4} item embeddings of {run['version']}" in run["item_out"]
 
@@ -244,12 +259,14 @@ def test_redis_online_store_via_hllm_materialize_and_version_mismatch_refused(ru
     store = open_store(StoreConfig(**cfg))
     assert store.feast.config.online_store.type == "redis"
     user = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"]).user_id.iloc[0]
-    assert store.request_features(user, [0, 1]).bundle_version == run["version"]
-    # an item re-embedded by another bundle version: the request is refused, not silently mixed
+    dim = store.item_embeddings([0]).vectors.shape[1]
+    rows = read_online_features(store, user, [0, 1], run["version"], dim, now_ts=0)
+    assert rows.user_found.all() and rows.item_found.all()
+    # an item re-embedded by another bundle version: missing for this version's request, never mixed in
     other = store.item_embeddings([1])
     store.push_item_embeddings(pd.DataFrame({"item_id": [1], "embedding": [other.vectors[0]], "bundle_version": ["hllm-other"]}))
-    with pytest.raises(VersionMismatchError, match="hllm-other"):
-        store.request_features(user, [0, 1])
+    rows = read_online_features(store, user, [0, 1], run["version"], dim, now_ts=0)
+    assert rows.item_found.tolist() == [True, False] and np.isnan(rows.item_vectors[1]).all()
 
 
 def test_rerun_for_the_same_version_replaces_it_whole(run):

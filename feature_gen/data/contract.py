@@ -277,16 +277,24 @@ def _row_label(df: pd.DataFrame, position: int) -> str:
     return f"row {position + 1}"
 
 
-def validate_items(items: pd.DataFrame, source: str, text_cfg: ItemTextConfig) -> pd.DataFrame:
-    """Check the item table; return it with a clean RangeIndex. Does not drop rows (see split_rejects)."""
-    if ITEM_ID not in items.columns:
-        raise DataError(f"{source}: missing column {ITEM_ID!r} (have: {', '.join(map(str, items.columns))})")
-    usable = [k for k in text_cfg.text_keys if k in items.columns]
+def check_item_columns(columns, source: str, text_cfg: ItemTextConfig) -> list[str]:
+    """The item table's columns hold an id and at least one text key (pandas and Spark readers alike);
+    returns the text keys present. DataError naming `source` and the columns it has otherwise."""
+    columns = [str(c) for c in columns]
+    if ITEM_ID not in columns:
+        raise DataError(f"{source}: missing column {ITEM_ID!r} (have: {', '.join(columns)})")
+    usable = [k for k in text_cfg.text_keys if k in columns]
     if not usable:
         raise DataError(
             f"{source}: none of the text columns {text_cfg.text_keys} is present "
-            f"(have: {', '.join(map(str, items.columns))}); set item_text.text_keys"
+            f"(have: {', '.join(columns)}); set item_text.text_keys"
         )
+    return usable
+
+
+def validate_items(items: pd.DataFrame, source: str, text_cfg: ItemTextConfig) -> pd.DataFrame:
+    """Check the item table; return it with a clean RangeIndex. Does not drop rows (see split_rejects)."""
+    check_item_columns(items.columns, source, text_cfg)
     items = items.reset_index(drop=True)
     ids = items[ITEM_ID]
     nulls = np.flatnonzero(ids.isna().to_numpy())

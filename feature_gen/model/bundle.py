@@ -32,7 +32,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from feature_gen.config import HLLMConfig, config_from_dict
+from feature_gen.config import HLLMConfig, config_from_dict, read_data_file
 
 MANIFEST = "manifest.json"
 MODEL_SECTIONS = ("seed", "data", "item_text", "item_llm", "user_llm", "loss", "eval")
@@ -149,12 +149,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BundleError(f"{path}: bundle folder not found")
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"{path}: no {MANIFEST} (a partial bundle, or not a bundle)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest = read_data_file(manifest_path, BundleError, f"{path}: no {MANIFEST} (a partial bundle, or not a bundle)")
     if manifest.get("format") != FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: format {manifest.get('format')!r}, this code reads {FORMAT_VERSION}")
     return manifest
@@ -190,22 +185,34 @@ def record_files(path: str | Path, extra: dict[str, Any] | None = None) -> dict[
     return manifest
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Verify and load a bundle into an eval-mode HLLM with its tokenizer."""
-    from transformers import AutoTokenizer
-
-    from feature_gen.model.hllm import build_hllm
-
+def bundle_config(path: str | Path) -> HLLMConfig:
+    """The model sections of the bundle's config.yaml, backbone paths resolved into the bundle. Does not
+    verify checksums (load_bundle and the ONNX loader do that first)."""
     path = Path(path)
-    manifest = verify_bundle(path)
     raw = yaml.safe_load((path / "config.yaml").read_text())
     # Only the sections that define the model: a bundle must keep loading when an unrelated section
     # (ranker, stream, spark ...) of the schema gains or renames a field.
     raw = {k: v for k, v in raw.items() if k in MODEL_SECTIONS}
     for name in ("item_llm", "user_llm"):
         raw[name]["path"] = str(path / raw[name]["path"])
-    cfg = config_from_dict(raw, str(path / "config.yaml"))
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    return config_from_dict(raw, str(path / "config.yaml"))
+
+
+def load_bundle_tokenizer(path: str | Path):
+    """The Item LLM tokenizer saved in the bundle."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(path) / "tokenizer")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify and load a bundle into an eval-mode HLLM with its tokenizer."""
+    from feature_gen.model.hllm import build_hllm
+
+    path = Path(path)
+    manifest = verify_bundle(path)
+    cfg = bundle_config(path)
+    tokenizer = load_bundle_tokenizer(path)
     model, _ = build_hllm(cfg, with_tokenizer=False)
     heads = load_file(str(path / "heads.safetensors"))
     missing, unexpected = model.load_state_dict(heads, strict=False)

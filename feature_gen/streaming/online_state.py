@@ -14,21 +14,25 @@ new item's embedding is found as soon as it is written.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pandas as pd
 
 from feature_gen.inference.encoders import UserEmbeddings
 from feature_gen.streaming.recent_items import RecentSequence
+from feature_gen.store.schema import BUNDLE_VERSION, EMBEDDING, LAST_EVENT_TS, RECENT_ITEM_IDS, RECENT_ITEM_TS, SEQ_LEN, USER_ID, ITEM_ID
+
+if TYPE_CHECKING:  # the store module imports Feast at use; this one is imported by every consumer
+    from feature_gen.store.feature_store import HLLMFeatureStore
 
 
 MAX_CACHED_ITEMS = 500_000  # ~130 MB at 64 floats; past it the cache starts over
 
 
 class OnlineState:
-    def __init__(self, store, bundle_version: str, item_cache_ttl_ms: int = 10_000):
-        self.store = store  # feature_gen.store.feature_store.HLLMFeatureStore
+    def __init__(self, store: HLLMFeatureStore, bundle_version: str, item_cache_ttl_ms: int = 10_000):
+        self.store = store
         self.version = bundle_version
         self.item_cache_ttl_s = item_cache_ttl_ms / 1000
         self._items: dict[str, tuple[float, np.ndarray]] = {}  # item_id -> (read at, vector)
@@ -46,20 +50,20 @@ class OnlineState:
         if not sequences:
             return
         frame = pd.DataFrame({
-            "user_id": list(sequences),
-            "recent_item_ids": [s.item_ids for s in sequences.values()],
-            "recent_item_ts": [np.asarray(s.timestamps, dtype=np.int64) for s in sequences.values()],
-            "last_event_ts": [s.last_event_ts for s in sequences.values()],
+            USER_ID: list(sequences),
+            RECENT_ITEM_IDS: [s.item_ids for s in sequences.values()],
+            RECENT_ITEM_TS: [np.asarray(s.timestamps, dtype=np.int64) for s in sequences.values()],
+            LAST_EVENT_TS: [s.last_event_ts for s in sequences.values()],
         })
         self.store.push_recent_items(frame)
 
     def write_user_embeddings(self, user_ids: list[str], emb: UserEmbeddings) -> None:
         frame = pd.DataFrame({
-            "user_id": user_ids,
-            "embedding": list(emb.vectors),
-            "seq_len": emb.seq_len,
-            "last_event_ts": emb.last_event_ts,
-            "bundle_version": self.version,
+            USER_ID: user_ids,
+            EMBEDDING: list(emb.vectors),
+            SEQ_LEN: emb.seq_len,
+            LAST_EVENT_TS: emb.last_event_ts,
+            BUNDLE_VERSION: self.version,
         })
         self.store.push_user_embeddings(frame, only_newer_events=True)
 
@@ -90,7 +94,7 @@ class OnlineState:
         return out
 
     def write_item_embeddings(self, item_ids: list[str], vectors: np.ndarray) -> None:
-        frame = pd.DataFrame({"item_id": item_ids, "embedding": list(vectors), "bundle_version": self.version})
+        frame = pd.DataFrame({ITEM_ID: item_ids, EMBEDDING: list(vectors), BUNDLE_VERSION: self.version})
         self.store.push_item_embeddings(frame)
         now = time.monotonic()
         for i, v in zip(item_ids, vectors):

@@ -20,19 +20,27 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from feature_gen.config import HLLMConfig
+from feature_gen.inference.encoders import Encoders
 from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
 from feature_gen.streaming.dead_letter import DeadLetter
 from feature_gen.streaming.events import REASON_UNKNOWN_ITEM, InvalidEvent, UserEvent, parse_user_event
 from feature_gen.streaming.metrics import StreamMetrics
+from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.recent_items import merge_events
 from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
+
+if TYPE_CHECKING:
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from feature_gen.store.feature_store import HLLMFeatureStore
 
 
 @dataclass
 class _Held:
-    record: object  # the ConsumerRecord (offset, partition, bytes for a dead letter)
+    record: ConsumerRecord  # offset, partition, bytes for a dead letter
     event: UserEvent
     since: float  # time.monotonic() when first held
 
@@ -40,11 +48,11 @@ class _Held:
 class UserRefresh:
     """The batch processor of the user-event consumer."""
 
-    def __init__(self, state, encoders, metrics: StreamMetrics, *, max_event_bytes: int = 4096,
+    def __init__(self, state: OnlineState, encoders: Encoders, metrics: StreamMetrics, *, max_event_bytes: int = 4096,
                  max_recent_items: int = 50, unknown_item_wait_ms: int = 30_000, max_waiting_events: int = 10_000,
                  timestamp_unit: str = "seconds"):
-        self.state = state  # online_state.OnlineState
-        self.encoders = encoders  # encoders.StreamEncoders
+        self.state = state  # sequences and item vectors in, sequences and user embeddings out
+        self.encoders = encoders  # the bundle's User LLM (embed_histories)
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
         self.timestamp_unit = timestamp_unit
@@ -62,7 +70,7 @@ class UserRefresh:
         self.held = [h for h in self.held if TopicPartition(h.record.topic, h.record.partition) not in partitions]
         self.metrics.waiting.set(len(self.held))
 
-    def process(self, records: list) -> BatchOutcome:
+    def process(self, records: list[ConsumerRecord]) -> BatchOutcome:
         events, letters = self.validate(records)
         ready, more_letters = self.resolve_items(events)
         self.write(ready)
@@ -70,7 +78,7 @@ class UserRefresh:
 
     # ------------------------------------------------------------------ steps
 
-    def validate(self, records: list) -> tuple[list[_Held], list[DeadLetter]]:
+    def validate(self, records: list[ConsumerRecord]) -> tuple[list[_Held], list[DeadLetter]]:
         now = time.monotonic()
         events, letters = [], []
         for r in records:
@@ -153,10 +161,9 @@ class UserRefresh:
 # Entry point
 
 
-def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders=None, store=None) -> ConsumerLoop:
+def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders: Encoders | None = None,
+                    store: HLLMFeatureStore | None = None) -> ConsumerLoop:
     """Everything `hllm refresh` runs, wired from one config (tests pass a preloaded encoders/store)."""
-    from feature_gen.streaming.online_state import OnlineState
-
     s = cfg.stream
     encoders = encoders or consumer_encoders(cfg)
     metrics = StreamMetrics("user_refresh")
