@@ -88,6 +88,21 @@ def test_read_timestamps_column_logs_the_auto_decision(caplog):
     assert "inter.csv: timestamp_unit auto: 1 value(s) read as milliseconds, 1 value(s) read as seconds" in caplog.text
 
 
+@pytest.mark.parametrize("unit", ["seconds", "milliseconds", "auto"])
+def test_the_vectorised_int64_path_reads_exactly_as_the_per_value_rule(unit):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.integers(700_000_000, 1_900_000_000, 300), rng.integers(7 * 10**11, 19 * 10**11, 300),
+                             [0, -5, 2**62, EARLIEST_PLAUSIBLE_S, EARLIEST_PLAUSIBLE_S - 1]]).astype(np.int64)
+    fast = read_timestamps(pd.Series(values), unit, now_s=NOW)
+    slow = read_timestamps(pd.Series(values.astype(object)), unit, now_s=NOW)  # one check_timestamp per value
+    assert fast.seconds.tolist() == slow.seconds.tolist()
+    assert fast.reasons == slow.reasons and fast.units == slow.units
+    assert 0 < len(fast.bad) < len(values)
+
+
 def test_config_offers_timestamp_unit_and_encoding_in_data_and_stream():
     cfg = config_from_dict({"data": {"timestamp_unit": "auto", "encoding": "latin-1"},
                             "stream": {"timestamp_unit": "milliseconds"}}, "x.yaml")
