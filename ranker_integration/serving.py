@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
+from feature_gen.store.online_io import OnlineIO
 from feature_gen.store.schema import ITEM_ID, USER_ID
 from ranker_integration.feature_config import ANY_VERSION, FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
@@ -41,15 +42,17 @@ class ScoredRequest:
 
 
 def read_online_features(store: HLLMFeatureStore, user_id, item_ids: Sequence, bundle_version: str, item_dim: int,
-                         now_ts: int) -> FeatureRows:
+                         now_ts: int, online: OnlineIO | None = None) -> FeatureRows:
     """One request's online feature rows [n = len(item_ids)]: the user's embedding repeated per candidate
     and each candidate's embedding, as of `now_ts` (unix seconds). A row of another bundle version than
     `bundle_version` counts as missing (found False, NaN vector), exactly like no row: the ranker then
     uses the defaults it was trained with, and a user is never scored against another version's items."""
     ids = [str(i) for i in item_ids]
     n = len(ids)
-    user = store.user_embeddings([str(user_id)])
-    items = store.item_embeddings(ids)
+    # 1 user + n items in one round trip per store, vectors decoded with numpy (the same rows as the
+    # store's get_online_features reads; tests/test_online_io.py); a scorer passes its OnlineIO so the
+    # views are resolved once, not per request
+    user, items = (online or OnlineIO(store)).request_rows(str(user_id), ids)
     user_ok = bool(user.found[0] and user.bundle_versions[0] == bundle_version)
     items_ok = items.found & (np.asarray(items.bundle_versions, dtype=object) == bundle_version)
     user_vec = user.vectors[0] if user_ok else np.full(item_dim, np.nan, np.float32)
@@ -76,6 +79,7 @@ class RequestScorer:
                              f"{ranker.bundle_version}")
         self.ranker, self.store, self.fc = ranker, store, fc
         self.item_dim = int(ranker.meta["dense_dims"].get("item_embedding", 0))
+        self.online = OnlineIO(store)
 
     def score(self, user_id, item_ids: Sequence, now_ts: int | None = None) -> ScoredRequest:
         now = int(time.time()) if now_ts is None else int(now_ts)
@@ -86,7 +90,8 @@ class RequestScorer:
         user_ok, items_ok = False, np.zeros(n, dtype=bool)
         read_ms = 0.0
         if self.ranker.use_hllm:
-            rows = read_online_features(self.store, user_id, ids, self.ranker.bundle_version, self.item_dim, now)
+            rows = read_online_features(self.store, user_id, ids, self.ranker.bundle_version, self.item_dim, now,
+                                        self.online)
             read_ms = (time.perf_counter() - started) * 1e3
             user_ok, items_ok = bool(n and rows.user_found[0]), rows.item_found
             features = assemble_features(self.fc, self.item_dim, rows)
