@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class ConfigError(ValueError):
-    """A configuration problem, stated in one line that names the offending field."""
+    """A configuration problem, stated in one line that names the offending field. `problems` holds
+    every problem found (one line each) where more than one was, for `hllm check-config`."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class _Section(BaseModel):
@@ -83,6 +88,10 @@ class ItemTextConfig(_Section):
     # A text longer than this many characters is rejected, not truncated: it is almost always a
     # scraping bug, and tokenising megabytes per row would stall a batch job.
     max_text_chars: int = Field(100_000, gt=0)
+    # Keys holding a list (tags, genres): a list value joins with commas; a string value is split on
+    # `tag_separator` (null: the string is one tag). Other keys are never split.
+    list_keys: list[str] = Field(default_factory=lambda: ["tags"])
+    tag_separator: Optional[str] = Field("|", min_length=1)
 
 
 class ItemLLMConfig(BaseModelConfig):
@@ -111,6 +120,10 @@ class DataConfig(_Section):
     encoding: str = Field("utf-8", description="text encoding of CSV/TSV inputs (latin-1 for MovieLens' own u.item)")
     timestamp_unit: Literal["seconds", "milliseconds", "auto"] = Field(
         "seconds", description="unit of interaction timestamps; auto reads each value by magnitude (logged)")
+    # Files as teams have them (feature_gen/data/formats.py maps them onto the contract before it is read):
+    # columns: contract name -> your column, e.g. {user_id: userId, item_id: productId, timestamp: ts}
+    columns: dict[str, str] = Field(default_factory=dict)
+    timestamp_format: Literal["seconds", "milliseconds", "iso8601"] = "seconds"
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> "DataConfig":
@@ -250,6 +263,7 @@ class StreamConfig(_Section):
     fetch_max_wait_ms: int = Field(100, gt=0)
     retry_backoff_ms: int = Field(200, gt=0, description="first wait after a failed broker call; doubles each retry")
     retry_backoff_max_ms: int = Field(10_000, gt=0)
+    bootstrap_timeout_ms: int = Field(30_000, gt=0, description="first connection to the brokers; then exit 3 naming them")
     runtime: Literal["torch", "onnx"] = "torch"
     # One thread per consumer process: scale out with more members of the group, one per core. Two
     # torch threads on a busy 2-core machine were 40x slower than one (OpenMP barriers stall).
@@ -377,15 +391,42 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "<dict>") -> HLLM
     try:
         return HLLMConfig.model_validate(raw or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        line = _describe(first)
-        if first["type"] == "extra_forbidden":
-            allowed = _allowed_keys(HLLMConfig, tuple(first["loc"]))
-            if allowed:
-                line += f" (allowed: {', '.join(allowed)})"
-        more = len(exc.errors()) - 1
-        suffix = f" (+{more} more)" if more else ""
-        raise ConfigError(f"{source}: {line}{suffix}") from None
+        lines = []
+        for error in exc.errors():
+            line = _describe(error)
+            if error["type"] == "extra_forbidden":
+                allowed = _allowed_keys(HLLMConfig, tuple(error["loc"]))
+                if allowed:
+                    line += f" (allowed: {', '.join(allowed)})"
+            lines.append(f"{source}: {line}")
+        more = len(lines) - 1
+        suffix = f" (+{more} more; `hllm check-config` lists them all)" if more else ""
+        raise ConfigError(f"{lines[0]}{suffix}", lines) from None
+
+
+# Paths a config reads (they must exist): a relative one is read from the config file's folder, so a
+# config works from any working directory. For compatibility with configs written against the working
+# directory, such a path stays as written when only the working directory has it. Output paths
+# (output_dir, store.*) stay relative to the working directory: the repo's configs write under ./outputs.
+INPUT_PATHS = ("data.items_path", "data.interactions_path", "train.deepspeed_config", "train.init_bundle",
+               "stream.bundle_path", "stream.ssl_cafile", "stream.ssl_certfile", "stream.ssl_keyfile")
+
+
+def _resolve_input_paths(raw: dict[str, Any], folder: Path) -> None:
+    for dotted in INPUT_PATHS:
+        section, field = dotted.split(".")
+        value = (raw.get(section) or {}).get(field) if isinstance(raw.get(section), dict) else None
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        beside = folder / value
+        if beside.exists() or not Path(value).exists():
+            raw[section][field] = str(beside)
+    for name in ("item_llm", "user_llm"):
+        section = raw.get(name)
+        if isinstance(section, dict) and isinstance(section.get("path"), str) and not section.get("package"):
+            value = section["path"]
+            if not Path(value).expanduser().is_absolute() and ((folder / value).exists() or not Path(value).exists()):
+                section["path"] = str(folder / value)
 
 
 def read_data_file(path: str | Path, error: type[Exception], missing: str, what: str | None = None) -> Any:
@@ -417,7 +458,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HL
     raw = read_data_file(path, ConfigError, f"{path}: config file not found") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level; got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
+    _resolve_input_paths(raw, path.resolve().parent)
+    for dotted, value in (overrides or {}).items():  # overrides come from the command line: the working directory's
         set_dotted(raw, dotted, value)
     return config_from_dict(raw, source=str(path))
 

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
     try:
-        return _run(spark, args, cfg, version, text_cfg, started)
+        from spark_jobs.progress import job_progress
+
+        with job_progress(spark, "item_embed"):
+            return _run(spark, args, cfg, version, text_cfg, started)
     finally:
         spark.stop()
 
@@ -64,7 +67,9 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     from spark_jobs.worker_model import WorkerStats
 
     try:
-        prepared = prepare_items(read_input(spark, args.items, cfg.data.encoding), text_cfg)
+        from spark_jobs.input_mapping import map_to_contract
+
+        prepared = prepare_items(map_to_contract(read_input(spark, args.items, cfg.data.encoding), cfg.data), text_cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"item_embed: {args.items}: {exc}", file=sys.stderr)
         return 2

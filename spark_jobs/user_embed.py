@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     spark = spark_session(f"hllm user_embed {manifest['version']}", cfg, args.master)
     try:
-        return _run(spark, args, cfg, manifest, started)
+        from spark_jobs.progress import job_progress
+
+        with job_progress(spark, "user_embed"):
+            return _run(spark, args, cfg, manifest, started)
     finally:
         spark.stop()
 
@@ -64,7 +67,10 @@ def _run(spark, args, cfg, manifest, started) -> int:
               "this bundle first", file=sys.stderr)
         return 2
     try:
-        checked = check_interactions(read_input(spark, args.interactions, cfg.data.encoding), cfg.data.timestamp_unit)
+        from spark_jobs.input_mapping import map_to_contract
+
+        checked = check_interactions(map_to_contract(read_input(spark, args.interactions, cfg.data.encoding), cfg.data),
+                                     cfg.data.timestamp_unit)
     except (ValueError, FileNotFoundError) as exc:
         print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
         return 2

@@ -86,7 +86,7 @@ def _submit(script: str, *args: str) -> str:
     cmd = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", str(REPO / "spark_jobs" / script), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
     assert out.returncode == 0, f"{script} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    return out.stdout
+    return out.stdout + out.stderr  # stderr: the progress lines (logging)
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +298,32 @@ def test_item_job_refuses_a_bundle_whose_prompt_fills_the_token_budget(tmp_path,
     assert code == 2
     assert "item_text.max_item_tokens: 48 leaves no room" in capsys.readouterr().err
     assert not (tmp_path / "off").exists()
+
+
+def test_the_public_api_round_trip_equals_the_spark_jobs_embeddings(run, spark_bundle):
+    """feature_gen.api from the same input files gives the vectors the two Spark jobs wrote: items from
+    the catalogue (bad rows skipped, as the job rejects them), users from the raw event log with
+    external item ids, looked up in the item job's own output table."""
+    from feature_gen.api import Encoder
+
+    enc = Encoder.from_bundle(spark_bundle, batch_size=8)
+    offline = run["root"] / "offline"
+    items = pd.read_parquet(run["root"] / "items.parquet")
+    encoded = enc.encode_items(items.drop_duplicates("item_id"), errors="skip")
+    written = read_version(offline, ITEM_EMBEDDING, run["version"]).set_index("item_id")
+    assert sorted(encoded.item_ids) == sorted(written.index)
+    np.testing.assert_allclose(encoded.vectors, np.stack(written.loc[encoded.item_ids, "embedding"]), atol=1e-4, rtol=1e-4)
+
+    events = pd.read_parquet(run["root"] / "events.parquet")
+    users = enc.encode_users(events, items=read_version(offline, ITEM_EMBEDDING, run["version"]), errors="skip")
+    got = read_version(offline, USER_EMBEDDING, run["version"]).set_index("user_id").loc[users.user_ids]
+    np.testing.assert_allclose(users.vectors, np.stack(got.embedding.to_numpy()), atol=1e-4, rtol=1e-4)
+    assert users.seq_len.tolist() == got.seq_len.tolist()
+    assert users.last_event_ts.tolist() == got.last_event_ts.tolist()
+    assert sorted(users.rejects.reason.unique()) == ["null_id", "unknown_item"]
+    # the jobs reported their progress from Spark's status tracker: every task of the stages seen
+    assert re.search(r"item_embed: (\d+)/\1 tasks \(100%\)", run["item_out"]), run["item_out"][-2000:]
+    assert re.search(r"user_embed: (\d+)/\1 tasks \(100%\)", run["user_out"]), run["user_out"][-2000:]
+    # and through the online store the item job materialized (SQLite): same users, same vectors
+    through_store = enc.encode_users(events.dropna(), items=open_store(run["store"]), errors="skip")
+    np.testing.assert_allclose(through_store.vectors, users.vectors, atol=1e-5)

@@ -179,6 +179,9 @@ def train(
         log_path.unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)
 
+    if writer and hasattr(on_step, "begin"):  # a progress hook learns the run's length (and where a resume starts)
+        on_step.begin(total_steps, state.step)
+
     def checkpoint() -> None:
         engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=state.as_client_state())
         for old in sorted(ckpt_dir.glob("step*"), key=lambda p: int(p.name[4:]))[:-2]:

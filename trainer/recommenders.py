@@ -56,8 +56,11 @@ class HLLMRecommender(nn.Module):
     @torch.no_grad()
     def cache_items(self) -> torch.Tensor:
         """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path)."""
-        vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
-                                  padding_side=self.padding_side)
+        from feature_gen.logs import Progress
+
+        with Progress(len(self.catalogue_tokens) - 1, "caching the catalogue", "items") as bar:
+            vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
+                                      padding_side=self.padding_side, progress=bar)
         self.cached_items = padded_item_table(vectors)
         return self.cached_items
 

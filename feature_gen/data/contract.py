@@ -410,11 +410,13 @@ def fingerprint(items: pd.DataFrame, interactions: pd.DataFrame) -> str:
 
 
 def load_files(items_path: str | Path, interactions_path: str | Path, text_cfg: ItemTextConfig,
-               encoding: str = "utf-8", timestamp_unit: str = "seconds", now_s: float | None = None):
+               encoding: str = "utf-8", timestamp_unit: str = "seconds", now_s: float | None = None, read=None):
     """Read and check both tables of the contract from files (see read_table, validate_items,
-    validate_interactions): ids as strings, only empty cells missing, timestamps in int64 seconds."""
-    items = validate_items(read_table(items_path, encoding, text_cfg.text_keys), str(items_path), text_cfg)
-    interactions = validate_interactions(read_table(interactions_path, encoding), str(interactions_path),
-                                         timestamp_unit, now_s)
+    validate_interactions): ids as strings, only empty cells missing, timestamps in int64 seconds.
+    `read`: path -> DataFrame (default read_table with `encoding`), e.g. feature_gen.data.formats.read_mapped,
+    which maps a team's columns and formats onto the contract."""
+    read = read or (lambda path: read_table(path, encoding, text_cfg.text_keys))
+    items = validate_items(read(items_path), str(items_path), text_cfg)
+    interactions = validate_interactions(read(interactions_path), str(interactions_path), timestamp_unit, now_s)
     check_known_items(interactions, items[ITEM_ID], str(interactions_path))
     return items, interactions

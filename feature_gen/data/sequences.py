@@ -101,8 +101,11 @@ def build_interaction_data(
 def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> InteractionData:
     """The one entry point from config to sequences, for every data source."""
     if data_cfg.source == "files":
+        from feature_gen.data.formats import read_mapped
+
         items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg,
-                                         data_cfg.encoding, data_cfg.timestamp_unit)
+                                         data_cfg.encoding, data_cfg.timestamp_unit,
+                                         read=lambda path: read_mapped(path, data_cfg))
     else:
         from feature_gen.data.movielens import LOADERS
 

@@ -157,13 +157,17 @@ def embed_token_ids(
     batch_size: int = 64,
     bucket: bool = True,
     padding_side: str = "right",
+    progress=None,
 ) -> np.ndarray:
-    """Item embeddings [n, D] float32 for pre-tokenised texts, in input order."""
+    """Item embeddings [n, D] float32 for pre-tokenised texts, in input order. `progress`: anything
+    with `update(n)` (feature_gen.logs.Progress), told the rows done after each batch."""
     _eval(item_llm)
     out = np.zeros((len(token_ids), item_llm.hidden_size), dtype=np.float32)
     for idx in batches_by_length([len(t) for t in token_ids], batch_size, bucket):
         batch = pad_token_ids([token_ids[i] for i in idx], pad_id, padding_side)
         out[idx] = _float32(item_llm(batch.input_ids, batch.attention_mask))
+        if progress is not None:
+            progress.update(len(idx))
     return out
 
 

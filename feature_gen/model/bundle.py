@@ -11,6 +11,7 @@ Layout of `<root>/<version>/`:
                          logit scale, fusion heads
     tokenizer/           the Item LLM tokenizer
     onnx/                added by `hllm export` (listed in the manifest with checksums)
+    README.md            the model card (feature_gen/model/model_card.py), rendered from the manifest
 
 The version is derived from the content (a hash of the files' hashes), so the same weights always get
 the same version and a changed weight always gets a new one. Loading verifies every checksum and
@@ -33,6 +34,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from feature_gen.config import HLLMConfig, config_from_dict, read_data_file
+from feature_gen.model.model_card import CARD, base_model_licence, render_model_card
 
 MANIFEST = "manifest.json"
 MODEL_SECTIONS = ("seed", "data", "item_text", "item_llm", "user_llm", "loss", "eval")
@@ -62,8 +64,8 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 def _version_of(hashes: dict[str, str]) -> str:
     h = hashlib.sha256()
     for name, digest in sorted(hashes.items()):
-        if name.startswith("onnx/"):
-            continue  # derived artefacts do not change what the model is
+        if name.startswith("onnx/") or name == CARD:
+            continue  # derived artefacts (ONNX graphs, the model card) do not change what the model is
         h.update(f"{name}:{digest}\n".encode())
     return "hllm-" + h.hexdigest()[:12]
 
@@ -103,8 +105,10 @@ def save_bundle(
     data_fingerprint: str | None = None,
     metrics: dict[str, Any] | None = None,
     base_models: dict[str, str] | None = None,
+    data_sizes: dict[str, int] | None = None,
 ) -> Path:
-    """Freeze `model` into `<root>/<version>/` atomically; return that folder."""
+    """Freeze `model` into `<root>/<version>/` atomically, with its model card (README.md); return
+    that folder. `data_sizes`: e.g. {"users": U, "items": N, "interactions": I} for the card."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
@@ -130,9 +134,13 @@ def save_bundle(
             "pooling": cfg.item_llm.pooling,
             "use_timestamps": cfg.user_llm.use_timestamps,
             "data_fingerprint": data_fingerprint,
+            "data_sizes": data_sizes or {},
             "metrics": metrics or {},
+            "base_model_licences": {n: base_model_licence(getattr(cfg, n).model_dump()) for n in ("item_llm", "user_llm")},
             "files": hashes,
         }
+        (tmp / CARD).write_text(render_model_card(manifest, cfg.model_dump(), manifest["base_model_licences"]))
+        hashes[CARD] = _sha256(tmp / CARD)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         target = root / version
         if target.exists():
@@ -177,8 +185,10 @@ def record_files(path: str | Path, extra: dict[str, Any] | None = None) -> dict[
     The version is unchanged: derived files do not enter it."""
     path = Path(path)
     manifest = verify_bundle(path) if not extra else read_manifest(path)
-    manifest["files"] = _file_hashes(path)
     manifest.update(extra or {})
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    (path / CARD).write_text(render_model_card(manifest, config, manifest.get("base_model_licences")))
+    manifest["files"] = _file_hashes(path)
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(path / MANIFEST)
