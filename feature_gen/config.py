@@ -116,6 +116,10 @@ class DataConfig(_Section):
     min_user_interactions: int = Field(3, ge=3, description="leave-one-out needs train, valid and test")
     split: Literal["leave_one_out", "cold_items"] = "leave_one_out"
     cold_item_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="cold_items: share of items withheld from training")
+    # The input contract (feature_gen/data/contract.py): how every reader decodes bytes and timestamps.
+    encoding: str = Field("utf-8", description="text encoding of CSV/TSV inputs (latin-1 for MovieLens' own u.item)")
+    timestamp_unit: Literal["seconds", "milliseconds", "auto"] = Field(
+        "seconds", description="unit of interaction timestamps; auto reads each value by magnitude (logged)")
     # Files as teams have them (feature_gen/data/formats.py maps them onto the contract before it is read):
     # columns: contract name -> your column, e.g. {user_id: userId, item_id: productId, timestamp: ts}
     columns: dict[str, str] = Field(default_factory=dict)
@@ -125,6 +129,12 @@ class DataConfig(_Section):
     def _files_need_paths(self) -> "DataConfig":
         if self.source == "files" and not (self.items_path and self.interactions_path):
             raise ValueError("source 'files' needs both `items_path` and `interactions_path`")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
         return self
 
 
@@ -252,6 +262,8 @@ class StreamConfig(_Section):
     max_batch_ms: int = Field(100, gt=0, description="... or this long after the consumer asked for it, whichever is first")
     max_event_bytes: int = Field(4096, gt=0, description="larger user events are dead-lettered as oversize")
     max_item_event_bytes: int = Field(1_000_000, gt=0, description="larger item events are dead-lettered as oversize")
+    timestamp_unit: Literal["seconds", "milliseconds", "auto"] = Field(
+        "seconds", description="unit of event timestamps (see feature_gen/data/contract.py); others are dead-lettered")
     max_recent_items: int = Field(50, gt=0, description="recent items kept per user in the online store")
     # An event whose item has no embedding yet is held (its partition's commit waits below it) and
     # retried every batch for this long, then dead-lettered as unknown_item.

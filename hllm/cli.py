@@ -75,9 +75,11 @@ def cmd_data_summary(args) -> int:
     print(f"users                {data.num_users}")
     print(f"items                {data.num_items}")
     print(f"interactions         {sum(lengths)}")
-    print(f"rejected items       {len(data.rejects)}  {dict(data.rejects.rows['reason'].value_counts()) if len(data.rejects) else ''}")
+    print(f"rejected items       {len(data.rejects)}  { {k: int(v) for k, v in data.rejects.rows['reason'].value_counts().items()} if len(data.rejects) else ''}")
     print(f"dropped interactions {data.dropped_interactions}")
-    print(f"sequence length      min {min(lengths)}  median {sorted(lengths)[len(lengths) // 2]}  max {max(lengths)}")
+    # an empty result (every user too short, every item rejected) is a summary of zeros, not a crash
+    shortest, median, longest = (min(lengths), sorted(lengths)[len(lengths) // 2], max(lengths)) if lengths else (0, 0, 0)
+    print(f"sequence length      min {shortest}  median {median}  max {longest}")
     print(f"fingerprint          {data.fingerprint}")
     return 0
 
@@ -215,7 +217,12 @@ def cmd_produce_events(args) -> int:
 
     report = run_produce_events(_load(args), args.input, kind=args.kind, rate=args.rate, limit=args.limit,
                                 event_type=args.event_type, topic=args.topic)
-    print(f"sent {report.sent} {args.kind} events in {report.seconds:.2f} s ({report.events_per_s:.0f}/s)")
+    for line in report.skipped[:20]:
+        print(f"skipped: {line}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"skipped: ... and {len(report.skipped) - 20} more rows", file=sys.stderr)
+    print(f"sent {report.sent} {args.kind} events in {report.seconds:.2f} s ({report.events_per_s:.0f}/s)"
+          + (f"; skipped {len(report.skipped)} rows" if report.skipped else ""))
     return 0
 
 
@@ -391,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("WARNING" if args.quiet else args.log_level)
     try:
         return int(args.func(args) or 0)
+    except UnicodeDecodeError as exc:  # bytes a reader could not decode: one line, not a traceback
+        print(f"hllm {args.command}: {exc.encoding} cannot decode byte(s) {exc.object[exc.start:exc.end]!r} at "
+              f"offset {exc.start} ({exc.reason}); set data.encoding to the file's encoding", file=sys.stderr)
+        return 2
     except Exception as exc:
         code = exit_code_of(exc)
         if code is None:

@@ -11,7 +11,7 @@ import torch
 
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
-from feature_gen.evaluation.metrics import chance_recall
+from feature_gen.evaluation.metrics import chance_recall, chance_seen_sizes
 from feature_gen.evaluation.protocol import evaluate_vectors, seen_items
 
 
@@ -43,7 +43,8 @@ def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0, as_jso
     start = time.perf_counter()
     metrics = evaluate_vectors(users, items, eval_set, cfg, similarity)
     seconds = time.perf_counter() - start
-    seen_sizes = [len(s) for s in seen_items(eval_set)]
+    # the target is not "seen" for chance even when the user consumed it before (repeat consumption)
+    seen_sizes = chance_seen_sizes(seen_items(eval_set), eval_set.targets)
     chance = {k: chance_recall(k, data.num_items, seen_sizes) for k in cfg.eval.ks}
     result = {"source": cfg.data.source, "split": split, "scorer": scorer, "seed": seed, "users": metrics.num_users,
               "items": data.num_items, "metrics": {k: float(v) for k, v in metrics.values.items()},

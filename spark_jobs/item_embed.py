@@ -2,7 +2,7 @@
 
 Items (Parquet, CSV or JSON lines with item_id and the bundle's text columns) in; the bundle version's
 item embeddings out to `<ROOT>/item_embedding/bundle_version=<v>/`, and rows that cannot be embedded
-(null_id, no_text, oversize_text, duplicate_id) with the input row to `<ROOT>/item_rejects/...`.
+(null_id, no_text, oversize_text, bad_encoding, duplicate_id) with the input row to `<ROOT>/item_rejects/...`.
 Re-running for the same bundle replaces that version atomically. Prints the counts; exits 0 when
 rejects exist (they are data, not failures), 2 on bad arguments or input.
 """
@@ -84,7 +84,7 @@ def _run(spark, args, cfg, bundle, started) -> int:
     try:
         from spark_jobs.input_mapping import map_to_contract
 
-        prepared = prepare_items(map_to_contract(read_input(spark, args.items), cfg.data), text_cfg)
+        prepared = prepare_items(map_to_contract(read_input(spark, args.items, cfg.data.encoding), cfg.data), text_cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"item_embed: {args.items}: {exc}", file=sys.stderr)
         return 2

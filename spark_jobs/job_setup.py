@@ -177,16 +177,38 @@ def inference_options(cfg: HLLMConfig) -> InferenceOptions:
     )
 
 
-def read_input(spark, path: str):
-    """Parquet (file or folder), CSV (with header) or JSON lines, by extension."""
+def read_input(spark, path: str, encoding: str = "utf-8"):
+    """Parquet (file or folder), CSV/TSV (with header) or JSON lines, by extension, read under the input
+    contract (feature_gen/data/contract.py) exactly as the pandas reader reads it: no type inference.
+
+    CSV/TSV: every column a string (ids keep `007`; the contract parses timestamps), only an empty
+    cell is null (`N/A`, `None`, `null` stay text), bytes invalid in `encoding` become U+FFFD, which the
+    item-text builder and check_interactions refuse (bad_encoding), and quoted newlines stay inside
+    their cell (multiLine, which also reads a file as one partition, so file order is row order).
+    JSON lines: primitives as strings. Parquet: the file's types, integer id columns cast to strings."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import IntegralType
+
+    from feature_gen.data.contract import ID_COLUMNS, MISSING_CELLS, java_charset
+
     lowered = path.lower()
     if "://" not in path and not Path(path).exists():
         raise FileNotFoundError(f"{path}: input not found")
     if lowered.endswith((".csv", ".tsv")):
-        return spark.read.csv(path, header=True, inferSchema=True, sep="\t" if lowered.endswith(".tsv") else ",")
+        frame = spark.read.csv(
+            path, header=True, inferSchema=False, sep="\t" if lowered.endswith(".tsv") else ",",
+            encoding=java_charset(encoding), multiLine=True, nullValue=MISSING_CELLS[0], mode="PERMISSIVE",
+        )
+        # a quoted empty cell ("") is empty too: null, as pandas reads it
+        cells = [F.col(f"`{c}`") for c in frame.columns]  # backticks: a header may hold dots
+        return frame.select([F.when(c == "", F.lit(None)).otherwise(c).alias(n) for c, n in zip(cells, frame.columns)])
     if lowered.endswith((".json", ".jsonl")):
-        return spark.read.json(path)
-    return spark.read.parquet(path)
+        return spark.read.json(path, primitivesAsString=True)
+    frame = spark.read.parquet(path)
+    for name in ID_COLUMNS:
+        if name in frame.columns and isinstance(frame.schema[name].dataType, IntegralType):
+            frame = frame.withColumn(name, F.col(name).cast("string"))
+    return frame
 
 
 _SPARK_ERROR = re.compile(r"\[([A-Z_]+(?:\.[A-Z_]+)?)\] (.*?)(?: SQLSTATE: \w+|$)", re.S)

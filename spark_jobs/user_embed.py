@@ -6,7 +6,8 @@ embeddings item_embed.py wrote for the same bundle version; out, under `<ROOT>/.
                      ordered, file order breaking timestamp ties), with seq_len and last_event_ts
   user_recent_items  each user's newest item ids and timestamps (the streaming refresh's state)
   user_rejects       interactions that were not used, with the reason (null_user_id, null_item_id,
-                     bad_timestamp, timestamp_out_of_range, unknown_item) and the input row
+                     bad_encoding, bad_timestamp (not whole seconds), timestamp_out_of_range (outside the
+                     contract's plausible window, see data.timestamp_unit), unknown_item) and the input row
 Re-running for the same bundle replaces the version atomically. Exit 0 when done (rejects are data, not
 failures); 2 with one line on bad arguments, a bad bundle, or input that cannot be read at all (an empty
 folder, a file that is not Parquet, files whose column types differ: the line names file and column).
@@ -84,7 +85,8 @@ def _run(spark, args, cfg, manifest, started) -> int:
     try:
         from spark_jobs.input_mapping import map_to_contract
 
-        checked = check_interactions(map_to_contract(read_input(spark, args.interactions), cfg.data))
+        checked = check_interactions(map_to_contract(read_input(spark, args.interactions, cfg.data.encoding), cfg.data),
+                                     cfg.data.timestamp_unit)
     except (ValueError, FileNotFoundError) as exc:
         print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, NumericType, TimestampType
+from pyspark.sql.types import DoubleType, LongType, NumericType, TimestampType
+
+from feature_gen.data.contract import REJECT_BAD_ENCODING, REPLACEMENT_CHAR, TIMESTAMP_UNITS, plausible_window
 
 from spark_jobs.item_frames import InferenceOptions
 from spark_jobs.user_batches import embed_user_batch
@@ -17,38 +19,66 @@ from spark_jobs.worker_model import WorkerStats, timed_batches, worker_encoders
 TIMESTAMP, ORDER = "timestamp", "_order"  # the interactions' time column; the input-order tie-break
 # Reasons an interaction is rejected (user_rejects), never silently dropped.
 NULL_USER_ID, NULL_ITEM_ID, BAD_TIMESTAMP, UNKNOWN_ITEM = "null_user_id", "null_item_id", "bad_timestamp", "unknown_item"
-TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # outside feature_gen.data.event_time's plausible window
+BAD_ENCODING = REJECT_BAD_ENCODING
+# a whole number, but outside the contract's plausible window (a far-future value would overflow the
+# job's datetime conversion and fail it for everyone, or become a user's newest event forever)
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 
 
-def check_interactions(raw: DataFrame, now: float | None = None) -> DataFrame:
+def _whole_number(col, dtype):
+    """The column as a long when it holds a whole number, else null (never an error, never rounded)."""
+    if isinstance(dtype, NumericType):
+        return F.when(col == F.floor(col), col.try_cast(LongType()))
+    text = F.trim(col.cast("string"))
+    as_double = text.try_cast(DoubleType())
+    # "1700000000" directly; "1700000000.0" (a CSV written from a float column) through a double
+    return F.coalesce(text.try_cast(LongType()), F.when(as_double == F.floor(as_double), as_double.try_cast(LongType())))
+
+
+def contract_seconds(col, dtype, timestamp_unit: str = "seconds", now_s: float | None = None):
+    """The contract's timestamp rule (feature_gen.data.contract.check_timestamp) as a Spark column:
+    int64 Unix seconds, or null when the value is not a whole number in `timestamp_unit` inside the
+    plausible window. Datetime columns are read as what they are."""
+    lo, hi = plausible_window(now_s)
+
+    def inside(seconds):
+        return F.when((seconds >= F.lit(lo)) & (seconds <= F.lit(hi)), seconds)
+
+    if isinstance(dtype, TimestampType):
+        return inside(F.unix_timestamp(col).cast(LongType()))
+    value = _whole_number(col, dtype)
+    in_ms = F.floor(value / F.lit(1000)).cast(LongType())  # floored to the second, as check_timestamp does
+    if timestamp_unit == "seconds":
+        return inside(value)
+    if timestamp_unit == "milliseconds":
+        return inside(in_ms)
+    if timestamp_unit == "auto":  # the two windows do not overlap, so each value has one reading
+        return F.coalesce(inside(value), inside(in_ms))
+    raise ValueError(f"timestamp_unit: expected one of {', '.join(TIMESTAMP_UNITS)}; got {timestamp_unit!r}")
+
+
+def check_interactions(raw: DataFrame, timestamp_unit: str = "seconds", now_s: float | None = None) -> DataFrame:
     """user_id, item_id (strings), timestamp (int64 seconds), _order (file order), reason (null = ok),
-    row_json. A timestamp outside the plausible window of feature_gen.data.event_time (the stream's rule
-    too) is rejected as timestamp_out_of_range: one far-future value would otherwise overflow the
-    job's datetime conversion and fail it for everyone, or become a user's newest event."""
-    from feature_gen.data.event_time import MIN_EVENT_TS, max_event_ts
-
-    newest = max_event_ts(now)
+    row_json. Reasons: null_user_id, null_item_id, bad_encoding (a U+FFFD in an id: bytes invalid in
+    the declared encoding), bad_timestamp (not a whole number), timestamp_out_of_range (a whole number outside
+    the contract's plausible window in `timestamp_unit`)."""
     missing = [c for c in (USER_ID, ITEM_ID, TIMESTAMP) if c not in raw.columns]
     if missing:
         raise ValueError(f"interactions: missing column(s) {', '.join(missing)} (have: {', '.join(raw.columns)})")
     ts_type = raw.schema[TIMESTAMP].dataType
-    in_int64 = F.lit(True)
-    if isinstance(ts_type, TimestampType):
-        seconds = F.unix_timestamp(F.col(TIMESTAMP)).cast(LongType())
-    elif isinstance(ts_type, NumericType):
-        # a fractional value is not a whole number of seconds: rejected below rather than rounded; a
-        # value beyond int64 is never cast (ANSI mode would fail the job): out of range, below
-        in_int64 = (F.col(TIMESTAMP) >= -(2**62)) & (F.col(TIMESTAMP) <= 2**62)  # 2**62: exact in a double
-        seconds = F.when(in_int64 & (F.col(TIMESTAMP) == F.floor(F.col(TIMESTAMP))), F.col(TIMESTAMP).cast(LongType()))
-    else:
-        seconds = F.col(TIMESTAMP).cast("string").try_cast(LongType())
+    seconds = contract_seconds(F.col(TIMESTAMP), ts_type, timestamp_unit, now_s)
+    whole = (F.unix_timestamp(F.col(TIMESTAMP)).cast(LongType()) if isinstance(ts_type, TimestampType)
+             else _whole_number(F.col(TIMESTAMP), ts_type))
     numbered = raw.withColumn(ORDER, F.monotonically_increasing_id())
+    garbled = F.lit(False)
+    for c in (USER_ID, ITEM_ID):
+        garbled = garbled | F.coalesce(F.col(c).cast("string").contains(REPLACEMENT_CHAR), F.lit(False))
     reason = (
         F.when(F.col(USER_ID).isNull(), F.lit(NULL_USER_ID))
         .when(F.col(ITEM_ID).isNull(), F.lit(NULL_ITEM_ID))
-        .when(~in_int64, F.lit(TIMESTAMP_OUT_OF_RANGE))
-        .when(seconds.isNull(), F.lit(BAD_TIMESTAMP))
-        .when((seconds < MIN_EVENT_TS) | (seconds > newest), F.lit(TIMESTAMP_OUT_OF_RANGE))
+        .when(garbled, F.lit(BAD_ENCODING))
+        .when(whole.isNull(), F.lit(BAD_TIMESTAMP))
+        .when(seconds.isNull(), F.lit(TIMESTAMP_OUT_OF_RANGE))
     )
     return numbered.select(
         F.col(USER_ID).cast("string").alias(USER_ID),

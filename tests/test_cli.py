@@ -47,7 +47,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys):
 def test_data_summary_on_files(tmp_path, capsys):
     (tmp_path / "items.csv").write_text("item_id,title,tags\n1,Heat,Crime\n2,Up,Animation\n3,,\n")
     (tmp_path / "inter.csv").write_text(
-        "user_id,item_id,timestamp\n" + "".join(f"u1,{i % 2 + 1},{100 + i}\n" for i in range(4)) + "u1,3,200\n"
+        "user_id,item_id,timestamp\n" + "".join(f"u1,{i % 2 + 1},{1_700_000_100 + i}\n" for i in range(4)) + "u1,3,1700000200\n"
     )
     rc = main(["data-summary", "--set", "data.source=files", "--set", f"data.items_path={tmp_path / 'items.csv'}",
                "--set", f"data.interactions_path={tmp_path / 'inter.csv'}"])

@@ -62,7 +62,7 @@ def test_read_table_csv(tmp_path):
     _items().to_csv(path, index=False)
     got = read_table(path)
     assert list(got.columns) == ["item_id", "title", "tags", "year"]
-    assert got["item_id"].tolist() == [10, 20, 30]
+    assert got["item_id"].tolist() == ["10", "20", "30"]  # ids are strings (the entity contract)
     assert got["title"].tolist() == ["Heat", "Alien", "Fargo"]
     assert pd.isna(got["tags"].iloc[2])
 
@@ -74,7 +74,7 @@ def test_read_table_tsv_uses_tabs(tmp_path):
     got = read_table(path)
     assert list(got.columns) == ["user_id", "item_id", "timestamp", "note"]
     assert got["note"].tolist() == ["a, b", "c"]
-    assert got["timestamp"].tolist() == [100, 200]
+    assert got["timestamp"].tolist() == ["100", "200"]  # text until validate_interactions reads it
 
 
 def test_read_table_parquet_keeps_list_columns(tmp_path):
@@ -83,7 +83,7 @@ def test_read_table_parquet_keeps_list_columns(tmp_path):
         path = tmp_path / name
         df.to_parquet(path)
         got = read_table(path)
-        assert got["item_id"].tolist() == [1, 2]
+        assert got["item_id"].tolist() == ["1", "2"]
         assert [list(t) for t in got["tags"]] == [["x", "y"], ["z"]]
 
 
@@ -92,13 +92,13 @@ def test_read_table_parquet_directory(tmp_path):
     folder.mkdir()
     pd.DataFrame({"item_id": [1, 2], "title": ["a", "b"]}).to_parquet(folder / "part-0.parquet")
     got = read_table(folder)
-    assert sorted(got["item_id"].tolist()) == [1, 2]
+    assert sorted(got["item_id"].tolist()) == ["1", "2"]
 
 
 def test_read_table_suffix_is_case_insensitive(tmp_path):
     path = tmp_path / "ITEMS.CSV"
     _items().to_csv(path, index=False)
-    assert read_table(path)["item_id"].tolist() == [10, 20, 30]
+    assert read_table(path)["item_id"].tolist() == ["10", "20", "30"]
 
 
 def test_read_table_unsupported_suffix(tmp_path):
@@ -226,38 +226,38 @@ def test_null_timestamp_names_row():
 
 def test_non_numeric_timestamp_names_row(tmp_path):
     path = tmp_path / "inter.csv"
-    path.write_text("user_id,item_id,timestamp\n1,10,100\n1,20,abc\n1,30,300\n")
+    path.write_text("user_id,item_id,timestamp\n1,10,1700000100\n1,20,abc\n1,30,1700000300\n")
     with pytest.raises(DataError) as err:
         validate_interactions(read_table(path), str(path))
     msg = str(err.value)
     assert msg.startswith(f"{path}:")
     assert "row 2:" in msg
     assert "'abc'" in msg
-    assert "not an integer number of seconds" in msg
+    assert "expected an integer number of seconds" in msg
 
 
 def test_fractional_timestamp_names_row(tmp_path):
     path = tmp_path / "inter.csv"
-    path.write_text("user_id,item_id,timestamp\n1,10,100\n1,20,200\n1,30,1.5\n")
+    path.write_text("user_id,item_id,timestamp\n1,10,1700000100\n1,20,1700000200\n1,30,1700000300.5\n")
     with pytest.raises(DataError) as err:
         validate_interactions(read_table(path), str(path))
     msg = str(err.value)
     assert "row 3:" in msg
-    assert "1.5" in msg
-    assert "not an integer number of seconds" in msg
+    assert "1700000300.5" in msg
+    assert "expected an integer number of seconds" in msg
 
 
 def test_whole_float_timestamps_become_exact_int64(tmp_path):
-    values = [1_700_000_000.0, 1_700_000_063.0, 1_700_000_001.0, 4_102_444_799.0]
+    values = [1_700_000_000.0, 1_700_000_063.0, 1_700_000_001.0, 1_764_444_799.0]
     # the check is only meaningful if float32 would have changed these values
     assert any(float(np.float32(v)) != v for v in values)
     path = tmp_path / "inter.csv"
     pd.DataFrame({"user_id": [1, 1, 1, 1], "item_id": [1, 2, 3, 4], "timestamp": values}).to_csv(path, index=False)
     raw = read_table(path)
-    assert raw["timestamp"].dtype == np.float64  # the CSV really carried floats
+    assert raw["timestamp"].tolist()[0] == "1700000000.0"  # the CSV really carried floats
     got = validate_interactions(raw, str(path))
     assert got["timestamp"].dtype == np.int64
-    assert got["timestamp"].tolist() == [1_700_000_000, 1_700_000_063, 1_700_000_001, 4_102_444_799]
+    assert got["timestamp"].tolist() == [1_700_000_000, 1_700_000_063, 1_700_000_001, 1_764_444_799]
 
 
 def test_integer_timestamps_pass_through_unchanged():
@@ -413,11 +413,11 @@ def test_load_files_end_to_end(tmp_path):
     inter["timestamp"] = inter["timestamp"].astype("float64")
     inter.to_parquet(inter_path)
     items, interactions = load_files(items_path, inter_path, TEXT_CFG)
-    assert items["item_id"].tolist() == [10, 20, 30]
+    assert items["item_id"].tolist() == ["10", "20", "30"]
     assert items["tags"].tolist()[:2] == ["Crime|Drama", "Sci-Fi"]
     assert interactions["timestamp"].dtype == np.int64
     assert interactions["timestamp"].tolist() == _interactions()["timestamp"].tolist()
-    assert interactions["user_id"].tolist() == [1, 1, 2, 2]
+    assert interactions["user_id"].tolist() == ["1", "1", "2", "2"]
     assert interactions["rating"].tolist() == [4.0, 3.5, 5.0, 1.0]
 
 
@@ -425,7 +425,7 @@ def test_load_files_reports_unknown_items_against_interactions_path(tmp_path):
     items_path = tmp_path / "items.parquet"
     inter_path = tmp_path / "inter.csv"
     _items().to_parquet(items_path)
-    inter_path.write_text("user_id,item_id,timestamp\n1,10,1\n1,11,2\n")
+    inter_path.write_text("user_id,item_id,timestamp\n1,10,1700000001\n1,11,1700000002\n")
     with pytest.raises(DataError) as err:
         load_files(items_path, inter_path, TEXT_CFG)
     msg = str(err.value)

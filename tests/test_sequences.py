@@ -21,6 +21,7 @@ from feature_gen.data.sequences import (
 from feature_gen.model.item_text import REJECT_NO_TEXT
 
 TEXT_CFG = ItemTextConfig()
+T0 = 1_700_000_000  # a plausible event time (the contract refuses anything before 1995)
 
 
 def _reference_sequences(items, interactions, min_len):
@@ -349,19 +350,19 @@ def test_load_interaction_data_from_files(tmp_path):
         {
             "user_id": ["u1", "u2", "u1", "u1", "u2", "u1", "u3", "u2", "u3", "u2"],
             "item_id": [100, 100, 300, 400, 300, 200, 100, 400, 300, 100],
-            "timestamp": [5.0, 1.0, 5.0, 3.0, 1.0, 9.0, 1.0, 0.0, 2.0, 1.0],
+            "timestamp": [T0 + t for t in [5.0, 1.0, 5.0, 3.0, 1.0, 9.0, 1.0, 0.0, 2.0, 1.0]],
             "rating": [1.0] * 10,
         }
     )
     inter.to_parquet(inter_path)
     cfg = DataConfig(source="files", items_path=str(items_path), interactions_path=str(inter_path))
     data = load_interaction_data(cfg, TEXT_CFG)
-    assert data.items["item_id"].tolist() == [100, 300, 400]
-    assert data.rejects.rows.to_dict("records") == [{"item_id": 200, "reason": REJECT_NO_TEXT}]
+    assert data.items["item_id"].tolist() == ["100", "300", "400"]  # ids are strings end to end
+    assert data.rejects.rows.to_dict("records") == [{"item_id": "200", "reason": REJECT_NO_TEXT}]
     assert data.user_ids.tolist() == ["u1", "u2"]  # u3 has only 2 events
     # u1: 400@3, 100@5, 300@5 (file order among ties); u2: 400@0, 100@1, 300@1, 100@1
     assert [s.tolist() for s in data.sequences] == [[3, 1, 2], [3, 1, 2, 1]]
-    assert [t.tolist() for t in data.timestamps] == [[3, 5, 5], [0, 1, 1, 1]]
+    assert [(t - T0).tolist() for t in data.timestamps] == [[3, 5, 5], [0, 1, 1, 1]]
     assert all(t.dtype == np.int64 for t in data.timestamps)
     assert data.dropped_interactions == 3  # one on item 200, two of u3
     split = leave_one_out(data)
@@ -374,11 +375,11 @@ def test_load_interaction_data_min_user_interactions(tmp_path):
     inter_path = tmp_path / "inter.csv"
     pd.DataFrame({"item_id": [1, 2, 3, 4], "title": list("abcd")}).to_parquet(items_path)
     pd.DataFrame(
-        {"user_id": [1] * 4 + [2] * 3, "item_id": [1, 2, 3, 4, 1, 2, 3], "timestamp": range(7)}
+        {"user_id": [1] * 4 + [2] * 3, "item_id": [1, 2, 3, 4, 1, 2, 3], "timestamp": [T0 + t for t in range(7)]}
     ).to_csv(inter_path, index=False)
     cfg = DataConfig(
         source="files", items_path=str(items_path), interactions_path=str(inter_path), min_user_interactions=4
     )
     data = load_interaction_data(cfg, TEXT_CFG)
-    assert data.user_ids.tolist() == [1]
+    assert data.user_ids.tolist() == ["1"]
     assert data.dropped_interactions == 3

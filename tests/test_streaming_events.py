@@ -14,9 +14,9 @@ from feature_gen.streaming.recent_items import RecentSequence, merge_event, merg
 
 
 def test_a_valid_user_event_parses_with_integer_or_string_ids():
-    e = parse_user_event(b'{"user_id": 42, "item_id": "i9", "timestamp": 100, "event_type": "click"}', key=b"42")
-    assert (e.user_id, e.item_id, e.timestamp, e.event_type) == ("42", "i9", 100, "click")
-    assert parse_user_event(user_event_json("u", 7, 5)).item_id == "7"
+    e = parse_user_event(b'{"user_id": 42, "item_id": "i9", "timestamp": 1700000100, "event_type": "click"}', key=b"42")
+    assert (e.user_id, e.item_id, e.timestamp, e.event_type) == ("42", "i9", 1_700_000_100, "click")
+    assert parse_user_event(user_event_json("u", 7, 1_700_000_005)).item_id == "7"
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -47,7 +47,7 @@ def test_oversize_and_key_mismatch_are_rejected():
 
 
 def test_item_events_keep_every_field_for_the_text_builder():
-    e = parse_item_event(json.dumps({"item_id": 5, "timestamp": 9, "title": "T", "tags": ["a"]}).encode(), key=b"5")
+    e = parse_item_event(json.dumps({"item_id": 5, "timestamp": 1_700_000_009, "title": "T", "tags": ["a"]}).encode(), key=b"5")
     assert e.item_id == "5" and e.fields["title"] == "T" and e.fields["item_id"] == "5"
     with pytest.raises(InvalidEvent, match="missing_field"):
         parse_item_event(b'{"item_id": 5}')

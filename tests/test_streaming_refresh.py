@@ -175,7 +175,7 @@ def test_new_item_event_makes_its_embedding_readable_and_releases_waiting_user_e
     producer = make_producer(cfg.stream)
     user_loop = build_user_loop(cfg, threading.Event(), encoders, store)
     item_loop = build_item_loop(cfg, threading.Event(), encoders, store)
-    events = [("alice", "1", 100), ("alice", "new-item", 200), ("bob", "2", 150)]
+    events = [("alice", "1", 1_700_000_100), ("alice", "new-item", 1_700_000_200), ("bob", "2", 1_700_000_150)]
     with running(user_loop):
         send_paced(producer, cfg.stream.user_events_topic,
                    user_messages(pd.DataFrame(events, columns=["user_id", "item_id", "timestamp"])))
@@ -187,9 +187,9 @@ def test_new_item_event_makes_its_embedding_readable_and_releases_waiting_user_e
             new_item = dict(item_row(99), item_id="new-item")
             send_paced(producer, cfg.stream.item_events_topic,
                        [(b"new-item", json.dumps(new_item).encode()),
-                        (b"empty", json.dumps({"item_id": "empty", "timestamp": 5}).encode())])
+                        (b"empty", json.dumps({"item_id": "empty", "timestamp": 1_700_000_005}).encode())])
             wait_until(lambda: check_alive(item_loop) or store.item_embeddings(["new-item"]).found[0], 60, what="the new item's embedding")
-            wait_until(lambda: check_alive(user_loop) or store.user_embeddings(["alice"]).last_event_ts[0] == 200, 60,
+            wait_until(lambda: check_alive(user_loop) or store.user_embeddings(["alice"]).last_event_ts[0] == 1_700_000_200, 60,
                        what="alice's embedding to take the new item")
 
     got = store.item_embeddings(["new-item"])
@@ -207,15 +207,15 @@ def test_malformed_events_land_in_the_dead_letter_topic_and_the_consumer_keeps_g
     create_stream_topics(cfg)
     store = store_of(cfg)
     seed_item_embeddings(store, encoders, range(5))
-    good = user_event_json("carol", "1", 10)
+    good = user_event_json("carol", "1", 1_700_000_010)
     bad = {
         "invalid_json": (b"carol", b'{"user_id": "carol", "item_id": '),
         "not_an_object": (b"carol", b'["carol", "1", 10, "click"]'),
         "missing_field": (b"carol", b'{"user_id": "carol", "item_id": "1", "event_type": "click"}'),
         "bad_field": (b"carol", b'{"user_id": "carol", "item_id": "1", "timestamp": "yesterday", "event_type": "click"}'),
-        "oversize": (b"carol", json.dumps({"user_id": "carol", "item_id": "1", "timestamp": 11, "event_type": "x" * 400}).encode()),
-        "key_mismatch": (b"dave", user_event_json("carol", "1", 12)),
-        "unknown_item": (b"carol", user_event_json("carol", "no-such-item", 13)),
+        "oversize": (b"carol", json.dumps({"user_id": "carol", "item_id": "1", "timestamp": 1_700_000_011, "event_type": "x" * 400}).encode()),
+        "key_mismatch": (b"dave", user_event_json("carol", "1", 1_700_000_012)),
+        "unknown_item": (b"carol", user_event_json("carol", "no-such-item", 1_700_000_013)),
     }
     producer = make_producer(cfg.stream)
     # everything on one key, so the bad messages sit in front of the good one in one partition
@@ -246,7 +246,7 @@ def test_produce_events_replays_a_csv_log_and_an_item_parquet_in_file_order(tmp_
     create_stream_topics(cfg, partitions=1)
     config = write_config(cfg, tmp_path / "stream.yaml")
     log = tmp_path / "events.csv"
-    pd.DataFrame({"user_id": [3, 1, 3], "item_id": [10, 11, 12], "timestamp": [5, 6, 7],
+    pd.DataFrame({"user_id": [3, 1, 3], "item_id": [10, 11, 12], "timestamp": [1_700_000_005, 1_700_000_006, 1_700_000_007],
                   "event_type": ["click", "rating", "click"]}).to_csv(log, index=False)
     items = tmp_path / "items.parquet"
     pd.DataFrame([item_row(1), {**item_row(2), "tags": None}]).to_parquet(items)
@@ -257,9 +257,9 @@ def test_produce_events_replays_a_csv_log_and_an_item_parquet_in_file_order(tmp_
 
     users = read_topic(broker.bootstrap, cfg.stream.user_events_topic, expected=3)
     assert [(r.key, json.loads(r.value)) for r in users] == [
-        (b"3", {"user_id": "3", "item_id": "10", "timestamp": 5, "event_type": "click"}),
-        (b"1", {"user_id": "1", "item_id": "11", "timestamp": 6, "event_type": "rating"}),
-        (b"3", {"user_id": "3", "item_id": "12", "timestamp": 7, "event_type": "click"}),
+        (b"3", {"user_id": "3", "item_id": "10", "timestamp": 1_700_000_005, "event_type": "click"}),
+        (b"1", {"user_id": "1", "item_id": "11", "timestamp": 1_700_000_006, "event_type": "rating"}),
+        (b"3", {"user_id": "3", "item_id": "12", "timestamp": 1_700_000_007, "event_type": "click"}),
     ]
     got = sorted((json.loads(r.value) for r in read_topic(broker.bootstrap, cfg.stream.item_events_topic, expected=2)),
                  key=lambda g: g["item_id"])  # two partitions: order holds per key, not across keys

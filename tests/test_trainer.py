@@ -35,7 +35,7 @@ def toy_data(folder: Path, num_items: int = 30, num_users: int = 60, length: int
     for u in range(num_users):
         start = int(rng.integers(num_items))
         for t in range(length):
-            rows.append({"user_id": f"u{u}", "item_id": (start + t) % num_items + 1, "timestamp": 1_000_000 + 60 * t})
+            rows.append({"user_id": f"u{u}", "item_id": (start + t) % num_items + 1, "timestamp": 1_700_000_000 + 60 * t})
     items_path, inter_path = folder / "items.parquet", folder / "interactions.parquet"
     items.to_parquet(items_path)
     pd.DataFrame(rows).to_parquet(inter_path)

@@ -32,16 +32,16 @@ class FormatError(DataError):
     """A file this layer cannot map onto the contract (format, column, timestamp), named by file, row, column."""
 
 
-def read_any(path: str | Path) -> pd.DataFrame:
+def read_any(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     """A table from Parquet (file or folder), CSV, TSV or JSON lines, by suffix."""
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq") or path.is_dir():
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    if suffix in (".parquet", ".pq", ".csv", ".tsv") or path.is_dir():
+        from feature_gen.data.contract import read_table
+
+        return read_table(path, encoding)  # the contract's reader: string ids, only empty cells missing
     if suffix in (".jsonl", ".json", ".ndjson"):
         try:
             return pd.read_json(path, lines=True, dtype=False)  # dtype=False: ids like "007" stay strings
@@ -92,7 +92,7 @@ def read_mapped(path: str | Path, cfg: DataConfig) -> pd.DataFrame:
     """The file at `path` in the contract's columns (`data.columns` applied) with `timestamp`, when
     present, as integer Unix seconds per `data.timestamp_format`. Ready for the contract's checks."""
     source = str(path)
-    frame = rename_columns(read_any(path), cfg.columns, source)
+    frame = rename_columns(read_any(path, cfg.encoding), cfg.columns, source)
     if TIMESTAMP in frame.columns and cfg.timestamp_format != "seconds":
         frame[TIMESTAMP] = to_unix_seconds(frame[TIMESTAMP], cfg.timestamp_format, source)
     return frame

@@ -104,13 +104,14 @@ def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> Int
         from feature_gen.data.formats import read_mapped
 
         items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg,
+                                         data_cfg.encoding, data_cfg.timestamp_unit,
                                          read=lambda path: read_mapped(path, data_cfg))
     else:
         from feature_gen.data.movielens import LOADERS
 
         items, interactions = LOADERS[data_cfg.source]()
         items = validate_items(items, data_cfg.source, text_cfg)
-        interactions = validate_interactions(interactions, data_cfg.source)
+        interactions = validate_interactions(interactions, data_cfg.source, data_cfg.timestamp_unit)
         check_known_items(interactions, items[ITEM_ID], data_cfg.source)
     return build_interaction_data(items, interactions, text_cfg, data_cfg.min_user_interactions)
 

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["RankingMetrics", "full_ranking_metrics", "chance_recall"]
+__all__ = ["RankingMetrics", "full_ranking_metrics", "chance_recall", "chance_seen_sizes"]
 
 
 @dataclass
@@ -278,6 +278,25 @@ def full_ranking_metrics(
     return RankingMetrics(values=values, num_users=int(num_users), ranks=ranks_np)
 
 
+def chance_seen_sizes(seen, targets) -> np.ndarray:
+    """Per user, s for `chance_recall`: the distinct seen items that are removed from the ranking,
+    i.e. neither padding (0) nor the user's own target, which stays rankable even when the history
+    holds it (repeat consumption: u1 = 1, 2, 3, 1, 2 has target 2 and s = 2, not 3).
+
+    Args:
+        seen: length-U sequence of int arrays (the histories, as for full_ranking_metrics).
+        targets: int [U], each user's target in 1..N.
+    Returns: int64 [U]."""
+    targets = np.asarray(targets)
+    if len(seen) != len(targets):
+        raise ValueError(f"seen: expected one history per target ({len(targets)}); got {len(seen)}")
+    out = np.empty(len(targets), dtype=np.int64)
+    for u, (history, target) in enumerate(zip(seen, targets)):
+        distinct = np.unique(np.asarray(history, dtype=np.int64))
+        out[u] = int(((distinct != 0) & (distinct != int(target))).sum())
+    return out
+
+
 def chance_recall(k: int, num_items: int, seen_sizes) -> float:
     """Expected Recall@K of a uniformly random ranking.
 
@@ -288,7 +307,8 @@ def chance_recall(k: int, num_items: int, seen_sizes) -> float:
     Args:
         k: the cut-off.
         num_items: N, the catalogue size (padding not included).
-        seen_sizes: per-user s (array-like [U], or a scalar for every user).
+        seen_sizes: per-user s (array-like [U], or a scalar for every user); `chance_seen_sizes`
+            computes it from histories and targets.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected a positive integer; got {k!r}")

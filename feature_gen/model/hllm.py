@@ -14,6 +14,7 @@ from torch import nn
 from feature_gen.model.base_models import load_backbone
 from feature_gen.config import ConfigError, HLLMConfig
 from feature_gen.model.item_llm import ItemLLM
+from feature_gen.model.item_text import check_position_budget
 from feature_gen.model.losses import (
     EarlyFusionScorer,
     InfoNCEResult,
@@ -132,6 +133,7 @@ def _load_section_backbone(section: str, model_cfg, with_tokenizer: bool):
 def build_item_llm(cfg: HLLMConfig, with_tokenizer: bool = True):
     """(ItemLLM, tokenizer or None, description) from cfg.item_llm."""
     backbone = _load_section_backbone("item_llm", cfg.item_llm, with_tokenizer)
+    check_position_budget(cfg.item_text.max_item_tokens, backbone.model.config, cfg.item_llm.pooling, backbone.description)
     return ItemLLM(backbone.model, pooling=cfg.item_llm.pooling), backbone.tokenizer, backbone.description
 
 

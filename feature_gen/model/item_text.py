@@ -20,6 +20,18 @@ from feature_gen.config import ItemTextConfig
 REJECT_NULL_ID = "null_id"
 REJECT_NO_TEXT = "no_text"
 REJECT_OVERSIZE_TEXT = "oversize_text"
+# A cell holding U+FFFD: its bytes were not valid in the declared encoding and a decoder replaced them
+# (Spark always does). Embedding "Caf\ufffd society" silently would put a different item in the store.
+REJECT_BAD_ENCODING = "bad_encoding"
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+def _garbled(value: Any) -> bool:
+    if isinstance(value, str):
+        return _REPLACEMENT_CHAR in value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return any(_garbled(v) for v in value)
+    return False
 
 
 def _is_missing(value: Any) -> bool:
@@ -80,6 +92,8 @@ def item_text_or_reject(item: Mapping[str, Any], cfg: ItemTextConfig, id_key: st
     """Text for one item row, or the reason it must go to the rejects output."""
     if _is_missing(item.get(id_key)):
         return ItemTextResult(None, REJECT_NULL_ID)
+    if _garbled(item.get(id_key)) or any(_garbled(item.get(key)) for key in cfg.text_keys):
+        return ItemTextResult(None, REJECT_BAD_ENCODING)
     for key in cfg.text_keys:
         value = item.get(key)
         if isinstance(value, str) and len(value) > cfg.max_text_chars:
@@ -102,6 +116,34 @@ def check_prompt_budget(tokenizer, cfg: ItemTextConfig, min_field_tokens: int = 
             f"prompt's {prompt_tokens} tokens; raise it to at least {prompt_tokens + 16} or shorten item_text.prompt"
         )
     return prompt_tokens
+
+
+def position_limit(model_config) -> int | None:
+    """How many positions the backbone has: `max_position_embeddings` (Llama, BERT, MiniLM, ...) or
+    `n_positions` (GPT-2); None when the config states no limit. ItemLLM passes 0-based position ids
+    itself, so the whole table is usable (no RoBERTa-style padding offset)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_position_budget(max_item_tokens: int, model_config, pooling: str = "item_token", model: str = "") -> None:
+    """Refuse, at build time, a token budget the Item LLM cannot hold: `max_item_tokens` text tokens
+    plus the `[ITEM]` slot (pooling item_token) must fit the backbone's position table. Otherwise the
+    longest items fail at embedding time (`index 512 is out of bounds` on a 512-position encoder), in
+    Spark the whole task with them. Raises ConfigError naming item_text.max_item_tokens and the limit."""
+    limit = position_limit(model_config)
+    slot = 1 if pooling == "item_token" else 0
+    if limit is not None and max_item_tokens + slot > limit:
+        from feature_gen.config import ConfigError
+
+        what = f"{max_item_tokens} text tokens + the [ITEM] slot" if slot else f"{max_item_tokens} text tokens"
+        raise ConfigError(
+            f"item_text.max_item_tokens: {what} exceed the {limit} positions of item_llm"
+            f"{f' ({model})' if model else ''}; set it to at most {limit - slot}"
+        )
 
 
 def tokenize_item_texts(texts: Sequence[str], tokenizer, max_item_tokens: int) -> list[list[int]]:

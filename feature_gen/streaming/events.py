@@ -10,13 +10,16 @@ change:
 
     {"item_id": "9001", "timestamp": 1763900000, "title": "...", "tags": ["a", "b"], "description": "..."}
 
-Ids are JSON strings or integers (stored as strings; at most MAX_ID_CHARS characters of valid Unicode);
-`timestamp` is integer Unix seconds (event time, not produce time) inside the plausible window of
-feature_gen.data.event_time (the rule the batch jobs apply too); `event_type` is a non-empty string
-(click, rating, purchase, ...). A message that breaks the contract raises InvalidEvent with one of the
-REASON_* codes below; the consumer dead-letters it with that reason and its original bytes, and goes on.
-No input makes the parsers raise anything else: deep nesting, numbers of any size, lone surrogates and
-undecodable bytes are all InvalidEvent (tests/test_stream_fuzz.py throws arbitrary input at them).
+Ids are JSON strings or integers (stored as strings); `timestamp` is a JSON integer in
+`stream.timestamp_unit` (seconds by default; event time, not produce time), read by the one timestamp
+rule of feature_gen/data/contract.py: outside [1995-01-01, now + clock skew] it is a bad_field (a
+millisecond value sent as seconds is refused, not stored as the year ~55,000); `event_type` is a
+non-empty string (click, rating, purchase, ...). A message that breaks the contract raises
+InvalidEvent with one of the REASON_* codes below; the consumer dead-letters it with that reason and
+its original bytes, and goes on.
+Ids are at most MAX_ID_CHARS characters of valid Unicode. No input makes the parsers raise anything
+else: deep nesting, numbers of any size, lone surrogates and undecodable bytes are all InvalidEvent
+(tests/test_stream_fuzz.py throws arbitrary input at them).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from feature_gen.data.event_time import timestamp_problem
+from feature_gen.data.contract import check_timestamp
 
 REASON_OVERSIZE = "oversize"
 REASON_INVALID_JSON = "invalid_json"
@@ -131,17 +134,22 @@ def _check_strings(obj: dict) -> None:
             stack.extend((name, v) for v in value)
 
 
-def _timestamp(obj: dict) -> int:
+def _timestamp(obj: dict, unit: str, now_s: float | None) -> int:
     value = obj["timestamp"]
-    problem = timestamp_problem(value)
-    if problem is not None:
-        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: {problem}")
-    return value
+    # JSON integers only: a string or a float timestamp is a producer bug worth seeing in the dead letters.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: expected an integer ({unit}); got {repr(value)[:80]}")
+    checked = check_timestamp(value, unit, now_s)
+    if not checked.ok:
+        raise InvalidEvent(REASON_BAD_FIELD, f"timestamp: {checked.reason}")
+    return checked.seconds
 
 
-def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 4096) -> UserEvent:
+def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 4096,
+                     timestamp_unit: str = "seconds", now_s: float | None = None) -> UserEvent:
     """Validate one user-event message; raises InvalidEvent. A key, when present, must be the user id
-    (per-user ordering rests on it)."""
+    (per-user ordering rests on it). The timestamp is read in `timestamp_unit` against the clock
+    `now_s` (default: this machine's) and returned as Unix seconds."""
     obj = _object(raw, max_bytes)
     _require(obj, USER_EVENT_FIELDS)
     user_id = _id(obj, "user_id")
@@ -151,10 +159,11 @@ def parse_user_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
     _check_unicode(event_type, "event_type")
     if key is not None and key.decode("utf-8", "replace") != user_id:
         raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key[:80]!r} is not its user_id {user_id[:80]!r}")
-    return UserEvent(user_id, _id(obj, "item_id"), _timestamp(obj), event_type.strip())
+    return UserEvent(user_id, _id(obj, "item_id"), _timestamp(obj, timestamp_unit, now_s), event_type.strip())
 
 
-def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 1_000_000) -> ItemEvent:
+def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int = 1_000_000,
+                     timestamp_unit: str = "seconds", now_s: float | None = None) -> ItemEvent:
     """Validate one item-event message; raises InvalidEvent. Whether it has embeddable text is decided
     by feature_gen.model.item_text (the one place that builds item text)."""
     obj = _object(raw, max_bytes)
@@ -163,7 +172,7 @@ def parse_item_event(raw: bytes | None, key: bytes | None = None, max_bytes: int
     _check_strings(obj)
     if key is not None and key.decode("utf-8", "replace") != item_id:
         raise InvalidEvent(REASON_KEY_MISMATCH, f"message key {key[:80]!r} is not its item_id {item_id[:80]!r}")
-    return ItemEvent(item_id, _timestamp(obj), dict(obj, item_id=item_id))
+    return ItemEvent(item_id, _timestamp(obj, timestamp_unit, now_s), dict(obj, item_id=item_id))
 
 
 def user_event_json(user_id, item_id, timestamp: int, event_type: str = "click") -> bytes:

@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 class ItemRefresh:
     """The batch processor of the item-event consumer."""
 
-    def __init__(self, state: OnlineState, encoders: Encoders, metrics: StreamMetrics, max_event_bytes: int = 1_000_000):
+    def __init__(self, state: OnlineState, encoders: Encoders, metrics: StreamMetrics, max_event_bytes: int = 1_000_000,
+                 timestamp_unit: str = "seconds"):
         self.state = state  # item embeddings out, under the encoders' bundle version
         self.encoders = encoders  # the bundle's Item LLM and text config (embed_texts)
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
+        self.timestamp_unit = timestamp_unit
 
     def has_held(self) -> bool:
         return False  # an item event needs nothing but itself
@@ -57,7 +59,7 @@ class ItemRefresh:
         letters, accepted = [], []
         for r in records:
             try:
-                event = parse_item_event(r.value, r.key, self.max_event_bytes)
+                event = parse_item_event(r.value, r.key, self.max_event_bytes, self.timestamp_unit)
             except InvalidEvent as exc:
                 letters.append(DeadLetter.of(r, exc.reason, exc.detail))
                 continue
@@ -127,7 +129,7 @@ def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encode
     encoders = encoders or consumer_encoders(cfg)
     metrics = StreamMetrics("item_refresh")
     processor = ItemRefresh(OnlineState(consumer_store(cfg, store), encoders.version, s.item_cache_ttl_ms), encoders,
-                            metrics, s.max_item_event_bytes)
+                            metrics, s.max_item_event_bytes, s.timestamp_unit)
     loop = wire_loop(cfg, processor, metrics, topic=s.item_events_topic, group_id=s.item_group_id, stop=stop)
     processor.state.fence = loop.fence  # every online write proves the member still owns its partitions
     return loop

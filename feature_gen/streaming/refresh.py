@@ -63,11 +63,13 @@ class UserRefresh:
     """The batch processor of the user-event consumer."""
 
     def __init__(self, state: OnlineState, encoders: Encoders, metrics: StreamMetrics, *, max_event_bytes: int = 4096,
-                 max_recent_items: int = 50, unknown_item_wait_ms: int = 30_000, max_waiting_events: int = 10_000):
+                 max_recent_items: int = 50, unknown_item_wait_ms: int = 30_000, max_waiting_events: int = 10_000,
+                 timestamp_unit: str = "seconds"):
         self.state = state  # sequences and item vectors in, sequences and user embeddings out
         self.encoders = encoders  # the bundle's User LLM (embed_histories)
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
+        self.timestamp_unit = timestamp_unit
         self.capacity = max_recent_items
         self.wait_s = unknown_item_wait_ms / 1000
         self.max_waiting = max_waiting_events
@@ -97,7 +99,7 @@ class UserRefresh:
         events, letters = [], []
         for r in records:
             try:
-                events.append(_Held(r, parse_user_event(r.value, r.key, self.max_event_bytes), now))
+                events.append(_Held(r, parse_user_event(r.value, r.key, self.max_event_bytes, self.timestamp_unit), now))
             except InvalidEvent as exc:
                 letters.append(DeadLetter.of(r, exc.reason, exc.detail))
         return events, letters
@@ -218,6 +220,7 @@ def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encode
         OnlineState(consumer_store(cfg, store), encoders.version, s.item_cache_ttl_ms), encoders, metrics,
         max_event_bytes=s.max_event_bytes, max_recent_items=max(s.max_recent_items, encoders.max_seq_len),
         unknown_item_wait_ms=s.unknown_item_wait_ms, max_waiting_events=s.max_waiting_events,
+        timestamp_unit=s.timestamp_unit,
     )
     loop = wire_loop(cfg, processor, metrics, topic=s.user_events_topic, group_id=s.group_id, stop=stop)
     processor.state.fence = loop.fence  # every online write proves the member still owns its partitions
