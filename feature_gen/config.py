@@ -115,8 +115,20 @@ class DataConfig(_Section):
 
 
 class LossConfig(_Section):
+    """The training objective (feature_gen/model/losses.py). `negatives` chooses what each positive
+    competes with: `full` (the catalogue), `sampled` (`num_negatives` per step, `sampling` uniform or
+    popularity), `in_batch` (the step's targets), `cache` (stage 1: the catalogue from a cache
+    refreshed every `cache_refresh_steps`); `auto` = full where the item table exists (SASRec, stage
+    2), cache in stage 1. `logq_correction` applies to sampled and in-batch candidates; sampled +
+    uniform + no correction is the paper's InfoNCE."""
+
     objective: Literal["generative", "discriminative"] = "generative"
-    num_negatives: int = Field(512, gt=0)
+    negatives: Literal["auto", "full", "sampled", "in_batch", "cache"] = "auto"
+    sampling: Literal["uniform", "popularity"] = Field("uniform", description="negatives: sampled: the draw's distribution")
+    logq_correction: bool = Field(True, description="subtract log q(item) from sampled / in-batch logits")
+    cache_refresh_steps: int = Field(50, gt=0, description="negatives: cache: recompute the catalogue every N steps")
+    hard_negatives: Optional[int] = Field(None, gt=0, description="keep each row's K highest-scoring negatives")
+    num_negatives: int = Field(512, gt=0, description="negatives: sampled: ids drawn per step")
     nce_threshold: float = Field(0.99, gt=-1.0, le=1.0, description="mask negatives this similar to the positive")
     temperature_init: float = Field(0.07, gt=0.0)
     max_logit_scale: float = Field(100.0, gt=1.0)

@@ -60,14 +60,14 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     import torch
 
     from feature_gen.data.sequences import cold_item_split, leave_one_out, load_interaction_data
+    from feature_gen.model.losses import check_objective
     from trainer.loop import train
 
     t = cfg.train
-    if cfg.loss.objective != "generative":
-        raise ConfigError("loss.objective: the trainer trains the generative objective (MovieLens has no "
-                          "impressions to label clicks); the discriminative heads are library-only for now")
     torch.manual_seed(cfg.seed)
     data = load_interaction_data(cfg.data, cfg.item_text)
+    # refuse what the trainer cannot honour before any model is loaded (the loop checks again)
+    check_objective(cfg.loss, has_catalogue=t.model == "sasrec" or t.stage == 2, num_items=data.num_items)
     cold = None
     if cfg.data.split == "cold_items":
         split, cold = cold_item_split(data, cfg.data.cold_item_fraction, cfg.seed)
