@@ -160,6 +160,7 @@ class TrainConfig(_Section):
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
     sasrec_heads: int = Field(2, gt=0)
+    sasrec_ffn: Optional[int] = Field(None, gt=0, description="SASRec feed-forward width (None: sasrec_hidden)")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     freeze_bundle: bool = Field(True, description="stage 3: freeze the selected checkpoint into a bundle")
     windows: Literal["last", "all", "random"] = Field(

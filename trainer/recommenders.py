@@ -201,7 +201,7 @@ class SASRecUser(nn.Module):
     """SASRec's sequence model (Kang & McAuley 2018): learned positions, pre-norm causal
     self-attention blocks, dropout. Same call shape as UserLLM."""
 
-    def __init__(self, dim: int, layers: int, heads: int, max_len: int, dropout: float):
+    def __init__(self, dim: int, layers: int, heads: int, max_len: int, dropout: float, ffn_dim: int | None = None):
         super().__init__()
         self.item_dim = dim
         self.max_len = max_len
@@ -211,7 +211,8 @@ class SASRecUser(nn.Module):
         self.attns = nn.ModuleList(nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) for _ in range(layers))
         self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
         self.ffns = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)) for _ in range(layers)
+            nn.Sequential(nn.Linear(dim, ffn_dim or dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim or dim, dim))
+            for _ in range(layers)
         )
         self.final_norm = nn.LayerNorm(dim)
 
@@ -244,11 +245,11 @@ class SASRecRecommender(_SequenceStep, nn.Module):
     """The ID-based baseline: an item-ID embedding table and SASRec's sequence model."""
 
     def __init__(self, num_items: int, dim: int, layers: int, heads: int, max_len: int, dropout: float,
-                 temperature_init: float = 0.07, max_logit_scale: float = 100.0):
+                 temperature_init: float = 0.07, max_logit_scale: float = 100.0, ffn_dim: int | None = None):
         super().__init__()
         self.items = nn.Embedding(num_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.items.weight, std=0.02)
-        self.user_model = SASRecUser(dim, layers, heads, max_len, dropout)
+        self.user_model = SASRecUser(dim, layers, heads, max_len, dropout, ffn_dim)
         self.logit_scale = LogitScale(temperature_init, max_logit_scale)
 
     def encode_items(self, ids: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ def build_recommender(cfg: HLLMConfig, data):
     t = cfg.train
     if t.model == "sasrec":
         rec = SASRecRecommender(data.num_items, t.sasrec_hidden, t.sasrec_layers, t.sasrec_heads,
-                                cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale)
+                                cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale,
+                                t.sasrec_ffn)
         return rec, None, {"item": "id-embedding", "user": f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"}
     if t.init_bundle:
         from feature_gen.model.bundle import load_bundle
