@@ -129,6 +129,10 @@ class LossConfig(_Section):
     cache_refresh_steps: int = Field(50, gt=0, description="negatives: cache: recompute the catalogue every N steps")
     hard_negatives: Optional[int] = Field(None, gt=0, description="keep each row's K highest-scoring negatives")
     num_negatives: int = Field(512, gt=0, description="negatives: sampled: ids drawn per step")
+    # cosine x learnable scale is what HLLM trains, serves and the feature contract states; `dot` (the
+    # raw inner product, as RecBole's SASRec) is allowed for the ID baseline only, and its evaluation
+    # then ranks by dot too (one scoring space per model)
+    similarity: Literal["cosine", "dot"] = "cosine"
     nce_threshold: float = Field(0.99, gt=-1.0, le=1.0, description="mask negatives this similar to the positive")
     temperature_init: float = Field(0.07, gt=0.0)
     max_logit_scale: float = Field(100.0, gt=1.0)

@@ -365,3 +365,24 @@ def test_cache_refresh_of_zero_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="loss.cache_refresh_steps"):
         config_from_dict({"loss": {"cache_refresh_steps": 0}})
+
+
+@pytest.mark.parametrize("loss,field", [
+    ({"num_negatives": 64}, "loss.num_negatives"),
+    ({"sampling": "popularity"}, "loss.sampling"),
+    ({"negatives": "sampled", "cache_refresh_steps": 7}, "loss.cache_refresh_steps"),
+])
+def test_a_field_of_another_kind_of_negatives_is_refused_not_ignored(loss, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        check_objective(LossConfig(**loss), has_catalogue=True, num_items=500)
+
+
+def test_dot_similarity_matches_cross_entropy_on_inner_products_and_is_refused_for_hllm():
+    pred, table, pos_ids = _leaves(seed=4)
+    got = softmax_loss(pred, table[pos_ids], Candidates(torch.arange(1, 8), table[1:]), torch.tensor(5.0),
+                       positive_ids=pos_ids, threshold=1.0, similarity="dot").loss
+    expected = torch.nn.functional.cross_entropy(pred @ table[1:].T, pos_ids - 1)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    with pytest.raises(ConfigError, match="^loss.similarity"):
+        check_objective(LossConfig(similarity="dot"), has_catalogue=True, num_items=50)
+    assert check_objective(LossConfig(similarity="dot"), has_catalogue=True, num_items=50, id_model=True) == "full"

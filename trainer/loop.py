@@ -86,14 +86,14 @@ def matmul_peak_flops(size: int = 1024, repeats: int = 5) -> float:
 
 
 def evaluate(recommender: Recommender, eval_set: EvalSet, cfg: HLLMConfig, max_seq_len: int) -> RankingMetrics:
-    """Cosine full ranking of each eval user's next item (the model is trained on cosine)."""
+    """Full ranking of each eval user's next item in the space the model is trained on (cfg.loss.similarity)."""
     was_training = recommender.training
     recommender.eval()
     with full_parameters(recommender):  # ZeRO-3: item_table reads ID/heads weights directly
         table = recommender.item_table().float()  # [N+1, D], what the User model reads
         users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
     recommender.train(was_training)
-    return evaluate_vectors(users.vectors, table, eval_set, cfg, similarity="cosine")
+    return evaluate_vectors(users.vectors, table, eval_set, cfg, similarity=cfg.loss.similarity)
 
 
 def _log(path: Path, record: dict) -> None:
@@ -155,7 +155,8 @@ def train(
         seqs, tss = history_windows(seqs, tss, max_seq_len)
     # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
     never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
-    negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items)
+    negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
+                                id_model=cfg.train.model == "sasrec")
     recommender.set_objective(GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
@@ -296,7 +297,7 @@ def train(
     throughput["fraction_of_matmul_peak"] = throughput["achieved_flops"] / peak
     if writer:
         (run_dir / "result.json").write_text(json.dumps(
-            {"best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
+            {"seed": cfg.seed, "negatives": negatives, "best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
              "history": state.history}, indent=2))
     return TrainResult(run_dir=run_dir, state=state, valid=valid.values, test=test.values, throughput=throughput)
 

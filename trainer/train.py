@@ -68,7 +68,8 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     torch.manual_seed(cfg.seed)
     data = load_interaction_data(cfg.data, cfg.item_text)
     # refuse what the trainer cannot honour before any model is loaded (the loop checks again)
-    check_objective(cfg.loss, has_catalogue=t.model == "sasrec" or t.stage == 2, num_items=data.num_items)
+    check_objective(cfg.loss, has_catalogue=t.model == "sasrec" or t.stage == 2, num_items=data.num_items,
+                    id_model=t.model == "sasrec")
     cold = None
     if cfg.data.split == "cold_items":
         split, cold = cold_item_split(data, cfg.data.cold_item_fraction, cfg.seed)

@@ -93,18 +93,24 @@ def softmax_loss(
     positive_log_q: torch.Tensor | None = None,  # [N] log q of each positive (with candidates.log_q)
     threshold: float = 0.99,
     hardest: int | None = None,
+    similarity: Literal["cosine", "dot"] = "cosine",
 ) -> InfoNCEResult:
-    """Mean cross-entropy of each positive against the candidates, cosine x logit_scale - log q.
+    """Mean cross-entropy of each positive against the candidates, cosine x logit_scale - log q
+    (`similarity: dot`: the raw inner product, no scale; for ID baselines only, see LossConfig).
 
     A candidate is masked from row i if it has row i's positive id or its cosine with row i's positive
     exceeds `threshold`; masked logits sit at a finite floor, so a row with every candidate masked has
     loss 0 and no NaN. `hardest`: keep only each row's `hardest` highest (corrected) negative logits.
     """
-    pred = F.normalize(predictions, dim=-1)
     pos = F.normalize(positives, dim=-1)
     neg = F.normalize(candidates.embeddings, dim=-1)
-    pos_logits = (pred * pos).sum(dim=-1, keepdim=True) * logit_scale  # [N, 1]
-    neg_logits = (pred @ neg.T) * logit_scale  # [N, K]
+    if similarity == "cosine":
+        pred = F.normalize(predictions, dim=-1)
+        pos_logits = (pred * pos).sum(dim=-1, keepdim=True) * logit_scale  # [N, 1]
+        neg_logits = (pred @ neg.T) * logit_scale  # [N, K]
+    else:
+        pos_logits = (predictions * positives).sum(dim=-1, keepdim=True)
+        neg_logits = predictions @ candidates.embeddings.T
     if candidates.log_q is not None:
         if positive_log_q is None:
             raise ValueError("softmax_loss: candidates carry log_q, so positive_log_q [N] is needed too")
@@ -291,11 +297,11 @@ class GenerativeObjective:
         return softmax_loss(
             predictions, positives, candidates, logit_scale, positive_ids=positive_ids,
             positive_log_q=self.log_q[positive_ids] if self.log_q is not None else None,
-            threshold=self.cfg.nce_threshold, hardest=self.cfg.hard_negatives,
+            threshold=self.cfg.nce_threshold, hardest=self.cfg.hard_negatives, similarity=self.cfg.similarity,
         )
 
 
-def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int) -> Negatives:
+def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_model: bool = False) -> Negatives:
     """The negatives this run trains with; a field the trainer cannot honour raises ConfigError naming it.
 
     `has_catalogue`: every item's embedding is available with gradient each step (the ID baseline,
@@ -316,6 +322,9 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int) -> 
     if cfg.gen_weight <= 0:
         raise ConfigError(f"loss.gen_weight: the generative loss is the only one trained; it needs a "
                           f"positive weight, got {cfg.gen_weight}")
+    if cfg.similarity == "dot" and not id_model:
+        raise ConfigError("loss.similarity: 'dot' is for the ID baseline only; HLLM's embeddings are served "
+                          "and scored by cosine (the feature contract), so they are trained on cosine")
     negatives = cfg.negatives
     if negatives == "auto":
         negatives = "full" if has_catalogue else "cache"
@@ -323,6 +332,11 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int) -> 
         raise ConfigError("loss.negatives: 'full' needs every item's embedding each step, and stage 1 "
                           "trains the Item LLM (the catalogue cannot be re-encoded per step): use 'cache', "
                           "'sampled' or 'in_batch'")
+    # Fields of one kind of negatives, set while another is trained: refused rather than ignored.
+    for name, used_by in (("num_negatives", "sampled"), ("sampling", "sampled"), ("cache_refresh_steps", "cache")):
+        if getattr(cfg, name) != getattr(defaults, name) and negatives != used_by:
+            raise ConfigError(f"loss.{name}: only negatives '{used_by}' uses it, and this run trains with "
+                              f"'{negatives}'; remove it or set loss.negatives: {used_by}")
     if negatives == "sampled" and cfg.num_negatives > num_items:
         raise ConfigError(f"loss.num_negatives: {cfg.num_negatives} sampled negatives but the catalogue "
                           f"has {num_items} items; use negatives 'full' or fewer negatives")
