@@ -35,15 +35,20 @@ def trainer_run(folder: Path) -> dict:
     steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     best = [h for h in result["history"] if h["epoch"] == result["best_epoch"]]
     best_step = best[-1]["step"] if best else 0
-    seconds_to_best = sum(r["seconds"] for r in steps if "loss" in r and r["step"] <= best_step)
+    # from the step log, not result.json's throughput: a run resumed (or closed) in another process
+    # counts only that process's steps there
+    trained = [r for r in steps if "loss" in r]
+    seconds_to_best = sum(r["seconds"] for r in trained if r["step"] <= best_step)
+    train_seconds = sum(r["seconds"] for r in trained)
+    positions_per_s = sum(r["positions"] for r in trained) / train_seconds if train_seconds else 0.0
     seed = result.get("seed")
     if seed is None:  # runs from before result.json carried it: the folder name does (`...-s0`, `seed0`)
         found = re.search(r"(?:seed|-s)(\d+)$", folder.name)
         seed = int(found.group(1)) if found else None
     return {"folder": str(folder), "seed": seed, "best_epoch": result["best_epoch"],
             "test": result["test"], "valid": result["valid"],
-            "positions_per_s": result["throughput"]["positions_per_s"],
-            "train_seconds": result["throughput"]["train_seconds"], "train_seconds_to_best": seconds_to_best}
+            "positions_per_s": positions_per_s, "train_seconds": train_seconds,
+            "train_seconds_to_best": seconds_to_best, "epochs_run": max((r["epoch"] for r in trained), default=0) + 1}
 
 
 def peer_run(path: Path) -> dict:

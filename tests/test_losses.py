@@ -386,3 +386,13 @@ def test_dot_similarity_matches_cross_entropy_on_inner_products_and_is_refused_f
     with pytest.raises(ConfigError, match="^loss.similarity"):
         check_objective(LossConfig(similarity="dot"), has_catalogue=True, num_items=50)
     assert check_objective(LossConfig(similarity="dot"), has_catalogue=True, num_items=50, id_model=True) == "full"
+
+
+def test_catalogue_cache_state_round_trips_for_resume():
+    cache = CatalogueCache(refresh_steps=10)
+    cache.get(0, lambda: torch.arange(6.0).view(3, 2))
+    resumed = CatalogueCache(refresh_steps=10)
+    resumed.load_state(cache.state())
+    calls = []
+    table = resumed.get(4, lambda: calls.append(1) or torch.zeros(3, 2))
+    assert not calls and torch.equal(table, torch.arange(6.0).view(3, 2))  # no refresh until step 10

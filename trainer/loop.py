@@ -157,7 +157,8 @@ def train(
     never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
     negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
                                 id_model=cfg.train.model == "sasrec")
-    recommender.set_objective(GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never))
+    objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
+    recommender.set_objective(objective)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
     total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
@@ -178,6 +179,8 @@ def train(
     if resume and (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
+        if objective.cache is not None:
+            objective.cache.load_state((client or {}).get("catalogue_cache"))
         if writer:
             _truncate_log(log_path, state.step)
         say(f"resumed from {ckpt_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
@@ -186,7 +189,10 @@ def train(
         best_path.unlink(missing_ok=True)
 
     def checkpoint() -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=state.as_client_state())
+        client = state.as_client_state()
+        if objective.cache is not None:
+            client["catalogue_cache"] = objective.cache.state()
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=client)
         for old in sorted(ckpt_dir.glob("step*"), key=lambda p: int(p.name[4:]))[:-2]:
             shutil.rmtree(old, ignore_errors=True)  # keep the two newest
 

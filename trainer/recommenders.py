@@ -70,6 +70,7 @@ class _SequenceStep:
         if self.objective is None:
             raise RuntimeError("set_objective() before training_step()")
         inputs, targets, mask = batch.inputs.item_ids, batch.targets, batch.inputs.attention_mask
+        self.objective.refresh(step, self._table_for_cache)  # stage 1's cache, before this step's graph
         extra = self.objective.extra_ids(step)
         # Encode each distinct item once per step, whatever its role (input, target, negative).
         unique, inverse = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), extra]), return_inverse=True)
@@ -82,7 +83,7 @@ class _SequenceStep:
         target_mask = (targets > 0) & mask.bool()
         candidates = self.objective.candidates(
             step, unique[real], encoded, torch.unique(targets[target_mask]), extra,
-            catalogue=self.catalogue, item_table=self._table_for_cache,
+            catalogue=self.catalogue,
         )
         return _EncodedStep(
             item_embs=emb[inverse[:n_in]].view(*inputs.shape, -1),

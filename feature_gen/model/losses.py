@@ -228,6 +228,14 @@ class CatalogueCache:
             self.refreshed_at = step
         return self.table
 
+    def state(self) -> dict | None:
+        """What a checkpoint keeps, so a resumed run scores against the rows the interrupted one had."""
+        return None if self.table is None else {"table": self.table, "refreshed_at": self.refreshed_at}
+
+    def load_state(self, state: dict | None) -> None:
+        if state is not None:
+            self.table, self.refreshed_at = state["table"], state["refreshed_at"]
+
     @staticmethod
     def with_fresh_rows(table: torch.Tensor, ids: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         """`table` with rows `ids` replaced by `fresh` [n, D]: gradient reaches those rows only."""
@@ -256,6 +264,12 @@ class GenerativeObjective:
         self.log_q = self.sampler.log_q if cfg.logq_correction and negatives in ("sampled", "in_batch") else None
         self.cache = CatalogueCache(cfg.cache_refresh_steps) if negatives == "cache" else None
 
+    def refresh(self, step: int, item_table: Callable[[], torch.Tensor]) -> None:
+        """Before the step's forward pass: refresh the catalogue cache if this step is due (a no-grad
+        pass over the catalogue, kept apart from the step's graph)."""
+        if self.cache is not None:
+            self.cache.get(step, item_table)
+
     def extra_ids(self, step: int) -> torch.Tensor:
         if self.negatives == "sampled":
             return self.sampler.sample(self.cfg.num_negatives, step)
@@ -269,7 +283,7 @@ class GenerativeObjective:
         target_ids: torch.Tensor,  # [n] the step's distinct targets
         extra_ids: torch.Tensor,  # [K] what extra_ids(step) returned
         catalogue: Callable[[], torch.Tensor | None],  # [N+1, D] with gradient, or None where there is none
-        item_table: Callable[[], torch.Tensor],  # [N+1, D] without gradient (the cache's source)
+        item_table: Callable[[], torch.Tensor] | None = None,  # [N+1, D] without gradient (the cache's source)
     ) -> Candidates:
         lookup = torch.full((len(self.allowed),), -1, dtype=torch.long)
         lookup[batch_ids] = torch.arange(len(batch_ids))
@@ -284,7 +298,9 @@ class GenerativeObjective:
             ids = self.allowed.nonzero().squeeze(1)
             embs = table[ids]
         else:  # cache
-            table = CatalogueCache.with_fresh_rows(self.cache.get(step, item_table), batch_ids, batch_embs)
+            if item_table is not None:
+                self.refresh(step, item_table)
+            table = CatalogueCache.with_fresh_rows(self.cache.table, batch_ids, batch_embs)
             ids = self.allowed.nonzero().squeeze(1)
             embs = table[ids]
         ids_ok = self.allowed[ids]
