@@ -49,3 +49,9 @@ bench: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info
+
+# The peer baseline (issue 17): RecBole's SASRec on the project's splits, in its own venv
+# (.venv-recbole; RecBole needs numpy 1.x). Hours on 2 cores; see benchmarks/peer/README.md.
+.PHONY: bench-peer
+bench-peer: $(STAMP)
+	PROJECT_PY=$(abspath $(PY)) benchmarks/peer/run_peer.sh

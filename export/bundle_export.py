@@ -21,6 +21,7 @@ import torch
 from export.graphs import export_item_encoder, export_user_encoder
 from export.parity import ITEM_CASES, USER_CASES, ParityCase, item_parity, user_parity
 from export.precision import convert
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.model.bundle import load_bundle, record_files
 from feature_gen.config import ExportConfig
 from feature_gen.inference.onnx_runtime import (
@@ -59,8 +60,9 @@ def _check_parity(scratch: Path, bundle, cfg: ExportConfig, precision: str) -> l
                            model.item_llm.hidden_size, model.item_llm.backbone.get_input_embeddings().num_embeddings)
     user = OnnxUserEncoder(open_session(scratch / USER_NAME, ["CPUExecutionProvider"], torch.get_num_threads()),
                            model.user_llm.item_dim, model.user_llm.time_embedding is not None)
-    cases = item_parity(model.item_llm, item, manifest["max_item_tokens"], cfg.parity_seed)
-    cases += user_parity(model.user_llm, user, manifest["max_seq_len"], cfg.parity_seed)
+    eager = load_encoders(bundle, "torch")  # the reference: the encoders every producer runs in "torch"
+    cases = item_parity(eager.item, item, manifest["max_item_tokens"], cfg.parity_seed)
+    cases += user_parity(eager.user, user, manifest["max_seq_len"], cfg.parity_seed)
     bound = cfg.max_rel_error(precision)
     for case in cases:
         if not case.rel_error <= bound:  # also catches NaN

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from feature_gen.model.item_text import pad_token_ids
+from feature_gen.inference.encoders import ItemEncoder, UserEncoder, embed_token_ids
 from feature_gen.inference.onnx_runtime import OnnxItemEncoder, OnnxUserEncoder
 
 # (batch, length) cases; lengths are capped by the bundle's max_item_tokens / max_seq_len.
@@ -45,7 +45,9 @@ def _ragged_lengths(rng: np.random.Generator, batch: int, width: int) -> list[in
 
 
 @torch.no_grad()
-def item_parity(item_llm, onnx_item: OnnxItemEncoder, max_tokens: int, seed: int) -> list[ParityCase]:
+def item_parity(item_llm: ItemEncoder, onnx_item: OnnxItemEncoder, max_tokens: int, seed: int) -> list[ParityCase]:
+    """Both encoders through embed_token_ids, the batched path every producer of item embeddings runs
+    (one unbucketed batch, so the padding side and width are the case's own)."""
     rng = np.random.default_rng(seed)
     vocab = onnx_item.vocab_size
     cases = []
@@ -53,9 +55,8 @@ def item_parity(item_llm, onnx_item: OnnxItemEncoder, max_tokens: int, seed: int
         width = min(width, max_tokens)
         rows = [rng.integers(0, vocab, size=n).tolist() for n in _ragged_lengths(rng, batch, width)]
         for side in ("right", "left"):
-            padded = pad_token_ids(rows, pad_id=0, padding_side=side)
-            ref = item_llm(padded.input_ids, padded.attention_mask).float().numpy()
-            got = onnx_item(padded.input_ids.numpy(), padded.attention_mask.numpy())
+            ref, got = (embed_token_ids(encoder, rows, pad_id=0, batch_size=batch, bucket=False, padding_side=side)
+                        for encoder in (item_llm, onnx_item))
             cases.append(ParityCase("item_encoder", batch, width, side, rel_error(got, ref)))
     return cases
 
@@ -68,7 +69,7 @@ def random_timestamps(rng: np.random.Generator, batch: int, length: int) -> np.n
 
 
 @torch.no_grad()
-def user_parity(user_llm, onnx_user: OnnxUserEncoder, max_len: int, seed: int) -> list[ParityCase]:
+def user_parity(user_llm: UserEncoder, onnx_user: OnnxUserEncoder, max_len: int, seed: int) -> list[ParityCase]:
     rng = np.random.default_rng(seed + 1)
     dim = onnx_user.item_dim
     cases = []

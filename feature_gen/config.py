@@ -7,6 +7,7 @@ was expected: `ConfigError: run.yaml: item_llm.pooling: expected one of 'item_to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -15,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class ConfigError(ValueError):
-    """A configuration problem, stated in one line that names the offending field."""
+    """A configuration problem, stated in one line that names the offending field. `problems` holds
+    every problem found (one line each) where more than one was, for `hllm check-config`."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class _Section(BaseModel):
@@ -82,6 +88,10 @@ class ItemTextConfig(_Section):
     # A text longer than this many characters is rejected, not truncated: it is almost always a
     # scraping bug, and tokenising megabytes per row would stall a batch job.
     max_text_chars: int = Field(100_000, gt=0)
+    # Keys holding a list (tags, genres): a list value joins with commas; a string value is split on
+    # `tag_separator` (null: the string is one tag). Other keys are never split.
+    list_keys: list[str] = Field(default_factory=lambda: ["tags"])
+    tag_separator: Optional[str] = Field("|", min_length=1)
 
 
 class ItemLLMConfig(BaseModelConfig):
@@ -106,6 +116,10 @@ class DataConfig(_Section):
     min_user_interactions: int = Field(3, ge=3, description="leave-one-out needs train, valid and test")
     split: Literal["leave_one_out", "cold_items"] = "leave_one_out"
     cold_item_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="cold_items: share of items withheld from training")
+    # Files as teams have them (feature_gen/data/formats.py maps them onto the contract before it is read):
+    # columns: contract name -> your column, e.g. {user_id: userId, item_id: productId, timestamp: ts}
+    columns: dict[str, str] = Field(default_factory=dict)
+    timestamp_format: Literal["seconds", "milliseconds", "iso8601"] = "seconds"
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> "DataConfig":
@@ -254,6 +268,7 @@ class StreamConfig(_Section):
     fetch_max_wait_ms: int = Field(100, gt=0)
     retry_backoff_ms: int = Field(200, gt=0, description="first wait after a failed broker call; doubles each retry")
     retry_backoff_max_ms: int = Field(10_000, gt=0)
+    bootstrap_timeout_ms: int = Field(30_000, gt=0, description="first connection to the brokers; then exit 3 naming them")
     runtime: Literal["torch", "onnx"] = "torch"
     # One thread per consumer process: scale out with more members of the group, one per core. Two
     # torch threads on a busy 2-core machine were 40x slower than one (OpenMP barriers stall).
@@ -312,7 +327,6 @@ class RankerConfig(_Section):
     label joins the newest one strictly before it.
     """
 
-    features_path: str = "ranker_integration/feature_config.yaml"
     labels: Literal["sampled_negatives", "rating"] = "sampled_negatives"
     negatives_per_positive: int = Field(4, gt=0)
     # popularity: negatives drawn in proportion to how often items occur in the history, like the
@@ -323,8 +337,6 @@ class RankerConfig(_Section):
     history_quantile: float = Field(0.8, gt=0.0, lt=1.0, description="labels come after this quantile of event times")
     test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="the newest share of labels is the test split")
     snapshot_interval_s: int = Field(3600, gt=0, description="user-embedding snapshots every this many seconds of the labelled period")
-    # Bundles store the whole config, so a bundle frozen while this field existed must still load.
-    snapshots: Optional[int] = Field(None, description="unused (replaced by snapshot_interval_s)")
     model: Literal["mlp", "dcn"] = "dcn"
     id_embedding_dim: int = Field(16, gt=0)
     hidden_units: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
@@ -384,31 +396,75 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "<dict>") -> HLLM
     try:
         return HLLMConfig.model_validate(raw or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        line = _describe(first)
-        if first["type"] == "extra_forbidden":
-            allowed = _allowed_keys(HLLMConfig, tuple(first["loc"]))
-            if allowed:
-                line += f" (allowed: {', '.join(allowed)})"
-        more = len(exc.errors()) - 1
-        suffix = f" (+{more} more)" if more else ""
-        raise ConfigError(f"{source}: {line}{suffix}") from None
+        lines = []
+        for error in exc.errors():
+            line = _describe(error)
+            if error["type"] == "extra_forbidden":
+                allowed = _allowed_keys(HLLMConfig, tuple(error["loc"]))
+                if allowed:
+                    line += f" (allowed: {', '.join(allowed)})"
+            lines.append(f"{source}: {line}")
+        more = len(lines) - 1
+        suffix = f" (+{more} more; `hllm check-config` lists them all)" if more else ""
+        raise ConfigError(f"{lines[0]}{suffix}", lines) from None
+
+
+# Paths a config reads (they must exist): a relative one is read from the config file's folder, so a
+# config works from any working directory. For compatibility with configs written against the working
+# directory, such a path stays as written when only the working directory has it. Output paths
+# (output_dir, store.*) stay relative to the working directory: the repo's configs write under ./outputs.
+INPUT_PATHS = ("data.items_path", "data.interactions_path", "train.deepspeed_config", "train.init_bundle",
+               "stream.bundle_path", "stream.ssl_cafile", "stream.ssl_certfile", "stream.ssl_keyfile")
+
+
+def _resolve_input_paths(raw: dict[str, Any], folder: Path) -> None:
+    for dotted in INPUT_PATHS:
+        section, field = dotted.split(".")
+        value = (raw.get(section) or {}).get(field) if isinstance(raw.get(section), dict) else None
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            continue
+        beside = folder / value
+        if beside.exists() or not Path(value).exists():
+            raw[section][field] = str(beside)
+    for name in ("item_llm", "user_llm"):
+        section = raw.get(name)
+        if isinstance(section, dict) and isinstance(section.get("path"), str) and not section.get("package"):
+            value = section["path"]
+            if not Path(value).expanduser().is_absolute() and ((folder / value).exists() or not Path(value).exists()):
+                section["path"] = str(folder / value)
+
+
+def read_data_file(path: str | Path, error: type[Exception], missing: str, what: str | None = None) -> Any:
+    """The parsed content of a JSON (`*.json`) or YAML file. Raises `error` with `missing` when there is
+    no such file, or with one line naming the file (`what`, default its path), the line where YAML
+    shows it, and the parser's complaint when it does not parse. Every reader of a config, manifest
+    or feature config goes through it, so their errors read alike."""
+    path = Path(path)
+    what = what or str(path)
+    if not path.is_file():
+        raise error(missing)
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise error(f"{what}: not valid JSON ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise error(f"{what}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HLLMConfig:
     """Read a YAML config; `overrides` are dotted keys (`{"loss.num_negatives": 64}`) applied on top."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = read_data_file(path, ConfigError, f"{path}: config file not found") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level; got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
+    _resolve_input_paths(raw, path.resolve().parent)
+    for dotted, value in (overrides or {}).items():  # overrides come from the command line: the working directory's
         set_dotted(raw, dotted, value)
     return config_from_dict(raw, source=str(path))
 

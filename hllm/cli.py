@@ -28,11 +28,26 @@ def _load(args):
 
 
 def cmd_check_config(args) -> int:
-    cfg = _load(args)
+    """Schema, then the machine: every problem at once, one line each (exit 2 when any)."""
+    from feature_gen.config import ConfigError
+    from hllm.config_check import problems
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"hllm check-config: {line}", file=sys.stderr)
+        return 2
+    found = problems(cfg)
+    for line in found:
+        print(f"hllm check-config: {args.config}: {line}", file=sys.stderr)
+    if found:
+        print(f"hllm check-config: {len(found)} problem(s) in {args.config}", file=sys.stderr)
+        return 2
     import yaml
 
     print(yaml.safe_dump(cfg.model_dump(), sort_keys=False).rstrip())
-    print(f"ok: {args.config} is valid", file=sys.stderr)
+    print(f"ok: {args.config} is valid; every path it reads exists and every model folder loads", file=sys.stderr)
     return 0
 
 
@@ -56,7 +71,8 @@ def cmd_data_summary(args) -> int:
 def cmd_evaluate(args) -> int:
     from hllm.evaluate_cli import run_evaluate
 
-    return run_evaluate(_load(args), scorer=args.scorer, split=args.split, seed=args.seed)
+    return run_evaluate(_load(args), scorer=args.scorer, split=args.split, seed=args.seed, as_json=args.json,
+                        output=args.output)
 
 
 def cmd_train(args) -> int:
@@ -66,12 +82,34 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _dotted(raw: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3} (sections only; lists and values stay whole)."""
+    out: dict = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and not prefix:
+            out.update(_dotted(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def cmd_quality(args) -> int:
     from trainer.quality import run_quality
 
+    from feature_gen.config import parse_override
+
+    # --config / --set apply on top of every run's own config (e.g. --set train.batch_size=64): the
+    # file's fields as dotted overrides, validated against the schema first so a typo fails here
+    _load(args)
+    overrides: dict = {}
+    if args.config:
+        import yaml
+
+        overrides = _dotted(yaml.safe_load(open(args.config)) or {})
+    overrides.update(dict(parse_override(o) for o in args.overrides))
     try:
         return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
-                           report_only=args.report_only)
+                           report_only=args.report_only, overrides=overrides)
     except ValueError as exc:  # a bad --runs name: one line, before anything runs
         if not str(exc).startswith("--runs"):
             raise
@@ -79,10 +117,36 @@ def cmd_quality(args) -> int:
         return 2
 
 
+def cmd_encode(args) -> int:
+    """Embed a file of items (or events -> users) with a bundle through the public API (feature_gen.api)."""
+    import pandas as pd
+
+    from feature_gen.api import Encoder
+    from feature_gen.data.formats import read_mapped
+
+    cfg = _load(args)
+    enc = Encoder.from_bundle(args.bundle, runtime=args.runtime, device=args.device, batch_size=args.batch_size)
+    frame = read_mapped(args.input, cfg.data)
+    if args.kind == "items":
+        got = enc.encode_items(frame, errors="skip")
+        out = pd.DataFrame({"item_id": got.item_ids, "embedding": list(got.vectors), "bundle_version": enc.version})
+    else:
+        items = read_mapped(args.items, cfg.data) if args.items else None
+        if items is not None and "embedding" not in items.columns:  # a catalogue: embed it first
+            items = enc.encode_items(items, errors="skip")
+        got = enc.encode_users(frame, items=items, errors="skip")
+        out = pd.DataFrame({"user_id": got.user_ids, "embedding": list(got.vectors), "seq_len": got.seq_len,
+                            "last_event_ts": got.last_event_ts, "bundle_version": enc.version})
+    out.to_parquet(args.output, index=False)
+    reasons = dict(got.rejects["reason"].value_counts()) if len(got.rejects) else {}
+    print(f"{len(out)} {args.kind} embedded ({enc.dim} dims, {enc.version}) -> {args.output}; rejected {len(got.rejects)} {reasons}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from hllm.demo_pipeline import run_demo_pipeline
 
-    return run_demo_pipeline(output_dir=args.output_dir, config_path=args.config)
+    return run_demo_pipeline(output_dir=args.output_dir, config_path=args.config, restart=args.restart)
 
 
 def cmd_export(args) -> int:
@@ -105,18 +169,10 @@ def cmd_validate_features(args) -> int:
     return run_validate_features(args.features, args.bundle, _load(args).store)
 
 
-def _stream_logging() -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # the client logs every connection at INFO
-
-
 def cmd_refresh(args) -> int:
     if args.bundle:
         args.overrides.append(f"stream.bundle_path={args.bundle}")
     cfg = _load(args)
-    _stream_logging()
     if args.items:
         from feature_gen.streaming.item_refresh import run_item_refresh
 
@@ -140,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hllm",
         description="HLLM item and user-interest embeddings as ranking features.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the project's log level (third-party libraries stay at WARNING unless DEBUG)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (= --log-level WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("check-config", help="validate a config file and print it with defaults filled in")
@@ -159,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random: chance-level sanity check; popularity; content: frozen Item LLM embeddings")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object instead of a table")
+    p.add_argument("--output", default=None, help="also write the result as JSON to this file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train HLLM (stage 1 or 2) or the SASRec baseline with DeepSpeed, then freeze a bundle")
@@ -174,11 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", default=None, help="only these models of the suite (e.g. sasrec): "
                    "lets two processes share a suite; rerun without it for the full table")
     p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
+    _config_args(p, required=False)
     p.set_defaults(func=cmd_quality)
+
+    p = sub.add_parser("encode", help="embed items (or users from events) of a file with a bundle -> Parquet (the Python API)")
+    p.add_argument("kind", choices=["items", "users"])
+    p.add_argument("--bundle", required=True, help="bundle folder (<root>/<version>/)")
+    p.add_argument("--input", required=True, help="items, or events (user_id, item_id, timestamp): .parquet/.csv/.tsv/.jsonl; "
+                   "data.columns / data.timestamp_format of --config apply")
+    p.add_argument("--items", default=None, help="users: item vectors (item_id, embedding) or a catalogue to embed first")
+    p.add_argument("--output", required=True, help="Parquet file to write")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    _config_args(p, required=False)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults (what `make demo` runs)")
     p.add_argument("--output-dir", default="outputs/demo")
     p.add_argument("--config", default=None, help="defaults to configs/demo_e2e.yaml")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming after the last finished step")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a bundle's item and user encoders to ONNX (parity-checked) into the bundle")
@@ -223,20 +300,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hllm-features")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from feature_gen.logs import setup_logging
+
+    setup_logging("WARNING" if args.quiet else args.log_level)
     from feature_gen.config import ConfigError
     from feature_gen.data.contract import DataError
+    from feature_gen.streaming.clients import BrokerUnreachable
 
+    # exit codes: 2 = the input is wrong (config, data); 3 = a service it needs is unreachable (broker)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError) as exc:
         print(f"hllm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except BrokerUnreachable as exc:
+        print(f"hllm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

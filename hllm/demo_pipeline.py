@@ -63,15 +63,12 @@ def _step(run: DemoRun, name: str, title: str):
 
 
 def _run_logged(cmd: list[str], log: Path, desc: str, env: dict | None = None) -> None:
-    """A subprocess with its output in `log` and a progress bar of elapsed time meanwhile."""
-    from tqdm import tqdm
-
+    """A subprocess with its output in `log` (its own progress lines included) and elapsed time meanwhile."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f, tqdm(desc=desc, unit="s", bar_format="{desc}: {elapsed} elapsed {postfix}") as bar:
+    with log.open("w") as f, _elapsed_bar(desc):
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         while proc.poll() is None:
             time.sleep(1.0)
-            bar.update(1)
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"{desc} failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -90,46 +87,23 @@ def _demo_config(config_path: str | Path | None, out: Path) -> HLLMConfig:
 
 
 @contextmanager
-def _progress_from_metrics(log: Path, total: int | None, desc: str):
-    """A progress bar fed by the trainer's metrics.jsonl (steps done, latest loss) while it trains."""
-    from tqdm import tqdm
-
-    stop = threading.Event()
-
-    def follow():
-        with tqdm(total=total, desc=desc, unit="step", postfix="caching the catalogue's item embeddings") as bar:
-            while not stop.wait(1.0):
-                if not log.is_file():
-                    continue
-                losses = []
-                for line in log.read_text().splitlines():
-                    try:
-                        losses += [json.loads(line)["loss"]]
-                    except (ValueError, KeyError):  # a line being written, or an evaluation row
-                        pass
-                if losses:
-                    bar.n = len(losses)
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-                    bar.refresh()
-
-    with _while_block_runs(follow, stop):
-        yield
-
-
-@contextmanager
 def _elapsed_bar(desc: str):
-    """An elapsed-time bar for a step that has no natural progress count (it runs in this process)."""
-    from tqdm import tqdm
+    """Elapsed time for a step with no natural progress count: a ticking bar on a terminal, one line
+    every HLLM_PROGRESS_SECONDS (30 s) in a log file (feature_gen.logs.Progress)."""
+    from feature_gen.logs import Progress
 
     stop = threading.Event()
+    bar = Progress(None, desc.strip(), "s")
 
     def tick():
-        with tqdm(desc=desc, unit="s", bar_format="{desc}: {elapsed} elapsed") as bar:
-            while not stop.wait(1.0):
-                bar.update(1)
+        while not stop.wait(1.0):
+            bar.update(1)
 
-    with _while_block_runs(tick, stop):
-        yield
+    try:
+        with _while_block_runs(tick, stop):
+            yield
+    finally:
+        bar.close()
 
 
 @contextmanager
@@ -177,12 +151,8 @@ def step_train(run: DemoRun) -> None:
     with _step(run, "train", f"HLLM stage {t.stage} ({run.cfg.item_llm.source} Item LLM{layers(run.cfg.item_llm)} {frozen}, "
                              f"User LLM{layers(run.cfg.user_llm)} trained), {t.epochs} epochs") as note:
         shutil.rmtree(t.output_dir, ignore_errors=True)
-        users = pd.read_parquet(run.out / "data" / "history.parquet")["user_id"].value_counts()
-        steps = None
-        if t.windows == "last":  # one training window per user with a train part: known step count
-            steps = t.epochs * -(-int((users >= run.cfg.data.min_user_interactions).sum()) // t.batch_size)
-        with _progress_from_metrics(Path(t.output_dir) / "metrics.jsonl", steps, "   training"):
-            result = run_training(run.cfg, resume=False)
+        # run_training reports its own progress: optimizer steps of the run's total, with an ETA
+        result = run_training(run.cfg, resume=False)
         run.facts.update(bundle=Path(result.bundle), train=result)
         note.append(f"bundle {Path(result.bundle).name}; test NDCG@10 {result.test.get('ndcg@10', float('nan')):.4f}")
 
@@ -240,12 +210,11 @@ def step_features(run: DemoRun) -> None:
 
 
 def step_stream(run: DemoRun) -> None:
-    from tqdm import tqdm
-
+    from feature_gen.logs import Progress
     from feature_gen.store.feature_store import open_store
     from hllm.local_broker import LocalBroker
     from feature_gen.streaming.clients import create_topics, make_producer
-    from feature_gen.streaming.encoders import load_stream_encoders
+    from feature_gen.inference.encoders import load_encoders
     from feature_gen.streaming.produce import user_messages
     from feature_gen.streaming.refresh import build_user_loop
 
@@ -258,7 +227,7 @@ def step_stream(run: DemoRun) -> None:
             s = cfg.stream
             create_topics(s, {s.user_events_topic: 2, s.dead_letter_topic: 1})
             store = open_store(cfg.store)
-            loop = build_user_loop(cfg, threading.Event(), load_stream_encoders(s.bundle_path, "onnx", 1), store)
+            loop = build_user_loop(cfg, threading.Event(), load_encoders(s.bundle_path, "onnx", threads=1), store)
             loop.metrics.freshness_samples = []
             thread = threading.Thread(target=loop.run, daemon=True)
             thread.start()
@@ -266,22 +235,22 @@ def step_stream(run: DemoRun) -> None:
             producer = make_producer(s)
             try:
                 started = time.monotonic()
-                for sent, (key, value) in enumerate(tqdm(user_messages(events), total=len(events), desc="   replay", unit="ev")):
-                    ahead = started + sent / STREAM_RATE - time.monotonic()
-                    if ahead > 0:
-                        time.sleep(ahead)
-                    producer.send(s.user_events_topic, key=key, value=value)
+                with Progress(len(events), "replay", "events") as bar:
+                    for sent, (key, value) in enumerate(user_messages(events)):
+                        ahead = started + sent / STREAM_RATE - time.monotonic()
+                        if ahead > 0:
+                            time.sleep(ahead)
+                        producer.send(s.user_events_topic, key=key, value=value)
+                        bar.update(1)
                 producer.flush()
                 deadline = time.monotonic() + 300
-                with tqdm(total=len(events), desc="   refreshed", unit="ev") as bar:
+                with Progress(len(events), "refreshed", "events") as bar:
                     while m.value("hllm_stream_batch_events_sum") < len(events):
                         if time.monotonic() > deadline:
                             raise TimeoutError("stream: the refresh consumer did not drain the replay within 300 s")
-                        bar.n = int(m.value("hllm_stream_batch_events_sum"))
-                        bar.refresh()
+                        bar.update(int(m.value("hllm_stream_batch_events_sum")) - bar.done)
                         time.sleep(0.5)
-                    bar.n = len(events)
-                    bar.refresh()
+                    bar.update(len(events) - bar.done)
             finally:
                 loop.stop.set()
                 thread.join(timeout=60)
@@ -365,9 +334,9 @@ def rank_scorers(user_vectors, table, split, num_users: int, num_items: int, cfg
 def step_evaluate(run: DemoRun) -> None:
     import torch
 
-    from feature_gen.model.bundle import load_bundle
     from feature_gen.data.sequences import leave_one_out, load_interaction_data
-    from feature_gen.inference.encoders import embed_users
+    from feature_gen.inference.encoders import load_encoders
+    from feature_gen.inference.item_table import ItemTable
     from feature_gen.store.offline_store import ITEM_EMBEDDING, read_version
 
     with _step(run, "evaluate", "full ranking over the catalogue (leave-one-out on the history)") as note:
@@ -377,13 +346,11 @@ def step_evaluate(run: DemoRun) -> None:
         data = load_interaction_data(cfg.data, cfg.item_text)
         split = leave_one_out(data)
         items = read_version(cfg.store.offline_root, ITEM_EMBEDDING, run.facts["bundle"].name)
-        by_id = dict(zip(items["item_id"].astype(str), items["embedding"]))
-        table = torch.from_numpy(np.stack([np.zeros_like(items["embedding"].iloc[0])] +
-                                          [by_id[str(i)] for i in data.items["item_id"]]).astype(np.float32))
-        bundle = load_bundle(run.facts["bundle"])
+        stored = ItemTable.of(items["item_id"], list(items["embedding"]))
+        table = stored.vectors[torch.from_numpy(np.concatenate([[0], stored.rows(data.items["item_id"])]))]
+        encoders = load_encoders(run.facts["bundle"], "torch")
         with _elapsed_bar("   user embeddings (test histories)"):
-            users = embed_users(bundle.model.user_llm, table, split.test.histories, split.test.history_timestamps,
-                                cfg.data.max_seq_len)
+            users = encoders.embed_users(table, split.test.histories, split.test.history_timestamps)
         with _elapsed_bar("   ranking the catalogue"):
             frame = rank_scorers(torch.from_numpy(users.vectors), table, split, data.num_users, data.num_items, cfg)
         run.facts.update(recall=frame, ks=cfg.eval.ks, eval_users=data.num_users, item_table=table, catalogue=data.items)
@@ -402,7 +369,48 @@ def step_report(run: DemoRun, started: float) -> Path:
     return path
 
 
-def run_demo_pipeline(output_dir: str = "outputs/demo", config_path: str | None = None) -> int:
+STATE = "demo_state.pkl"  # the finished steps and what they produced, for `hllm demo` to resume after
+
+
+def _save_state(run: DemoRun, done: list[str]) -> bool:
+    """Record the finished steps (atomically); False when a step's results cannot be saved, after which
+    a rerun resumes from the last step that could."""
+    import pickle
+
+    try:
+        blob = pickle.dumps({"config": run.cfg.model_dump(), "done": done, "steps": run.steps, "facts": run.facts})
+    except Exception as exc:  # a fact that holds a live object (a session, a model): no resume past here
+        print(f"   (cannot record this step for resuming: {type(exc).__name__}: {exc})", flush=True)
+        return False
+    tmp = run.out / (STATE + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(run.out / STATE)
+    return True
+
+
+def _load_state(run: DemoRun) -> list[str]:
+    """The steps an earlier run with the same config finished (their facts restored into `run`)."""
+    import pickle
+
+    path = run.out / STATE
+    if not path.is_file():
+        return []
+    try:  # our own file, written by _save_state above in this output folder
+        state = pickle.loads(path.read_bytes())
+    except Exception:
+        return []
+    if state.get("config") != run.cfg.model_dump():
+        print(f"   ({path} is from another config: starting over)", flush=True)
+        return []
+    run.steps[:] = state["steps"]
+    run.facts.update(state["facts"])
+    return list(state["done"])
+
+
+def run_demo_pipeline(output_dir: str = "outputs/demo", config_path: str | None = None, restart: bool = False,
+                      stop_after: str | None = None) -> int:
+    """Run the demo's steps in order. An interrupted demo resumes after its last finished step (same
+    output folder and config); `restart` starts over. `stop_after`: end after that step (tests)."""
     started = time.perf_counter()
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -412,8 +420,24 @@ def run_demo_pipeline(output_dir: str = "outputs/demo", config_path: str | None 
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     run = DemoRun(cfg=_demo_config(config_path, out), out=out)
+    if restart:
+        (out / STATE).unlink(missing_ok=True)
+    done = _load_state(run)
+    if done:
+        print(f"resuming {out} after step '{done[-1]}' (finished: {', '.join(done)}); `hllm demo --restart` starts over",
+              flush=True)
+    saving = True
     for step in (step_data, step_train, step_export, step_spark, step_features, step_stream, step_ranker, step_evaluate):
+        name = step.__name__.removeprefix("step_")
+        if name in done:
+            if name == stop_after:
+                return 0
+            continue
         step(run)
+        done.append(name)
+        saving = saving and _save_state(run, done)
+        if name == stop_after:
+            return 0
     report = step_report(run, started)
     from hllm.demo_report import print_summary
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +23,9 @@ def content_item_table(cfg: HLLMConfig, items) -> torch.Tensor:
     return embed_catalogue(item_llm, tokenizer, items, cfg.item_text, padding_side=cfg.item_llm.padding_side)
 
 
-def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0) -> int:
+def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0, as_json: bool = False,
+                 output: str | None = None) -> int:
+    """Print the metrics table (or, `as_json`, one JSON object); `output`: also write the JSON there."""
     from feature_gen.evaluation import reference_scorers
 
     data = load_interaction_data(cfg.data, cfg.item_text)
@@ -39,10 +43,20 @@ def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0) -> int
     start = time.perf_counter()
     metrics = evaluate_vectors(users, items, eval_set, cfg, similarity)
     seconds = time.perf_counter() - start
+    seen_sizes = [len(s) for s in seen_items(eval_set)]
+    chance = {k: chance_recall(k, data.num_items, seen_sizes) for k in cfg.eval.ks}
+    result = {"source": cfg.data.source, "split": split, "scorer": scorer, "seed": seed, "users": metrics.num_users,
+              "items": data.num_items, "metrics": {k: float(v) for k, v in metrics.values.items()},
+              "chance_recall": {f"recall@{k}": float(v) for k, v in chance.items()},
+              "seconds": round(seconds, 3)}
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(result))
+        return 0
     print(f"{cfg.data.source} {split} split, scorer={scorer}: {metrics.num_users} users x {data.num_items} items "
           f"({seconds:.2f} s)")
     print(metrics.format_table())
-    seen_sizes = [len(s) for s in seen_items(eval_set)]
-    chance = {k: chance_recall(k, data.num_items, seen_sizes) for k in cfg.eval.ks}
     print("chance recall: " + "  ".join(f"@{k} {v:.4f}" for k, v in chance.items()))
     return 0

@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from feature_gen.config import read_data_file
+
 SHIPPED_CONFIG = Path(__file__).with_name("feature_config.yaml")  # the template in this package
 ANY_VERSION = "any"
 ITEM_DIM = "item_dim"
@@ -173,12 +175,7 @@ def feature_config_from_dict(raw: Any, source: str = "<dict>") -> FeatureConfig:
 
 def load_feature_config(path: str | Path) -> FeatureConfig:
     path = Path(path)
-    if not path.is_file():
-        raise FeatureConfigError(f"{path}: feature config not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise FeatureConfigError(f"{path}: not valid YAML ({exc})") from None
+    raw = read_data_file(path, FeatureConfigError, f"{path}: feature config not found")
     return feature_config_from_dict(raw, str(path))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from feature_gen.store.schema import EMBEDDING, ITEM_EMBEDDING, LAST_EVENT_TS, SEQ_LEN, USER_EMBEDDING
 from ranker_integration.feature_config import FeatureConfig, FeatureSpec, dimension_of
 
 
@@ -44,10 +45,10 @@ def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows) -> di
     n = len(rows.at_ts)
     user_ts = rows.user_last_event_ts
     view_values = {
-        ("user_embedding", "embedding"): (rows.user_vectors, rows.user_found, user_ts),
-        ("user_embedding", "seq_len"): (rows.user_seq_len[:, None], rows.user_found, user_ts),
-        ("user_embedding", "last_event_ts"): (user_ts[:, None], rows.user_found, user_ts),
-        ("item_embedding", "embedding"): (rows.item_vectors, rows.item_found, None),
+        (USER_EMBEDDING, EMBEDDING): (rows.user_vectors, rows.user_found, user_ts),
+        (USER_EMBEDDING, SEQ_LEN): (rows.user_seq_len[:, None], rows.user_found, user_ts),
+        (USER_EMBEDDING, LAST_EVENT_TS): (user_ts[:, None], rows.user_found, user_ts),
+        (ITEM_EMBEDDING, EMBEDDING): (rows.item_vectors, rows.item_found, None),
     }
     out: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
@@ -69,7 +70,7 @@ def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows) -> di
         if spec.function == "cosine":
             a, b = spec.inputs
             ok = present[a] & present[b]
-            col[ok, 0] = _row_cosine(out[a][ok], out[b][ok])
+            col[ok, 0] = row_cosine(out[a][ok], out[b][ok])
         elif spec.function == "age_seconds":
             view, _, field = spec.inputs[0].partition(":")
             values, found, row_ts = view_values[(view, field)]
@@ -79,9 +80,9 @@ def assemble_features(fc: FeatureConfig, item_dim: int, rows: FeatureRows) -> di
     return {f.name: out[f.name] for f in fc.features}
 
 
-def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine, the definition of feature_gen.store.feature_store.cosine_scores (0 where a norm is 0),
-    vectorised over rows that each pair a different user and item."""
+def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine (0 where a norm is 0) over rows that each pair a user and an item: the request-time
+    user·item score, in the space the model is trained on (the one definition, training and serving)."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
     return np.divide((a64 * b64).sum(axis=1), norms, out=np.zeros(len(a64)), where=norms > 0).astype(np.float32)

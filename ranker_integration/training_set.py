@@ -30,10 +30,11 @@ import pandas as pd
 
 from feature_gen.config import RankerConfig, StoreConfig
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
+from feature_gen.store.schema import EMBEDDING, EVENT_TIMESTAMP, ITEM_ID, LAST_EVENT_TS, SEQ_LEN, USER_ID
 from ranker_integration.feature_config import FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
 
-LABEL_COLUMNS = ("user_id", "item_id", "timestamp", "label", "split")
+LABEL_COLUMNS = (USER_ID, ITEM_ID, "timestamp", "label", "split")
 
 
 class TrainingSetError(ValueError):
@@ -42,7 +43,7 @@ class TrainingSetError(ValueError):
 
 def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> pd.DataFrame:
     """Labelled (user, item, time) rows after the history cut, with a time split (see module doc)."""
-    for col in ("user_id", "item_id", "timestamp"):
+    for col in (USER_ID, ITEM_ID, "timestamp"):
         if col not in interactions:
             raise TrainingSetError(f"interactions: column {col!r} is missing")
     events = interactions.reset_index(drop=True)
@@ -54,19 +55,19 @@ def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConf
     if cfg.labels == "rating":
         if "rating" not in held:
             raise TrainingSetError("interactions: labels 'rating' needs a rating column")
-        labels = held[["user_id", "item_id", "timestamp"]].assign(label=(held["rating"] >= cfg.min_positive_rating).astype(np.int8))
+        labels = held[[USER_ID, ITEM_ID, "timestamp"]].assign(label=(held["rating"] >= cfg.min_positive_rating).astype(np.int8))
     else:
-        catalogue = items["item_id"].to_numpy()
+        catalogue = items[ITEM_ID].to_numpy()
         weights = None
         if cfg.negative_sampling == "popularity":  # counts in the history only: the future is not known yet
-            counts = events.loc[events["timestamp"] <= cut, "item_id"].value_counts()
+            counts = events.loc[events["timestamp"] <= cut, ITEM_ID].value_counts()
             weights = pd.Series(catalogue).map(counts).fillna(0).to_numpy(dtype=np.float64) + 1.0
             weights /= weights.sum()
         labels = _with_sampled_negatives(held, events, catalogue, cfg.negatives_per_positive, seed, weights)
     test_start = np.quantile(labels["timestamp"].to_numpy(), 1.0 - cfg.test_fraction)
     labels = labels.assign(split=np.where(labels["timestamp"] > test_start, "test", "train"))
-    labels["user_id"] = labels["user_id"].astype(str)
-    labels["item_id"] = labels["item_id"].astype(str)
+    labels[USER_ID] = labels[USER_ID].astype(str)
+    labels[ITEM_ID] = labels[ITEM_ID].astype(str)
     labels.attrs["history_end"] = cut
     return labels.reset_index(drop=True)[list(LABEL_COLUMNS)]
 
@@ -74,8 +75,8 @@ def make_labels(items: pd.DataFrame, interactions: pd.DataFrame, cfg: RankerConf
 def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue: np.ndarray, k: int, seed: int,
                             weights: np.ndarray | None = None) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    seen = events.groupby("user_id")["item_id"].agg(set).to_dict()
-    users, items, ts = held["user_id"].to_numpy(), held["item_id"].to_numpy(), held["timestamp"].to_numpy()
+    seen = events.groupby(USER_ID)[ITEM_ID].agg(set).to_dict()
+    users, items, ts = held[USER_ID].to_numpy(), held[ITEM_ID].to_numpy(), held["timestamp"].to_numpy()
     neg = np.empty((len(held), k), dtype=catalogue.dtype)
     for row, user in enumerate(users):
         exclude = seen[user]
@@ -86,8 +87,8 @@ def _with_sampled_negatives(held: pd.DataFrame, events: pd.DataFrame, catalogue:
             cand = rng.choice(catalogue, size=2 * k, p=weights)
             picked += [c for c in cand if c not in exclude][: k - len(picked)]
         neg[row] = picked
-    positives = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts, "label": np.int8(1)})
-    negatives = pd.DataFrame({"user_id": np.repeat(users, k), "item_id": neg.reshape(-1),
+    positives = pd.DataFrame({USER_ID: users, ITEM_ID: items, "timestamp": ts, "label": np.int8(1)})
+    negatives = pd.DataFrame({USER_ID: np.repeat(users, k), ITEM_ID: neg.reshape(-1),
                               "timestamp": np.repeat(ts, k), "label": np.int8(0)})
     return pd.concat([positives, negatives], ignore_index=True).sort_values("timestamp", kind="stable")
 
@@ -107,13 +108,13 @@ class TrainingSet:
 def point_in_time_user_rows(labels: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     """For each label, the newest user row with last_event_ts strictly before the label's timestamp
     (NaN where there is none); labels keep their order."""
-    left = labels[["user_id", "timestamp"]].assign(_row=np.arange(len(labels)))
+    left = labels[[USER_ID, "timestamp"]].assign(_row=np.arange(len(labels)))
     left = left.astype({"timestamp": "int64"}).sort_values("timestamp", kind="stable")
-    right = users[["user_id", "last_event_ts", "embedding", "seq_len"]].copy()
-    right["user_id"] = right["user_id"].astype(str)
-    right = right.astype({"last_event_ts": "int64"}).sort_values("last_event_ts", kind="stable")
-    right["user_feature_ts"] = right["last_event_ts"]
-    joined = pd.merge_asof(left, right, left_on="timestamp", right_on="last_event_ts", by="user_id",
+    right = users[[USER_ID, LAST_EVENT_TS, EMBEDDING, SEQ_LEN]].copy()
+    right[USER_ID] = right[USER_ID].astype(str)
+    right = right.astype({LAST_EVENT_TS: "int64"}).sort_values(LAST_EVENT_TS, kind="stable")
+    right["user_feature_ts"] = right[LAST_EVENT_TS]
+    joined = pd.merge_asof(left, right, left_on="timestamp", right_on=LAST_EVENT_TS, by=USER_ID,
                            direction="backward", allow_exact_matches=False)
     return joined.sort_values("_row").reset_index(drop=True)
 
@@ -127,28 +128,28 @@ def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: st
         raise TrainingSetError(f"feature config is pinned to {fc.bundle_version}; the training set reads {version}")
     users = read_version(store_cfg.offline_root, USER_EMBEDDING, version)
     items = read_version(store_cfg.offline_root, ITEM_EMBEDDING, version)
-    items = items.assign(item_id=items["item_id"].astype(str)).drop_duplicates("item_id", keep="last")
-    item_dim = len(items["embedding"].iloc[0])
+    items = items.assign(item_id=items[ITEM_ID].astype(str)).drop_duplicates(ITEM_ID, keep="last")
+    item_dim = len(items[EMBEDDING].iloc[0])
     labels = labels.reset_index(drop=True)
     user_rows = point_in_time_user_rows(labels, users)
     user_found = user_rows["user_feature_ts"].notna().to_numpy()
     user_vectors = np.full((len(labels), item_dim), np.nan, dtype=np.float32)
     if user_found.any():
-        user_vectors[user_found] = np.stack(user_rows.loc[user_found, "embedding"].to_numpy()).astype(np.float32)
-    item_index = pd.Index(items["item_id"])
-    pos = item_index.get_indexer(labels["item_id"])
+        user_vectors[user_found] = np.stack(user_rows.loc[user_found, EMBEDDING].to_numpy()).astype(np.float32)
+    item_index = pd.Index(items[ITEM_ID])
+    pos = item_index.get_indexer(labels[ITEM_ID])
     item_found = pos >= 0
     # an item row is usable from its event time on (0 for a text embedding): never after the label either
     item_ts = _event_seconds(items)
     item_found[item_found] &= item_ts[pos[item_found]] < labels["timestamp"].to_numpy()[item_found]
-    item_table = np.stack(items["embedding"].to_numpy()).astype(np.float32)
+    item_table = np.stack(items[EMBEDDING].to_numpy()).astype(np.float32)
     item_vectors = np.full((len(labels), item_dim), np.nan, dtype=np.float32)
     item_vectors[item_found] = item_table[pos[item_found]]
     rows = FeatureRows(
         at_ts=labels["timestamp"].to_numpy(dtype=np.int64),
         user_vectors=user_vectors,
         user_found=user_found,
-        user_seq_len=user_rows["seq_len"].fillna(-1).to_numpy(dtype=np.int64),
+        user_seq_len=user_rows[SEQ_LEN].fillna(-1).to_numpy(dtype=np.int64),
         user_last_event_ts=user_rows["user_feature_ts"].fillna(-1).to_numpy(dtype=np.int64),
         item_vectors=item_vectors,
         item_found=item_found,
@@ -158,7 +159,7 @@ def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: st
 
 
 def _event_seconds(frame: pd.DataFrame) -> np.ndarray:
-    if "event_timestamp" not in frame:
+    if EVENT_TIMESTAMP not in frame:
         return np.zeros(len(frame), dtype=np.int64)
-    stamps = pd.to_datetime(frame["event_timestamp"], utc=True)
+    stamps = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
     return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.inference.encoders import embed_texts
+from feature_gen.inference.encoders import Encoders
 from feature_gen.model.item_text import item_text_or_reject
+from feature_gen.store.schema import EMBEDDING, ITEM_ID
 
-ITEM_ID = "item_id"
 ORDER = "_order"  # position in the input, the tie-break that keeps duplicate handling deterministic
 PREPARED_SCHEMA = f"{ITEM_ID} string, text string, reason string, row_json string, {ORDER} long"
-EMBEDDED_SCHEMA = f"{ITEM_ID} string, embedding array<float>"
 
 
 def _json_value(value):
@@ -45,13 +44,9 @@ def prepare_item_batch(pdf: pd.DataFrame, text_cfg: ItemTextConfig) -> pd.DataFr
     return pd.DataFrame(out)
 
 
-def embed_item_batch(pdf: pd.DataFrame, bundle, batch_size: int, bucket: bool) -> pd.DataFrame:
-    """Embeddings [n] (float32 arrays, input order) for rows with texts, through feature_gen.inference.encoders."""
+def embed_item_batch(pdf: pd.DataFrame, encoders: Encoders, batch_size: int, bucket: bool) -> pd.DataFrame:
+    """Embeddings [n] (float32 arrays, input order) for rows with texts, through Encoders.embed_texts."""
     if len(pdf) == 0:
-        return pd.DataFrame({ITEM_ID: pd.Series([], dtype=object), "embedding": pd.Series([], dtype=object)})
-    cfg = bundle.cfg
-    vectors = embed_texts(
-        bundle.model.item_llm, bundle.tokenizer, pdf["text"].tolist(), cfg.item_text.max_item_tokens,
-        batch_size=batch_size, bucket=bucket, padding_side=cfg.item_llm.padding_side,
-    )
-    return pd.DataFrame({ITEM_ID: pdf[ITEM_ID].to_numpy(), "embedding": list(vectors)})
+        return pd.DataFrame({ITEM_ID: pd.Series([], dtype=object), EMBEDDING: pd.Series([], dtype=object)})
+    vectors = encoders.embed_texts(pdf["text"].tolist(), batch_size=batch_size, bucket=bucket)
+    return pd.DataFrame({ITEM_ID: pdf[ITEM_ID].to_numpy(), EMBEDDING: list(vectors)})

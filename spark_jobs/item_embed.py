@@ -16,6 +16,7 @@ import uuid
 from feature_gen.model.bundle import read_manifest
 from feature_gen.config import ConfigError, ItemTextConfig
 from feature_gen.store.offline_store import ITEM_EMBEDDING, ITEM_REJECTS
+from feature_gen.store.schema import ITEM_ID, with_spark_event_timestamp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = spark_session(f"hllm item_embed {version}", cfg, args.master)
     try:
-        return _run(spark, args, cfg, version, text_cfg, started)
+        from spark_jobs.progress import job_progress
+
+        with job_progress(spark, "item_embed"):
+            return _run(spark, args, cfg, version, text_cfg, started)
     finally:
         spark.stop()
 
@@ -63,7 +67,9 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     from spark_jobs.worker_model import WorkerStats
 
     try:
-        prepared = prepare_items(read_input(spark, args.items), text_cfg)
+        from spark_jobs.input_mapping import map_to_contract
+
+        prepared = prepare_items(map_to_contract(read_input(spark, args.items), cfg.data), text_cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"item_embed: {args.items}: {exc}", file=sys.stderr)
         return 2
@@ -76,9 +82,9 @@ def _run(spark, args, cfg, version, text_cfg, started) -> int:
     rej = table_paths(cfg.store.offline_root, ITEM_REJECTS, version, run_id)
 
     embedded = embed_items(prepared.filter(F.col("reason").isNull()), args.bundle, opts, stats)
-    # Item embeddings do not depend on time: valid from the epoch (point-in-time joins find them).
-    embedded.withColumn("event_timestamp", F.timestamp_seconds(F.lit(0))).write.mode("overwrite").parquet(out.staging)
-    prepared.filter(F.col("reason").isNotNull()).select("item_id", "reason", "row_json").write.mode("overwrite").parquet(rej.staging)
+    # The offline event-time rule (store.schema): an item row is valid from the epoch.
+    with_spark_event_timestamp(embedded).write.mode("overwrite").parquet(out.staging)
+    prepared.filter(F.col("reason").isNotNull()).select(ITEM_ID, "reason", "row_json").write.mode("overwrite").parquet(rej.staging)
 
     n_embedded = spark.read.parquet(out.staging).count()
     reasons = {r["reason"]: r["count"] for r in spark.read.parquet(rej.staging).groupBy("reason").count().collect()}

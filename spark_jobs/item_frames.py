@@ -8,8 +8,10 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from feature_gen.config import ItemTextConfig
-from spark_jobs.item_batches import EMBEDDED_SCHEMA, ITEM_ID, ORDER, PREPARED_SCHEMA, embed_item_batch, prepare_item_batch
-from spark_jobs.worker_model import WorkerStats, timed_batches, worker_bundle
+from feature_gen.data.contract import check_item_columns
+from feature_gen.store.schema import ITEM_EMBEDDING_SPARK_SCHEMA, ITEM_ID
+from spark_jobs.item_batches import ORDER, PREPARED_SCHEMA, embed_item_batch, prepare_item_batch
+from spark_jobs.worker_model import WorkerStats, timed_batches, worker_encoders
 
 DUPLICATE_ID = "duplicate_id"  # a second row for an item id already in the input (the first one wins)
 
@@ -26,13 +28,7 @@ def prepare_items(raw: DataFrame, text_cfg: ItemTextConfig) -> DataFrame:
     """item_id (string), text, reason, row_json, _order: one row per input row. `reason` is null for an
     embeddable item; otherwise null_id / no_text / oversize_text / duplicate_id and `row_json` holds
     the input row."""
-    if ITEM_ID not in raw.columns:
-        raise ValueError(f"items: missing column {ITEM_ID!r} (have: {', '.join(raw.columns)})")
-    present = [k for k in text_cfg.text_keys if k in raw.columns]
-    if not present:
-        raise ValueError(
-            f"items: none of the bundle's text columns {text_cfg.text_keys} is present (have: {', '.join(raw.columns)})"
-        )
+    check_item_columns(raw.columns, "items", text_cfg)
     # File order, fixed before any shuffle: the first row of a duplicated id wins, every run the same.
     # Ids become strings in Spark, before pandas sees them: an integer column with a null would reach
     # pandas as float64 and turn id 7 into "7.0", which no interaction (cast by Spark to "7") matches.
@@ -62,7 +58,7 @@ def embed_items(accepted: DataFrame, bundle_path: str, opts: InferenceOptions, s
         spread = spread.sortWithinPartitions(F.length("text").desc())
 
     def run(batches):
-        bundle = worker_bundle(bundle_path, opts.torch_threads, stats)
-        yield from timed_batches(batches, lambda pdf: embed_item_batch(pdf, bundle, opts.batch_size, opts.bucket), stats)
+        encoders = worker_encoders(bundle_path, opts.torch_threads, stats)
+        yield from timed_batches(batches, lambda pdf: embed_item_batch(pdf, encoders, opts.batch_size, opts.bucket), stats)
 
-    return spread.mapInPandas(run, EMBEDDED_SCHEMA)
+    return spread.mapInPandas(run, ITEM_EMBEDDING_SPARK_SCHEMA)

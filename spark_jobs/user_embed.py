@@ -18,6 +18,7 @@ import uuid
 
 from feature_gen.model.bundle import read_manifest
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS
+from feature_gen.store.schema import ITEM_ID, USER_ID, with_spark_event_timestamp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     spark = spark_session(f"hllm user_embed {manifest['version']}", cfg, args.master)
     try:
-        return _run(spark, args, cfg, manifest, started)
+        from spark_jobs.progress import job_progress
+
+        with job_progress(spark, "user_embed"):
+            return _run(spark, args, cfg, manifest, started)
     finally:
         spark.stop()
 
@@ -62,7 +66,9 @@ def _run(spark, args, cfg, manifest, started) -> int:
               "this bundle first", file=sys.stderr)
         return 2
     try:
-        checked = check_interactions(read_input(spark, args.interactions))
+        from spark_jobs.input_mapping import map_to_contract
+
+        checked = check_interactions(map_to_contract(read_input(spark, args.interactions), cfg.data))
     except (ValueError, FileNotFoundError) as exc:
         print(f"user_embed: {args.interactions}: {exc}", file=sys.stderr)
         return 2
@@ -79,12 +85,10 @@ def _run(spark, args, cfg, manifest, started) -> int:
     paths = {t: table_paths(cfg.store.offline_root, t, version, run_id) for t in (USER_EMBEDDING, USER_RECENT_ITEMS, USER_REJECTS)}
 
     users = embed_user_sequences(user_sequences(recent, item_embeddings, max_seq_len), args.bundle, opts, stats)
-    # A user row is valid from the last event it reflects (point-in-time joins).
-    users.withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode("overwrite").parquet(
-        paths[USER_EMBEDDING].staging)
-    recent_items(recent).withColumn("event_timestamp", F.timestamp_seconds("last_event_ts")).write.mode(
-        "overwrite").parquet(paths[USER_RECENT_ITEMS].staging)
-    checked.filter(F.col("reason").isNotNull()).select("user_id", "item_id", "timestamp", "reason", "row_json").write.mode(
+    # The offline event-time rule (store.schema): a user row is valid from the last event it reflects.
+    with_spark_event_timestamp(users).write.mode("overwrite").parquet(paths[USER_EMBEDDING].staging)
+    with_spark_event_timestamp(recent_items(recent)).write.mode("overwrite").parquet(paths[USER_RECENT_ITEMS].staging)
+    checked.filter(F.col("reason").isNotNull()).select(USER_ID, ITEM_ID, "timestamp", "reason", "row_json").write.mode(
         "overwrite").parquet(paths[USER_REJECTS].staging)
 
     n_users = spark.read.parquet(paths[USER_EMBEDDING].staging).count()

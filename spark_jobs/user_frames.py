@@ -8,10 +8,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, NumericType, TimestampType
 
 from spark_jobs.item_frames import InferenceOptions
-from spark_jobs.user_batches import EMBEDDED_SCHEMA, embed_user_batch
-from spark_jobs.worker_model import WorkerStats, timed_batches, worker_bundle
+from spark_jobs.user_batches import embed_user_batch
+from feature_gen.store.schema import (
+    EMBEDDING, ITEM_ID, LAST_EVENT_TS, RECENT_ITEM_IDS, RECENT_ITEM_TS, USER_EMBEDDING_SPARK_SCHEMA, USER_ID,
+)
+from spark_jobs.worker_model import WorkerStats, timed_batches, worker_encoders
 
-USER_ID, ITEM_ID, TIMESTAMP, ORDER = "user_id", "item_id", "timestamp", "_order"
+TIMESTAMP, ORDER = "timestamp", "_order"  # the interactions' time column; the input-order tie-break
 # Reasons an interaction is rejected (user_rejects), never silently dropped.
 NULL_USER_ID, NULL_ITEM_ID, BAD_TIMESTAMP, UNKNOWN_ITEM = "null_user_id", "null_item_id", "bad_timestamp", "unknown_item"
 
@@ -70,17 +73,17 @@ def recent_items(recent: DataFrame) -> DataFrame:
     ordered = F.sort_array(F.collect_list(F.struct(F.col(TIMESTAMP), F.col(ORDER), F.col(ITEM_ID))))
     return recent.groupBy(USER_ID).agg(ordered.alias("seq")).select(
         USER_ID,
-        F.col(f"seq.{ITEM_ID}").alias("recent_item_ids"),
-        F.col(f"seq.{TIMESTAMP}").alias("recent_item_ts"),
-        F.element_at(F.col(f"seq.{TIMESTAMP}"), -1).alias("last_event_ts"),
+        F.col(f"seq.{ITEM_ID}").alias(RECENT_ITEM_IDS),
+        F.col(f"seq.{TIMESTAMP}").alias(RECENT_ITEM_TS),
+        F.element_at(F.col(f"seq.{TIMESTAMP}"), -1).alias(LAST_EVENT_TS),
     )
 
 
 def user_sequences(recent: DataFrame, item_embeddings: DataFrame, max_seq_len: int) -> DataFrame:
     """user_id, seq_embeddings (oldest first), seq_ts: the User LLM's input for each user."""
     window = recent.filter(F.col("rank") <= max_seq_len)
-    with_emb = window.join(item_embeddings.select(ITEM_ID, "embedding"), ITEM_ID, "inner")
-    ordered = F.sort_array(F.collect_list(F.struct(F.col(TIMESTAMP), F.col(ORDER), F.col("embedding"))))
+    with_emb = window.join(item_embeddings.select(ITEM_ID, EMBEDDING), ITEM_ID, "inner")
+    ordered = F.sort_array(F.collect_list(F.struct(F.col(TIMESTAMP), F.col(ORDER), F.col(EMBEDDING))))
     return with_emb.groupBy(USER_ID).agg(ordered.alias("seq")).select(
         USER_ID, F.col("seq.embedding").alias("seq_embeddings"), F.col(f"seq.{TIMESTAMP}").alias("seq_ts")
     )
@@ -90,7 +93,7 @@ def embed_user_sequences(sequences: DataFrame, bundle_path: str, opts: Inference
     """user_id, embedding, seq_len, last_event_ts via mapInPandas over the User LLM."""
 
     def run(batches):
-        bundle = worker_bundle(bundle_path, opts.torch_threads, stats)
-        yield from timed_batches(batches, lambda pdf: embed_user_batch(pdf, bundle, opts.batch_size), stats)
+        encoders = worker_encoders(bundle_path, opts.torch_threads, stats)
+        yield from timed_batches(batches, lambda pdf: embed_user_batch(pdf, encoders, opts.batch_size), stats)
 
-    return sequences.repartition(opts.partitions).mapInPandas(run, EMBEDDED_SCHEMA)
+    return sequences.repartition(opts.partitions).mapInPandas(run, USER_EMBEDDING_SPARK_SCHEMA)

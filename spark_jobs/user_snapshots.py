@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from feature_gen.config import StoreConfig
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, OfflineStoreError, read_version
+from feature_gen.store.schema import EMBEDDING, EVENT_TIMESTAMP, ITEM_ID, LAST_EVENT_TS, SEQ_LEN, USER_ID
 
 
 def snapshot_cutoffs(start: int, end: int, interval_s: int) -> list[int]:
@@ -30,29 +30,26 @@ def backfill_user_snapshots(bundle_dir, interactions: pd.DataFrame, cutoffs: lis
     user_embedding table of the bundle's version (rows already there are kept); returns rows added.
     One batched inference pass over all snapshots: what a streaming refresh would have written, at the
     granularity of the cut-offs."""
-    from feature_gen.model.bundle import load_bundle
+    from feature_gen.inference.encoders import load_encoders
+    from feature_gen.inference.item_table import ItemTable
     from feature_gen.store.feature_store import open_store
-    from feature_gen.inference.encoders import embed_users, load_encoders
 
-    bundle = load_bundle(bundle_dir)
-    encoders = load_encoders(bundle, "torch")
-    version, max_seq_len = bundle.version, int(bundle.manifest["max_seq_len"])
+    encoders = load_encoders(bundle_dir, "torch")
+    version = encoders.version
     items = read_version(store_cfg.offline_root, ITEM_EMBEDDING, version)
-    ids = items["item_id"].astype(str).to_numpy()
-    table = torch.from_numpy(np.concatenate([np.zeros((1, len(items["embedding"].iloc[0])), np.float32),
-                                             np.stack(items["embedding"].to_numpy()).astype(np.float32)]))
-    index = {item: row + 1 for row, item in enumerate(ids)}
+    table = ItemTable.of(items[ITEM_ID], list(items[EMBEDDING]))
+    index = table.index
     events = interactions.reset_index(drop=True)
     events = events.iloc[np.argsort(events["timestamp"].to_numpy(), kind="stable")]  # file order breaks ties
-    events = events.assign(row=events["item_id"].astype(str).map(index)).dropna(subset=["row"])
+    events = events.assign(row=events[ITEM_ID].astype(str).map(index)).dropna(subset=["row"])
     times = events["timestamp"].to_numpy()
     by_user = {u: (g["row"].to_numpy(dtype=np.int64), g["timestamp"].to_numpy(dtype=np.int64))
-               for u, g in events.groupby("user_id", sort=True)}
+               for u, g in events.groupby(USER_ID, sort=True)}
     user_ids, histories, stamps = [], [], []
     previous = None
     for cutoff in cutoffs:
         window = (times <= cutoff) if previous is None else ((times > previous) & (times <= cutoff))
-        for user in pd.unique(events["user_id"].to_numpy()[window]):
+        for user in pd.unique(events[USER_ID].to_numpy()[window]):
             rows, ts = by_user[user]
             n = int(np.searchsorted(ts, cutoff, side="right"))
             user_ids.append(str(user))
@@ -68,18 +65,18 @@ def backfill_user_snapshots(bundle_dir, interactions: pd.DataFrame, cutoffs: lis
             batches = tqdm(batches, desc=f"   user snapshots ({len(histories)} over {len(cutoffs)} cut-offs)", unit="batch")
         for start in batches:
             chunk = slice(start, start + 256)
-            users = embed_users(encoders.user, table, histories[chunk], stamps[chunk], max_seq_len)
-            frames.append(pd.DataFrame({"user_id": user_ids[chunk], "embedding": list(users.vectors),
-                                        "seq_len": users.seq_len, "last_event_ts": users.last_event_ts}))
+            users = encoders.embed_users(table.vectors, histories[chunk], stamps[chunk])
+            frames.append(pd.DataFrame({USER_ID: user_ids[chunk], EMBEDDING: list(users.vectors),
+                                        SEQ_LEN: users.seq_len, LAST_EVENT_TS: users.last_event_ts}))
     if not frames:
         return 0
     new = pd.concat(frames, ignore_index=True)
     try:
-        existing = read_version(store_cfg.offline_root, USER_EMBEDDING, version).drop(columns=["event_timestamp"], errors="ignore")
+        existing = read_version(store_cfg.offline_root, USER_EMBEDDING, version).drop(columns=[EVENT_TIMESTAMP], errors="ignore")
     except OfflineStoreError:
         existing = new.iloc[:0]
-    existing = existing.assign(user_id=existing["user_id"].astype(str))
+    existing = existing.assign(user_id=existing[USER_ID].astype(str))
     rows = pd.concat([existing[new.columns], new], ignore_index=True)
-    rows = rows.drop_duplicates(["user_id", "last_event_ts"], keep="first").reset_index(drop=True)
+    rows = rows.drop_duplicates([USER_ID, LAST_EVENT_TS], keep="first").reset_index(drop=True)
     open_store(store_cfg, apply=False).write_offline(USER_EMBEDDING, version, rows)
     return len(rows) - len(existing)

@@ -1,4 +1,5 @@
-"""The bundle as a Python worker holds it: loaded on first use, then reused by every later batch and task.
+"""The bundle's encoders as a Python worker holds them: loaded on first use, then reused by every later
+batch and task.
 
 Spark keeps Python workers alive between tasks (spark.python.worker.reuse, on by default), so a
 module-level cache turns "load a model per partition" into "load a model per worker". Loading verifies
@@ -12,7 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_BUNDLES: dict = {}
+from feature_gen.inference.encoders import Encoders, Runtime
+
+_ENCODERS: dict[tuple[str, str], Encoders] = {}
 
 
 def resolve_bundle_path(bundle_path: str) -> str:
@@ -52,23 +55,26 @@ class WorkerStats:
                 f"inference {self.inference_seconds.value:.1f} worker-s")
 
 
-def worker_bundle(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None):
-    """The bundle at `bundle_path`, loaded at most once per Python worker (counted in `stats`)."""
-    bundle = _BUNDLES.get(bundle_path)
-    if bundle is None:
+def worker_encoders(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None,
+                    runtime: Runtime = "torch") -> Encoders:
+    """The bundle's encoders (feature_gen.inference.load_encoders), loaded at most once per Python
+    worker (counted in `stats`)."""
+    key = (bundle_path, runtime)
+    encoders = _ENCODERS.get(key)
+    if encoders is None:
         import torch
 
-        from feature_gen.model.bundle import load_bundle
+        from feature_gen.inference.encoders import load_encoders
 
         started = time.perf_counter()
         # One worker per task slot: more threads than the slot's share of cores only adds contention.
         torch.set_num_threads(torch_threads)
-        bundle = load_bundle(resolve_bundle_path(bundle_path))
-        _BUNDLES[bundle_path] = bundle
+        encoders = load_encoders(resolve_bundle_path(bundle_path), runtime, threads=torch_threads)
+        _ENCODERS[key] = encoders
         if stats is not None:
             stats.loads.add(1)
             stats.load_seconds.add(time.perf_counter() - started)
-    return bundle
+    return encoders
 
 
 def timed_batches(batches, work, stats: WorkerStats | None):

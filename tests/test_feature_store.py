@@ -11,12 +11,7 @@ import pandas as pd
 import pytest
 
 from feature_gen.config import StoreConfig
-from feature_gen.store.feature_store import (
-    FeatureStoreError,
-    VersionMismatchError,
-    cosine_scores,
-    open_store,
-)
+from feature_gen.store.feature_store import FeatureStoreError, open_store
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, list_versions, read_version
 
 DIM = 8
@@ -79,25 +74,29 @@ def test_round_trip_of_every_view(store):
     assert r.item_ts[0].tolist() == [500, 1000] and r.last_event_ts.tolist() == [1000, -1]
 
 
-def test_request_features_scores_one_version_and_refuses_a_mix(store):
+def test_request_time_rows_are_of_one_version_and_score_by_cosine(store):
+    # The one request-time path (ranker_integration.serving) over this store's online reads.
+    from ranker_integration.feature_values import row_cosine
+    from ranker_integration.serving import read_online_features
+
     store.push_item_embeddings(_items(["a", "b", "c"], "v1", seed=2))
     store.push_user_embeddings(_users(["ru"], "v1", seed=3))
-    req = store.request_features("ru", ["a", "c"])
-    assert req.bundle_version == "v1" and req.item_ids == ["a", "c"]
-    np.testing.assert_allclose(req.scores, cosine_scores(req.user_vector, req.item_vectors))
-    manual = req.item_vectors @ req.user_vector / (np.linalg.norm(req.item_vectors, axis=1) * np.linalg.norm(req.user_vector))
-    np.testing.assert_allclose(req.scores, manual, rtol=1e-5)
+    rows = read_online_features(store, "ru", ["a", "c"], "v1", DIM, now_ts=5000)
+    assert rows.user_found.tolist() == [True, True] and rows.item_found.tolist() == [True, True]
+    assert rows.user_seq_len.tolist() == [1, 1] and rows.user_last_event_ts.tolist() == [1000, 1000]
+    u, items = rows.user_vectors[0], rows.item_vectors
+    manual = items @ u / (np.linalg.norm(items, axis=1) * np.linalg.norm(u))
+    np.testing.assert_allclose(row_cosine(rows.user_vectors, items), manual, rtol=1e-5)
 
-    # One item moves to a new version: the request is refused, naming the item and both versions.
+    # One item moves to a new version: for v1 it is missing (NaN, found False), never mixed in.
     store.push_item_embeddings(_items(["c"], "v2", seed=4))
-    with pytest.raises(VersionMismatchError, match=r"user 'ru' has bundle version v1.*'c' \(v2\)"):
-        store.request_features("ru", ["a", "c"])
-    with pytest.raises(VersionMismatchError, match="expects v2"):
-        store.request_features("ru", ["a"], expected_version="v2")
-    with pytest.raises(FeatureStoreError, match="no online row for item_id"):
-        store.request_features("ru", ["a", "zzz"])
-    with pytest.raises(FeatureStoreError, match="no online row for user_id 'ghost'"):
-        store.request_features("ghost", ["a"])
+    rows = read_online_features(store, "ru", ["a", "c", "zzz"], "v1", DIM, now_ts=5000)
+    assert rows.item_found.tolist() == [True, False, False]
+    assert np.isnan(rows.item_vectors[1:]).all() and not np.isnan(rows.item_vectors[0]).any()
+    # A ranker of v2 sees no user row of its version; an unknown user is missing the same way.
+    for user, version in (("ru", "v2"), ("ghost", "v1")):
+        rows = read_online_features(store, user, ["a"], version, DIM, now_ts=5000)
+        assert not rows.user_found.any() and np.isnan(rows.user_vectors).all() and rows.user_seq_len.tolist() == [-1]
 
 
 def test_newer_write_replaces_and_stale_events_never_move_a_user_backwards(store):
@@ -133,9 +132,9 @@ def test_offline_write_then_materialize_publishes_the_version_online(store):
 
     written = store.materialize_version("v5")
     assert written == {ITEM_EMBEDDING: 1, USER_EMBEDDING: 1, USER_RECENT_ITEMS: 0}
-    req = store.request_features("mu", ["m1"])
-    assert req.bundle_version == "v5"
-    np.testing.assert_allclose(req.user_vector, users_v5.embedding[0], rtol=1e-6)
+    got = store.user_embeddings(["mu"])
+    assert got.bundle_versions == ["v5"] and store.item_embeddings(["m1"]).bundle_versions == ["v5"]
+    np.testing.assert_allclose(got.vectors[0], users_v5.embedding[0], rtol=1e-6)
 
 
 def test_bad_frames_are_refused_with_the_column_named(store):
@@ -158,3 +157,20 @@ def test_generated_repo_is_readable_by_the_feast_cli(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     for view in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS):
         assert view in out.stdout
+
+
+def test_schema_declares_each_view_once(tmp_path):
+    # The Feast views, the store's frame checks and the Spark output schemas all come from store.schema.
+    from feast import FeatureView
+
+    from feature_gen.store.feature_repo.definitions import feature_definitions
+    from feature_gen.store.schema import USER_EMBEDDING_SPARK_SCHEMA, VIEWS
+
+    views = {o.name: o for o in feature_definitions(tmp_path) if isinstance(o, FeatureView)}
+    assert sorted(views) == sorted(VIEWS)
+    for name, view in VIEWS.items():
+        assert [f.name for f in views[name].features] == [f.name for f in view.features]
+        assert views[name].entities == [view.entity]
+    assert VIEWS[USER_RECENT_ITEMS].columns == ("user_id", "recent_item_ids", "recent_item_ts", "last_event_ts")
+    assert USER_EMBEDDING_SPARK_SCHEMA == "user_id string, embedding array<float>, seq_len long, last_event_ts long"
+

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.inference.encoders import batches_by_length, embed_catalogue, embed_texts, embed_users
+from feature_gen.inference.encoders import batches_by_length, embed_catalogue, embed_texts, embed_users, load_encoders
+from feature_gen.inference.item_table import ItemTable, padded_item_table
+from feature_gen.model.positions import real_position_ids
 from feature_gen.model.hllm import build_hllm
 
 from tests.conftest import tiny_config
@@ -60,3 +62,51 @@ def test_embed_users_matches_a_direct_forward_and_reports_length_and_time():
     np.testing.assert_allclose(out.vectors[1], direct[0].numpy(), atol=2e-5)
     with pytest.raises(ValueError, match="empty history"):
         embed_users(model.user_llm, table, [np.array([], dtype=np.int64)], [np.array([])], 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The item table and the one Encoders interface
+
+
+def test_padded_item_table_puts_a_zero_row_before_the_vectors():
+    vectors = np.arange(6, dtype=np.float64).reshape(3, 2) + 1
+    table = padded_item_table(vectors)
+    assert table.dtype == torch.float32 and table.shape == (4, 2)
+    assert torch.count_nonzero(table[0]) == 0
+    np.testing.assert_array_equal(table[1:].numpy(), vectors.astype(np.float32))
+    with pytest.raises(ValueError, match=r"expected \[N, D\] with N >= 1; got shape \(0, 0\)"):
+        padded_item_table([])
+
+
+def test_item_table_looks_up_external_ids_and_names_a_missing_one():
+    table = ItemTable.of([7, "a", 9], np.eye(3, dtype=np.float32))
+    assert table.index == {"7": 1, "a": 2, "9": 3}
+    assert table.rows(["9", 7]).tolist() == [3, 1]
+    np.testing.assert_array_equal(table.vectors[table.rows(["a"])].numpy(), [[0, 1, 0]])
+    with pytest.raises(KeyError, match="item_id 'zzz' has no vector"):
+        table.rows(["a", "zzz"])
+    with pytest.raises(ValueError, match="2 item ids for 3 vectors"):
+        ItemTable.of(["x", "y"], np.eye(3))
+
+
+def test_real_position_ids_count_from_each_rows_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 0]])
+    assert real_position_ids(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 2]]
+
+
+def test_encoders_embed_histories_by_external_id_as_embed_users_does_by_index(tiny_bundle):
+    encoders = load_encoders(tiny_bundle, "torch")
+    assert encoders.runtime == "torch" and encoders.version.startswith("hllm-")
+    vectors = encoders.embed_texts(TEXTS)  # [5, D]
+    by_id = {f"i{k}": v for k, v in enumerate(vectors)}
+    histories, stamps = [["i3", "i0", "i3"], ["i4"]], [[10, 20, 30], [5]]
+    got = encoders.embed_histories(by_id, histories, stamps)
+    table = padded_item_table(vectors)
+    ref = embed_users(encoders.user, table, [np.array([4, 1, 4]), np.array([5])],
+                      [np.array(t) for t in stamps], encoders.max_seq_len)
+    np.testing.assert_allclose(got.vectors, ref.vectors, atol=1e-6)
+    assert got.seq_len.tolist() == [3, 1] and got.last_event_ts.tolist() == [30, 5]
+    with pytest.raises(KeyError, match="item_id 'i9': no vector given"):
+        encoders.embed_histories(by_id, [["i9"]], [[1]])
+    with pytest.raises(ValueError, match="runtime: expected 'torch' or 'onnx'"):
+        load_encoders(tiny_bundle, "tensorrt")

@@ -22,8 +22,10 @@ import yaml
 
 from feature_gen.model.bundle import load_bundle, read_manifest
 from feature_gen.config import StoreConfig
-from feature_gen.store.feature_store import VersionMismatchError, open_store
+from feature_gen.store.feature_store import open_store
 from feature_gen.inference.encoders import embed_texts, embed_users
+from feature_gen.inference.item_table import padded_item_table
+from feature_gen.store.schema import EVENT_TIMESTAMP, offline_event_timestamps
 from feature_gen.model.item_text import item_text_or_reject
 from feature_gen.store.offline_store import (
     ITEM_EMBEDDING,
@@ -34,6 +36,7 @@ from feature_gen.store.offline_store import (
     list_versions,
     read_version,
 )
+from ranker_integration.serving import read_online_features
 
 pytestmark = pytest.mark.integration
 VENV_BIN = Path(sys.executable).parent
@@ -83,7 +86,7 @@ def _submit(script: str, *args: str) -> str:
     cmd = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", str(REPO / "spark_jobs" / script), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
     assert out.returncode == 0, f"{script} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    return out.stdout
+    return out.stdout + out.stderr  # stderr: the progress lines (logging)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +185,7 @@ def _expected_users(bundle, events: pd.DataFrame, item_vectors: dict):
     ok["order"] = ok.index
     ok = ok.sort_values(["timestamp", "order"], kind="stable")
     ids = list(item_vectors)
-    table = torch.from_numpy(np.concatenate([np.zeros((1, 64), np.float32), np.stack([item_vectors[i] for i in ids])]))
+    table = padded_item_table([item_vectors[i] for i in ids])
     index = {item: k + 1 for k, item in enumerate(ids)}
     users, hist, ts = [], [], []
     for user, g in ok.groupby("user_id", sort=True):
@@ -222,13 +225,25 @@ def test_recent_items_and_interaction_rejects(run, bundle):
     assert "999" in set(rejects.item_id)
 
 
+def test_spark_and_pandas_apply_one_event_time_rule(run):
+    # The jobs stamp event_timestamp in Spark; the store's offline writes stamp it in pandas: one rule.
+    offline = run["root"] / "offline"
+    for table in (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS):
+        frame = read_version(offline, table, run["version"])
+        got = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True)
+        expected = offline_event_timestamps(frame.drop(columns=[EVENT_TIMESTAMP]))
+        assert (got == expected).all(), table
+    users = read_version(offline, USER_EMBEDDING, run["version"])
+    assert (users[EVENT_TIMESTAMP] > pd.Timestamp(0, tz="UTC")).all()  # users: not the epoch, their last event
+
+
 def test_sqlite_online_store_serves_the_new_version(run):
     store = open_store(run["store"])
     users = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"])
     user = users.user_id.iloc[0]
-    req = store.request_features(user, [0, 1, 7])
-    assert req.bundle_version == run["version"]
-    np.testing.assert_allclose(req.user_vector, users.embedding.iloc[0], rtol=1e-6)
+    rows = read_online_features(store, user, [0, 1, 7], run["version"], len(users.embedding.iloc[0]), now_ts=0)
+    assert rows.user_found.all() and rows.item_found.all()
+    np.testing.assert_allclose(rows.user_vectors[0], users.embedding.iloc[0], rtol=1e-6)
     assert store.recent_items([user]).found.all()
     assert f"materialized {N_ITEMS - 4} item embeddings of {run['version']}" in run["item_out"]
 
@@ -244,12 +259,14 @@ def test_redis_online_store_via_hllm_materialize_and_version_mismatch_refused(ru
     store = open_store(StoreConfig(**cfg))
     assert store.feast.config.online_store.type == "redis"
     user = read_version(run["root"] / "offline", USER_EMBEDDING, run["version"]).user_id.iloc[0]
-    assert store.request_features(user, [0, 1]).bundle_version == run["version"]
-    # an item re-embedded by another bundle version: the request is refused, not silently mixed
+    dim = store.item_embeddings([0]).vectors.shape[1]
+    rows = read_online_features(store, user, [0, 1], run["version"], dim, now_ts=0)
+    assert rows.user_found.all() and rows.item_found.all()
+    # an item re-embedded by another bundle version: missing for this version's request, never mixed in
     other = store.item_embeddings([1])
     store.push_item_embeddings(pd.DataFrame({"item_id": [1], "embedding": [other.vectors[0]], "bundle_version": ["hllm-other"]}))
-    with pytest.raises(VersionMismatchError, match="hllm-other"):
-        store.request_features(user, [0, 1])
+    rows = read_online_features(store, user, [0, 1], run["version"], dim, now_ts=0)
+    assert rows.item_found.tolist() == [True, False] and np.isnan(rows.item_vectors[1]).all()
 
 
 def test_rerun_for_the_same_version_replaces_it_whole(run):
@@ -281,3 +298,32 @@ def test_item_job_refuses_a_bundle_whose_prompt_fills_the_token_budget(tmp_path,
     assert code == 2
     assert "item_text.max_item_tokens: 48 leaves no room" in capsys.readouterr().err
     assert not (tmp_path / "off").exists()
+
+
+def test_the_public_api_round_trip_equals_the_spark_jobs_embeddings(run, spark_bundle):
+    """feature_gen.api from the same input files gives the vectors the two Spark jobs wrote: items from
+    the catalogue (bad rows skipped, as the job rejects them), users from the raw event log with
+    external item ids, looked up in the item job's own output table."""
+    from feature_gen.api import Encoder
+
+    enc = Encoder.from_bundle(spark_bundle, batch_size=8)
+    offline = run["root"] / "offline"
+    items = pd.read_parquet(run["root"] / "items.parquet")
+    encoded = enc.encode_items(items.drop_duplicates("item_id"), errors="skip")
+    written = read_version(offline, ITEM_EMBEDDING, run["version"]).set_index("item_id")
+    assert sorted(encoded.item_ids) == sorted(written.index)
+    np.testing.assert_allclose(encoded.vectors, np.stack(written.loc[encoded.item_ids, "embedding"]), atol=1e-4, rtol=1e-4)
+
+    events = pd.read_parquet(run["root"] / "events.parquet")
+    users = enc.encode_users(events, items=read_version(offline, ITEM_EMBEDDING, run["version"]), errors="skip")
+    got = read_version(offline, USER_EMBEDDING, run["version"]).set_index("user_id").loc[users.user_ids]
+    np.testing.assert_allclose(users.vectors, np.stack(got.embedding.to_numpy()), atol=1e-4, rtol=1e-4)
+    assert users.seq_len.tolist() == got.seq_len.tolist()
+    assert users.last_event_ts.tolist() == got.last_event_ts.tolist()
+    assert sorted(users.rejects.reason.unique()) == ["null_id", "unknown_item"]
+    # the jobs reported their progress from Spark's status tracker: every task of the stages seen
+    assert re.search(r"item_embed: (\d+)/\1 tasks \(100%\)", run["item_out"]), run["item_out"][-2000:]
+    assert re.search(r"user_embed: (\d+)/\1 tasks \(100%\)", run["user_out"]), run["user_out"][-2000:]
+    # and through the online store the item job materialized (SQLite): same users, same vectors
+    through_store = enc.encode_users(events.dropna(), items=open_store(run["store"]), errors="skip")
+    np.testing.assert_allclose(through_store.vectors, users.vectors, atol=1e-5)

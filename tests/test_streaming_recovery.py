@@ -19,7 +19,7 @@ import torch
 
 from hllm.local_broker import LocalBroker, free_port
 from feature_gen.streaming.clients import make_producer
-from feature_gen.streaming.encoders import load_stream_encoders
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.produce import send_paced, user_messages
 from feature_gen.streaming.refresh import build_user_loop
 from tests.streaming_support import (  # noqa: F401  (broker is a fixture)
@@ -44,7 +44,7 @@ def encoders(tiny_bundle):
     # one torch thread, as `hllm refresh` runs (stream.torch_threads): two stall on a busy 2-core machine
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_stream_encoders(tiny_bundle)
+    yield load_encoders(tiny_bundle)
     torch.set_num_threads(threads)
 
 

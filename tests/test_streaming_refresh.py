@@ -16,7 +16,7 @@ import torch
 from feature_gen.model.item_text import build_item_text
 from feature_gen.streaming.clients import make_producer
 from feature_gen.streaming.dead_letter import read_headers
-from feature_gen.streaming.encoders import load_stream_encoders
+from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.events import user_event_json
 from feature_gen.streaming.item_refresh import build_item_loop
 from feature_gen.streaming.produce import item_messages, send_paced, user_messages
@@ -43,7 +43,7 @@ def encoders(tiny_bundle):
     # one torch thread, as `hllm refresh` runs (stream.torch_threads): two stall on a busy 2-core machine
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_stream_encoders(tiny_bundle)
+    yield load_encoders(tiny_bundle)
     torch.set_num_threads(threads)
 
 
@@ -193,7 +193,7 @@ def test_new_item_event_makes_its_embedding_readable_and_releases_waiting_user_e
                        what="alice's embedding to take the new item")
 
     got = store.item_embeddings(["new-item"])
-    expected = encoders.embed_items([build_item_text(new_item, encoders.text_cfg)])
+    expected = encoders.embed_texts([build_item_text(new_item, encoders.text_cfg)])
     np.testing.assert_allclose(got.vectors[0], expected[0], rtol=1e-5, atol=1e-6)
     assert got.bundle_versions == [encoders.version]
     assert store.recent_items(["alice"]).item_ids == [["1", "new-item"]]

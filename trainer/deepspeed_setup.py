@@ -15,7 +15,6 @@ rank variables the launcher would have set (otherwise DeepSpeed looks for mpi4py
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from feature_gen.config import ConfigError, HLLMConfig
+from feature_gen.config import ConfigError, HLLMConfig, read_data_file
 
 
 def ensure_single_process_env() -> None:
@@ -64,12 +63,8 @@ def build_deepspeed_config(cfg: HLLMConfig, total_steps: int, world_size: int = 
     source = "<trainer defaults>"
     if t.deepspeed_config:
         path = Path(t.deepspeed_config)
-        if not path.is_file():
-            raise ConfigError(f"train.deepspeed_config: {path} does not exist")
-        try:
-            base = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"train.deepspeed_config: {path} is not valid JSON ({exc})") from None
+        base = read_data_file(path, ConfigError, f"train.deepspeed_config: {path} does not exist",
+                              what=f"train.deepspeed_config: {path}")
         source = str(path)
         _check(base, "train_micro_batch_size_per_gpu", t.batch_size, "train.batch_size", source)
         _check(base, "gradient_accumulation_steps", 1, "the trainer (no accumulation)", source)

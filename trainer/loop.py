@@ -188,6 +188,9 @@ def train(
         log_path.unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)
 
+    if writer and hasattr(on_step, "begin"):  # a progress hook learns the run's length (and where a resume starts)
+        on_step.begin(total_steps, state.step)
+
     def checkpoint() -> None:
         client = state.as_client_state()
         if objective.cache is not None:

@@ -140,11 +140,12 @@ def final_result(stages: list, folder: Path) -> Path:
 
 
 def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None,
-                report_only: bool = False) -> int:
+                report_only: bool = False, overrides: dict | None = None) -> int:
     """Run (or pick up) every run of `suite` and write its tables; `runs` limits which models run
     (several processes can share one output folder, one model each; a later call without `runs`
     finds them all finished and writes the complete table). `report_only`: train nothing, tabulate
-    the finished runs (the table names the seeds each row averages)."""
+    the finished runs (the table names the seeds each row averages). `overrides`: dotted config fields
+    applied to every run (`hllm quality --config/--set`); finished runs are not rerun, so use a fresh output."""
     suites = list(SUITES) if suite == "all" else [suite]
     if runs:
         offered = sorted({name for s in suites for name in SUITES[s]})
@@ -174,7 +175,7 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                                 results.setdefault(f"{name} (stage 1 only)", []).append(
                                     {**json.loads(first.read_text()), "seed": seed})
                             continue
-                        res = run_one(RUNS[name], {**extra, "data.source": dataset, "seed": seed}, folder,
+                        res = run_one(RUNS[name], {**extra, **(overrides or {}), "data.source": dataset, "seed": seed}, folder,
                                       reused_stage1(out, dataset, seed))
                         results.setdefault(name, []).append({**res, "seed": seed})
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"

@@ -24,6 +24,8 @@ from torch import nn
 
 from feature_gen.data.sequences import TrainingBatch
 from feature_gen.inference.encoders import batches_by_length, embed_token_ids
+from feature_gen.inference.item_table import padded_item_table
+from feature_gen.model.positions import real_position_ids
 from feature_gen.model.item_text import pad_token_ids
 from feature_gen.model.losses import Candidates, GenerativeObjective, InfoNCEResult, LogitScale
 from feature_gen.model.hllm import HLLM
@@ -131,9 +133,12 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     @torch.no_grad()
     def cache_items(self) -> torch.Tensor:
         """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path)."""
-        vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
-                                  padding_side=self.padding_side)
-        self.cached_items = torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)])
+        from feature_gen.logs import Progress
+
+        with Progress(len(self.catalogue_tokens) - 1, "caching the catalogue", "items") as bar:
+            vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
+                                      padding_side=self.padding_side, progress=bar)
+        self.cached_items = padded_item_table(vectors)
         return self.cached_items
 
     @property
@@ -192,7 +197,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
                                       padding_side=self.padding_side)
             self.train(was_training)
-            table = torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)])
+            table = padded_item_table(vectors)
         if self.id_embedding is not None:
             table = table + self.id_embedding.weight.detach()
         return table
@@ -223,7 +228,7 @@ class SASRecUser(nn.Module):
             raise ValueError(f"SASRec was built for sequences up to {self.max_len}; got {length}")
         mask = attention_mask.to(torch.bool)  # [B, L]
         # positions counted from each row's first real item, as for the LLMs
-        pos = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        pos = real_position_ids(attention_mask)
         x = self.dropout(item_embs * math.sqrt(self.item_dim) + self.position(pos)) * mask.unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)  # True = blocked
         # A padded query row may see nothing; let it see itself so softmax stays finite (its output is masked).

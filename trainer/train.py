@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from feature_gen.config import ConfigError, HLLMConfig, load_config, parse_override
+
+log = logging.getLogger("hllm.train")
 
 
 def build_recommender(cfg: HLLMConfig, data):
@@ -63,6 +66,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     from feature_gen.data.sequences import cold_item_split, leave_one_out, load_interaction_data
     from feature_gen.model.losses import check_objective
     from trainer.loop import train
+    from trainer.progress import TrainingProgress
 
     t = cfg.train
     torch.manual_seed(cfg.seed)
@@ -77,8 +81,15 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
         split = leave_one_out(data)
     rec, tokenizer, bases = build_recommender(cfg, data)
     max_len = t.stage1_max_seq_len if (t.model == "hllm" and t.stage == 1) else cfg.data.max_seq_len
-    result = train(rec, split, data.num_items, cfg, t.output_dir, max_seq_len=max_len, resume=resume,
-                   never_sample=cold)
+    progress = TrainingProgress(f"train {t.model} stage {t.stage}")
+    try:
+        result = train(rec, split, data.num_items, cfg, t.output_dir, max_seq_len=max_len, resume=resume,
+                       never_sample=cold, on_step=progress)
+    finally:
+        progress.close()
+    if result.state.best_epoch == -1:
+        log.warning("train.max_steps=%s stopped the run before any validation (best_epoch -1): the weights kept "
+                    "are the last ones, not selected on validation; let an epoch finish to select", t.max_steps)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
     if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id:
         from feature_gen.model.bundle import save_bundle
@@ -96,6 +107,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
                 hllm, tokenizer, cfg, Path(t.output_dir) / "bundles", data_fingerprint=data.fingerprint,
                 metrics={"stage": t.stage, "valid": result.valid, "test": result.test, "best_epoch": result.state.best_epoch},
                 base_models=bases,
+                data_sizes={"users": data.num_users, "items": data.num_items, "interactions": sum(map(len, data.sequences))},
             )
     if is_rank0:
         print(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.state.best_epoch,

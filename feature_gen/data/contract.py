@@ -52,16 +52,24 @@ def _row_label(df: pd.DataFrame, position: int) -> str:
     return f"row {position + 1}"
 
 
-def validate_items(items: pd.DataFrame, source: str, text_cfg: ItemTextConfig) -> pd.DataFrame:
-    """Check the item table; return it with a clean RangeIndex. Does not drop rows (see split_rejects)."""
-    if ITEM_ID not in items.columns:
-        raise DataError(f"{source}: missing column {ITEM_ID!r} (have: {', '.join(map(str, items.columns))})")
-    usable = [k for k in text_cfg.text_keys if k in items.columns]
+def check_item_columns(columns, source: str, text_cfg: ItemTextConfig) -> list[str]:
+    """The item table's columns hold an id and at least one text key (pandas and Spark readers alike);
+    returns the text keys present. DataError naming `source` and the columns it has otherwise."""
+    columns = [str(c) for c in columns]
+    if ITEM_ID not in columns:
+        raise DataError(f"{source}: missing column {ITEM_ID!r} (have: {', '.join(columns)})")
+    usable = [k for k in text_cfg.text_keys if k in columns]
     if not usable:
         raise DataError(
             f"{source}: none of the text columns {text_cfg.text_keys} is present "
-            f"(have: {', '.join(map(str, items.columns))}); set item_text.text_keys"
+            f"(have: {', '.join(columns)}); set item_text.text_keys"
         )
+    return usable
+
+
+def validate_items(items: pd.DataFrame, source: str, text_cfg: ItemTextConfig) -> pd.DataFrame:
+    """Check the item table; return it with a clean RangeIndex. Does not drop rows (see split_rejects)."""
+    check_item_columns(items.columns, source, text_cfg)
     items = items.reset_index(drop=True)
     ids = items[ITEM_ID]
     nulls = np.flatnonzero(ids.isna().to_numpy())
@@ -150,9 +158,10 @@ def fingerprint(items: pd.DataFrame, interactions: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def load_files(items_path: str | Path, interactions_path: str | Path, text_cfg: ItemTextConfig):
-    """Read and check both tables of the contract from files."""
-    items = validate_items(read_table(items_path), str(items_path), text_cfg)
-    interactions = validate_interactions(read_table(interactions_path), str(interactions_path))
+def load_files(items_path: str | Path, interactions_path: str | Path, text_cfg: ItemTextConfig, read=read_table):
+    """Read and check both tables of the contract from files (`read`: path -> DataFrame, e.g.
+    feature_gen.data.formats.read_mapped, which maps a team's columns and formats onto the contract)."""
+    items = validate_items(read(items_path), str(items_path), text_cfg)
+    interactions = validate_interactions(read(interactions_path), str(interactions_path))
     check_known_items(interactions, items[ITEM_ID], str(interactions_path))
     return items, interactions

@@ -101,7 +101,10 @@ def build_interaction_data(
 def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> InteractionData:
     """The one entry point from config to sequences, for every data source."""
     if data_cfg.source == "files":
-        items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg)
+        from feature_gen.data.formats import read_mapped
+
+        items, interactions = load_files(data_cfg.items_path, data_cfg.interactions_path, text_cfg,
+                                         read=lambda path: read_mapped(path, data_cfg))
     else:
         from feature_gen.data.movielens import LOADERS
 

@@ -5,17 +5,20 @@ streaming refresh, the export's parity check), so an item never gets two embeddi
 Texts are sorted by token length before batching (length bucketing): a batch then pads to a width
 close to its own rows instead of the longest text in the whole input.
 
-Two backends, one code path: every function takes the item encoder / user encoder as an argument, the
-eager modules (`ItemLLM`, `UserLLM`) or their ONNX Runtime twins (`feature_gen.inference.onnx_runtime`), which are
-called the same way. `load_encoders(bundle, runtime="torch" | "onnx")` returns either pair, so callers
-switch backend, not code.
+Two backends, one interface: `load_encoders(bundle, runtime="torch" | "onnx")` returns an `Encoders`
+(item and user encoder, tokenizer, text config, padding side, max sequence length, bundle version) whose
+methods embed texts, token ids and user histories. Its encoders satisfy the `ItemEncoder` /
+`UserEncoder` protocols: the eager modules (`ItemLLM`, `UserLLM`) or their ONNX Runtime twins
+(feature_gen.inference.onnx_runtime, an internal detail of the "onnx" runtime). The module-level
+functions take an encoder as their first argument, for callers that hold a model under training
+(the trainer's catalogue cache) rather than a bundle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,38 +26,111 @@ import torch
 
 from feature_gen.config import ItemTextConfig
 from feature_gen.data.sequences import pad_sequences
-from feature_gen.model.item_llm import ItemLLM
+from feature_gen.inference.item_table import ItemTable, padded_item_table
 from feature_gen.model.item_text import build_item_text, check_prompt_budget, pad_token_ids, tokenize_item_texts
-from feature_gen.model.user_llm import UserLLM
 
-# ItemLLM or feature_gen.inference.onnx_runtime.OnnxItemEncoder; UserLLM or OnnxUserEncoder (same call shapes).
-ItemEncoder = Union[ItemLLM, Any]
-UserEncoder = Union[UserLLM, Any]
+if TYPE_CHECKING:
+    from feature_gen.model.bundle import Bundle
+
+Runtime = Literal["torch", "onnx"]
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
+
+
+class ItemEncoder(Protocol):
+    """Token ids + attention mask [B, T] (either padding side) -> item embeddings [B, D]
+    (a torch tensor from ItemLLM, a float32 array from ONNX Runtime)."""
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    def __call__(self, input_ids: Any, attention_mask: Any) -> torch.Tensor | np.ndarray: ...
+
+
+class UserEncoderOutput(Protocol):
+    predictions: Any  # [B, L, D] next-item prediction at each position
+    user_embedding: Any  # [B, D] the prediction at each row's last real position
+
+
+class UserEncoder(Protocol):
+    """Item-embedding sequences [B, L, D] + mask [B, L] (+ unix-second timestamps [B, L]) -> outputs."""
+
+    item_dim: int
+
+    def __call__(self, item_embeddings: Any, attention_mask: Any, timestamps: Any = None) -> UserEncoderOutput: ...
 
 
 @dataclass
 class Encoders:
+    """A bundle's encoders and everything needed to feed them, in one runtime."""
+
     item: ItemEncoder
     user: UserEncoder
+    tokenizer: Any  # the bundle's Hugging Face tokenizer (PreTrainedTokenizerBase)
+    text_cfg: ItemTextConfig
+    padding_side: str  # the Item LLM's: "right" | "left"
+    max_seq_len: int  # the User LLM reads at most this many of a user's newest items
     version: str  # bundle version: every embedding written must carry it
-    runtime: str  # "torch" | "onnx"
+    runtime: Runtime
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64, bucket: bool = True) -> np.ndarray:
+        """[n, D] float32 item embeddings of item texts (already built by item_text), in input order."""
+        return embed_texts(self.item, self.tokenizer, texts, self.text_cfg.max_item_tokens, batch_size, bucket,
+                           self.padding_side)
+
+    def embed_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 64, bucket: bool = True) -> np.ndarray:
+        """[n, D] float32 item embeddings of pre-tokenised texts, in input order."""
+        return embed_token_ids(self.item, token_ids, self.tokenizer.pad_token_id, batch_size, bucket, self.padding_side)
+
+    def embed_catalogue(self, items: pd.DataFrame, batch_size: int = 64) -> torch.Tensor:
+        """The item table [N+1, D] of `items` (row 0 = padding); see embed_catalogue."""
+        return embed_catalogue(self.item, self.tokenizer, items, self.text_cfg, batch_size, self.padding_side)
+
+    def embed_users(self, item_table: torch.Tensor, histories: Sequence[np.ndarray], timestamps: Sequence[np.ndarray],
+                    batch_size: int = 256) -> UserEmbeddings:
+        """User embeddings of histories of internal indices into `item_table` [N+1, D]."""
+        return embed_users(self.user, item_table, histories, timestamps, self.max_seq_len, batch_size)
+
+    def embed_histories(self, item_vectors: Mapping[str, np.ndarray], histories: Sequence[Sequence[str]],
+                        timestamps: Sequence[Sequence[int]], batch_size: int = 256) -> UserEmbeddings:
+        """User embeddings of time-ordered histories of external item ids, each of whose vectors
+        `item_vectors` holds (KeyError naming an id it lacks)."""
+        ids = list(dict.fromkeys(str(i) for h in histories for i in h))
+        missing = [i for i in ids if i not in item_vectors]
+        if missing:
+            raise KeyError(f"item_id {missing[0]!r}: no vector given for it ({len(missing)} missing)")
+        table = ItemTable.of(ids, [item_vectors[i] for i in ids])
+        internal = [table.rows(h) for h in histories]
+        ts = [np.asarray(t, dtype=np.int64) for t in timestamps]
+        return self.embed_users(table.vectors, internal, ts, batch_size)
 
 
-def load_encoders(bundle, runtime: str = "torch", device: str = "auto", threads: int | None = None) -> Encoders:
-    """The bundle's item and user encoders for `runtime`. `bundle` is a bundle folder or a loaded
-    feature_gen.model.bundle.Bundle; "onnx" needs `hllm export` to have run on it (device/threads: ONNX only)."""
+def load_encoders(bundle: "str | Path | Bundle", runtime: Runtime = "torch", device: str = "auto",
+                  threads: int | None = None) -> Encoders:
+    """The bundle's encoders in `runtime`. `bundle` is a bundle folder or a loaded
+    feature_gen.model.bundle.Bundle. "torch" loads the eager modules (verifying every checksum);
+    "onnx" opens the graphs `hllm export` wrote (verifying them too) and loads no PyTorch weights.
+    `device` ("auto" | "cpu" | "cuda") and `threads` (intra-op threads) apply to ONNX Runtime only.
+    Raises ValueError for another runtime, BundleError for a bad or unexported bundle."""
+    from feature_gen.model.bundle import Bundle, bundle_config, load_bundle, load_bundle_tokenizer
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime: expected 'torch' or 'onnx'; got {runtime!r}")
     if runtime == "torch":
-        from feature_gen.model.bundle import Bundle, load_bundle
-
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        return Encoders(loaded.model.item_llm, loaded.model.user_llm, loaded.version, "torch")
-    if runtime == "onnx":
-        from feature_gen.inference.onnx_runtime import load_onnx_encoders
+        return Encoders(
+            loaded.model.item_llm, loaded.model.user_llm, loaded.tokenizer, loaded.cfg.item_text,
+            loaded.cfg.item_llm.padding_side, loaded.cfg.data.max_seq_len, loaded.version, "torch",
+        )
+    from feature_gen.inference.onnx_runtime import load_onnx_encoders
 
-        folder = bundle.path if hasattr(bundle, "path") else Path(bundle)
-        onnx = load_onnx_encoders(folder, device=device, threads=threads)
-        return Encoders(onnx.item, onnx.user, onnx.version, "onnx")
-    raise ValueError(f"runtime: expected 'torch' or 'onnx'; got {runtime!r}")
+    folder = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
+    onnx = load_onnx_encoders(folder, device=device, threads=threads)  # verifies the bundle first
+    if isinstance(bundle, Bundle):
+        cfg, tokenizer = bundle.cfg, bundle.tokenizer
+    else:
+        cfg, tokenizer = bundle_config(folder), load_bundle_tokenizer(folder)
+    return Encoders(onnx.item, onnx.user, tokenizer, cfg.item_text, cfg.item_llm.padding_side, cfg.data.max_seq_len,
+                    onnx.version, "onnx")
 
 
 def _eval(encoder) -> None:
@@ -81,13 +157,17 @@ def embed_token_ids(
     batch_size: int = 64,
     bucket: bool = True,
     padding_side: str = "right",
+    progress=None,
 ) -> np.ndarray:
-    """Item embeddings [n, D] float32 for pre-tokenised texts, in input order."""
+    """Item embeddings [n, D] float32 for pre-tokenised texts, in input order. `progress`: anything
+    with `update(n)` (feature_gen.logs.Progress), told the rows done after each batch."""
     _eval(item_llm)
     out = np.zeros((len(token_ids), item_llm.hidden_size), dtype=np.float32)
     for idx in batches_by_length([len(t) for t in token_ids], batch_size, bucket):
         batch = pad_token_ids([token_ids[i] for i in idx], pad_id, padding_side)
         out[idx] = _float32(item_llm(batch.input_ids, batch.attention_mask))
+        if progress is not None:
+            progress.update(len(idx))
     return out
 
 
@@ -100,6 +180,7 @@ def embed_texts(
     bucket: bool = True,
     padding_side: str = "right",
 ) -> np.ndarray:
+    """Item embeddings [n, D] float32 of item texts, tokenised and truncated to `max_item_tokens`."""
     ids = tokenize_item_texts(texts, tokenizer, max_item_tokens)
     return embed_token_ids(item_llm, ids, tokenizer.pad_token_id, batch_size, bucket, padding_side)
 
@@ -120,7 +201,7 @@ def embed_catalogue(
     if missing:
         raise ValueError(f"embed_catalogue: item at position {missing[0]} has no text; split rejects first")
     vectors = embed_texts(item_llm, tokenizer, texts, text_cfg.max_item_tokens, batch_size, True, padding_side)
-    return torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)], dim=0)
+    return padded_item_table(vectors)
 
 
 @dataclass

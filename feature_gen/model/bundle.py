@@ -11,6 +11,7 @@ Layout of `<root>/<version>/`:
                          logit scale, fusion heads
     tokenizer/           the Item LLM tokenizer
     onnx/                added by `hllm export` (listed in the manifest with checksums)
+    README.md            the model card (feature_gen/model/model_card.py), rendered from the manifest
 
 The version is derived from the content (a hash of the files' hashes), so the same weights always get
 the same version and a changed weight always gets a new one. Loading verifies every checksum and
@@ -32,7 +33,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from feature_gen.config import HLLMConfig, config_from_dict
+from feature_gen.config import HLLMConfig, config_from_dict, read_data_file
+from feature_gen.model.model_card import CARD, base_model_licence, render_model_card
 
 MANIFEST = "manifest.json"
 MODEL_SECTIONS = ("seed", "data", "item_text", "item_llm", "user_llm", "loss", "eval")
@@ -62,8 +64,8 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 def _version_of(hashes: dict[str, str]) -> str:
     h = hashlib.sha256()
     for name, digest in sorted(hashes.items()):
-        if name.startswith("onnx/"):
-            continue  # derived artefacts do not change what the model is
+        if name.startswith("onnx/") or name == CARD:
+            continue  # derived artefacts (ONNX graphs, the model card) do not change what the model is
         h.update(f"{name}:{digest}\n".encode())
     return "hllm-" + h.hexdigest()[:12]
 
@@ -103,8 +105,10 @@ def save_bundle(
     data_fingerprint: str | None = None,
     metrics: dict[str, Any] | None = None,
     base_models: dict[str, str] | None = None,
+    data_sizes: dict[str, int] | None = None,
 ) -> Path:
-    """Freeze `model` into `<root>/<version>/` atomically; return that folder."""
+    """Freeze `model` into `<root>/<version>/` atomically, with its model card (README.md); return
+    that folder. `data_sizes`: e.g. {"users": U, "items": N, "interactions": I} for the card."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
@@ -130,9 +134,13 @@ def save_bundle(
             "pooling": cfg.item_llm.pooling,
             "use_timestamps": cfg.user_llm.use_timestamps,
             "data_fingerprint": data_fingerprint,
+            "data_sizes": data_sizes or {},
             "metrics": metrics or {},
+            "base_model_licences": {n: base_model_licence(getattr(cfg, n).model_dump()) for n in ("item_llm", "user_llm")},
             "files": hashes,
         }
+        (tmp / CARD).write_text(render_model_card(manifest, cfg.model_dump(), manifest["base_model_licences"]))
+        hashes[CARD] = _sha256(tmp / CARD)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         target = root / version
         if target.exists():
@@ -149,12 +157,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise BundleError(f"{path}: bundle folder not found")
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"{path}: no {MANIFEST} (a partial bundle, or not a bundle)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+    manifest = read_data_file(manifest_path, BundleError, f"{path}: no {MANIFEST} (a partial bundle, or not a bundle)")
     if manifest.get("format") != FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: format {manifest.get('format')!r}, this code reads {FORMAT_VERSION}")
     return manifest
@@ -182,30 +185,44 @@ def record_files(path: str | Path, extra: dict[str, Any] | None = None) -> dict[
     The version is unchanged: derived files do not enter it."""
     path = Path(path)
     manifest = verify_bundle(path) if not extra else read_manifest(path)
-    manifest["files"] = _file_hashes(path)
     manifest.update(extra or {})
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    (path / CARD).write_text(render_model_card(manifest, config, manifest.get("base_model_licences")))
+    manifest["files"] = _file_hashes(path)
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(path / MANIFEST)
     return manifest
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Verify and load a bundle into an eval-mode HLLM with its tokenizer."""
-    from transformers import AutoTokenizer
-
-    from feature_gen.model.hllm import build_hllm
-
+def bundle_config(path: str | Path) -> HLLMConfig:
+    """The model sections of the bundle's config.yaml, backbone paths resolved into the bundle. Does not
+    verify checksums (load_bundle and the ONNX loader do that first)."""
     path = Path(path)
-    manifest = verify_bundle(path)
     raw = yaml.safe_load((path / "config.yaml").read_text())
     # Only the sections that define the model: a bundle must keep loading when an unrelated section
     # (ranker, stream, spark ...) of the schema gains or renames a field.
     raw = {k: v for k, v in raw.items() if k in MODEL_SECTIONS}
     for name in ("item_llm", "user_llm"):
         raw[name]["path"] = str(path / raw[name]["path"])
-    cfg = config_from_dict(raw, str(path / "config.yaml"))
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    return config_from_dict(raw, str(path / "config.yaml"))
+
+
+def load_bundle_tokenizer(path: str | Path):
+    """The Item LLM tokenizer saved in the bundle."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(path) / "tokenizer")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify and load a bundle into an eval-mode HLLM with its tokenizer."""
+    from feature_gen.model.hllm import build_hllm
+
+    path = Path(path)
+    manifest = verify_bundle(path)
+    cfg = bundle_config(path)
+    tokenizer = load_bundle_tokenizer(path)
     model, _ = build_hllm(cfg, with_tokenizer=False)
     heads = load_file(str(path / "heads.safetensors"))
     missing, unexpected = model.load_state_dict(heads, strict=False)

@@ -15,6 +15,8 @@ import inspect
 import torch
 from torch import nn
 
+from feature_gen.model.positions import last_real_index, real_position_ids
+
 
 def _accepts(module: nn.Module, arg: str) -> bool:
     return arg in inspect.signature(module.forward).parameters
@@ -53,8 +55,7 @@ class ItemLLM(nn.Module):
             return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
 
         batch, width, dim = token_embeds.shape
-        positions = torch.arange(width, device=mask.device)
-        last_real = (mask * positions).max(dim=1).values  # [B] index of each row's last text token
+        last_real = last_real_index(mask)  # [B] index of each row's last text token
         slot = last_real + 1  # [B] where [ITEM] goes
         embeds = torch.cat([token_embeds, token_embeds.new_zeros(batch, 1, dim)], dim=1)  # [B, T+1, D]
         ext_mask = torch.cat([mask, mask.new_zeros(batch, 1)], dim=1)  # [B, T+1]
@@ -73,6 +74,5 @@ class ItemLLM(nn.Module):
     def _run(self, inputs_embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": mask}
         if self._takes_position_ids:
-            # Count positions over real tokens so left padding does not shift rotary/absolute positions.
-            kwargs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            kwargs["position_ids"] = real_position_ids(mask)
         return self.backbone(**kwargs).last_hidden_state

@@ -48,10 +48,11 @@ def _is_missing(value: Any) -> bool:
     return False
 
 
-def _field_text(value: Any) -> str:
-    """Lists (genres, tags) join with commas; a `a|b|c` string is treated as a list too."""
+def _field_text(value: Any, separator: str | None = None) -> str:
+    """Lists (genres, tags) join with commas; a string is split on `separator` (a list key's declared
+    tag separator) or kept whole."""
     if isinstance(value, str):
-        parts = value.split("|") if "|" in value else [value]
+        parts = value.split(separator) if separator else [value]
     else:
         parts = [str(v) for v in value if not _is_missing(v)] if hasattr(value, "__iter__") else [str(value)]
     return ", ".join(p.strip() for p in parts if p.strip())
@@ -62,7 +63,7 @@ def build_item_text(item: Mapping[str, Any], cfg: ItemTextConfig) -> str | None:
     fields = []
     for key in cfg.text_keys:
         if key in item and not _is_missing(item[key]):
-            text = _field_text(item[key])
+            text = _field_text(item[key], cfg.tag_separator if key in cfg.list_keys else None)
             fields.append(f"{key}: {text}" + ("" if text.endswith((".", "!", "?")) else "."))
     if not fields:
         return None

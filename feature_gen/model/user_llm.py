@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from feature_gen.model.positions import last_real_index, real_position_ids
+
 
 @dataclass
 class UserLLMOutput:
@@ -35,12 +37,6 @@ def time_gap_buckets(timestamps: torch.Tensor, attention_mask: torch.Tensor, num
     powers = 2 ** torch.arange(1, min(num_buckets - 1, 63), device=ts.device)  # thresholds of buckets 2..
     buckets = 1 + ((1 + gap).unsqueeze(-1) >= powers).sum(dim=-1)  # [B, L], at most num_buckets - 1
     return torch.where(mask & prev_real, buckets, torch.zeros_like(buckets))
-
-
-def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B] index of each row's last real position (works for left and right padding)."""
-    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
-    return (attention_mask.to(torch.long) * positions).max(dim=1).values
 
 
 class UserLLM(nn.Module):
@@ -86,7 +82,7 @@ class UserLLM(nn.Module):
             inputs = inputs + self.time_embedding(time_gap_buckets(timestamps, mask, self.num_time_buckets))
         kwargs = {"inputs_embeds": inputs, "attention_mask": mask}
         if self._takes_position_ids:
-            kwargs["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            kwargs["position_ids"] = real_position_ids(mask)
         hidden = self.backbone(**kwargs).last_hidden_state  # [B, L, D_user]
         predictions = self.out_proj(hidden)  # [B, L, D_item]
         rows = torch.arange(predictions.size(0), device=predictions.device)

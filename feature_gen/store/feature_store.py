@@ -15,12 +15,10 @@
     store.item_embeddings(["i1", "i2"])   -> ItemEmbeddings(ids, vectors [n, D], bundle_versions, found)
     store.user_embeddings(["u1"])         -> UserEmbeddingRows(ids, vectors, seq_len, last_event_ts, ...)
     store.recent_items(["u1"])            -> RecentItems(ids, item_ids, item_ts, last_event_ts, found)
-    store.request_features("u1", ["i1", "i2"]) -> RequestFeatures(user vector, item vectors, version,
-                                                  scores); raises VersionMismatchError when the user's
-                                                  and any item's bundle versions differ
 
-The request-time user·item score is `cosine_scores(user_vector, item_vectors)` (returned by
-request_features), documented here instead of an on-demand view; see feature_repo/definitions.py why.
+The store reads and writes rows; it does not score. Request-time scoring (the user·item score, the
+version check, the ranker) has one path: ranker_integration/serving.py. Column and view names come
+from feature_gen.store.schema.
 
 Online store: SQLite (`store.online_store: sqlite`, a file under the repo) or Redis (`redis`, at
 `store.redis_connection`). Online rows are stamped with the time they are written (strictly increasing
@@ -45,35 +43,32 @@ import pandas as pd
 import yaml
 
 from feature_gen.config import StoreConfig
-from feature_gen.store.feature_repo.definitions import (
+from feature_gen.store.feature_repo.definitions import feature_definitions, push_source_name
+from feature_gen.store.offline_store import read_version, write_version
+from feature_gen.store.schema import (
+    BUNDLE_VERSION,
+    EMBEDDING,
     EVENT_TIMESTAMP,
-    ITEM_ID,
-    USER_ID,
-    feature_definitions,
-    push_source_name,
-)
-from feature_gen.store.offline_store import (
     ITEM_EMBEDDING,
+    ITEM_ID,
+    LAST_EVENT_TS,
+    RECENT_ITEM_IDS,
+    RECENT_ITEM_TS,
+    SEQ_LEN,
     USER_EMBEDDING,
+    USER_ID,
     USER_RECENT_ITEMS,
-    VERSION_COLUMN,
-    read_version,
-    write_version,
+    VIEWS,
+    offline_event_timestamps,
 )
 
-ITEM_COLUMNS = (ITEM_ID, "embedding", VERSION_COLUMN)
-USER_COLUMNS = (USER_ID, "embedding", "seq_len", "last_event_ts", VERSION_COLUMN)
-RECENT_COLUMNS = (USER_ID, "recent_item_ids", "recent_item_ts", "last_event_ts")
-_COLUMNS = {ITEM_EMBEDDING: ITEM_COLUMNS, USER_EMBEDDING: USER_COLUMNS, USER_RECENT_ITEMS: RECENT_COLUMNS}
+_COLUMNS = {name: view.columns for name, view in VIEWS.items()}
+VERSION_COLUMN = BUNDLE_VERSION
 _GENERATED_REPO_FILE = "features.py"
 
 
 class FeatureStoreError(RuntimeError):
     """A feature-store call with the wrong input; the message names the view and the column."""
-
-
-class VersionMismatchError(FeatureStoreError):
-    """A user embedding and item embeddings of different bundle versions in one request."""
 
 
 @dataclass
@@ -101,24 +96,6 @@ class RecentItems:
     item_ts: list[np.ndarray]  # per user, int64 unix seconds aligned with item_ids
     last_event_ts: np.ndarray  # [n] int64 (-1 where not found)
     found: np.ndarray  # [n] bool
-
-
-@dataclass
-class RequestFeatures:
-    user_id: str
-    item_ids: list[str]
-    bundle_version: str
-    user_vector: np.ndarray  # [D]
-    item_vectors: np.ndarray  # [n, D]
-    scores: np.ndarray  # [n] cosine(user, item)
-
-
-def cosine_scores(user_vector: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
-    """The request-time user·item score: cosine similarity, what the model was trained to rank by."""
-    u = np.asarray(user_vector, dtype=np.float64)
-    items = np.atleast_2d(np.asarray(item_vectors, dtype=np.float64))
-    norms = np.linalg.norm(items, axis=1) * np.linalg.norm(u)
-    return np.divide(items @ u, norms, out=np.zeros(len(items)), where=norms > 0)
 
 
 class _WriteClock:
@@ -206,12 +183,12 @@ class HLLMFeatureStore:
         if out[key].isna().any():
             raise FeatureStoreError(f"{view}: {key} is null in {int(out[key].isna().sum())} row(s)")
         out[key] = out[key].astype(str)
-        if "embedding" in out:
-            out["embedding"] = [np.asarray(v, dtype=np.float32) for v in out["embedding"]]
-        if "recent_item_ids" in out:
-            out["recent_item_ids"] = [[str(i) for i in v] for v in out["recent_item_ids"]]
-            out["recent_item_ts"] = [np.asarray(v, dtype=np.int64) for v in out["recent_item_ts"]]
-        for col in ("seq_len", "last_event_ts"):
+        if EMBEDDING in out:
+            out[EMBEDDING] = [np.asarray(v, dtype=np.float32) for v in out[EMBEDDING]]
+        if RECENT_ITEM_IDS in out:
+            out[RECENT_ITEM_IDS] = [[str(i) for i in v] for v in out[RECENT_ITEM_IDS]]
+            out[RECENT_ITEM_TS] = [np.asarray(v, dtype=np.int64) for v in out[RECENT_ITEM_TS]]
+        for col in (SEQ_LEN, LAST_EVENT_TS):
             if col in out:
                 out[col] = out[col].astype("int64")
         if VERSION_COLUMN in out and out[VERSION_COLUMN].isna().any():
@@ -241,7 +218,7 @@ class HLLMFeatureStore:
             stale = (
                 current.found
                 & (np.asarray(current.bundle_versions, dtype=object) == frame[VERSION_COLUMN].to_numpy(dtype=object))
-                & (current.last_event_ts > frame["last_event_ts"].to_numpy(dtype=np.int64))
+                & (current.last_event_ts > frame[LAST_EVENT_TS].to_numpy(dtype=np.int64))
             )
             frame = frame.loc[~stale]
         return self._push(USER_EMBEDDING, frame)
@@ -289,69 +266,29 @@ class HLLMFeatureStore:
         return ids, response
 
     def item_embeddings(self, item_ids: Iterable) -> ItemEmbeddings:
-        ids, got = self._read(ITEM_EMBEDDING, ITEM_ID, item_ids, ["embedding", "bundle_version"])
-        vectors, found = _stack(got["embedding"])
-        return ItemEmbeddings(ids, vectors, list(got["bundle_version"]), found)
+        ids, got = self._read(ITEM_EMBEDDING, ITEM_ID, item_ids, [EMBEDDING, BUNDLE_VERSION])
+        vectors, found = _stack(got[EMBEDDING])
+        return ItemEmbeddings(ids, vectors, list(got[BUNDLE_VERSION]), found)
 
     def user_embeddings(self, user_ids: Iterable) -> UserEmbeddingRows:
         ids, got = self._read(
-            USER_EMBEDDING, USER_ID, user_ids, ["embedding", "seq_len", "last_event_ts", "bundle_version"]
+            USER_EMBEDDING, USER_ID, user_ids, [EMBEDDING, SEQ_LEN, LAST_EVENT_TS, BUNDLE_VERSION]
         )
-        vectors, found = _stack(got["embedding"])
+        vectors, found = _stack(got[EMBEDDING])
         return UserEmbeddingRows(
-            ids, vectors, _ints(got["seq_len"]), _ints(got["last_event_ts"]), list(got["bundle_version"]), found
+            ids, vectors, _ints(got[SEQ_LEN]), _ints(got[LAST_EVENT_TS]), list(got[BUNDLE_VERSION]), found
         )
 
     def recent_items(self, user_ids: Iterable) -> RecentItems:
-        ids, got = self._read(USER_RECENT_ITEMS, USER_ID, user_ids, ["recent_item_ids", "recent_item_ts", "last_event_ts"])
-        found = np.array([v is not None for v in got["recent_item_ids"]], dtype=bool)
+        ids, got = self._read(USER_RECENT_ITEMS, USER_ID, user_ids, [RECENT_ITEM_IDS, RECENT_ITEM_TS, LAST_EVENT_TS])
+        found = np.array([v is not None for v in got[RECENT_ITEM_IDS]], dtype=bool)
         return RecentItems(
             ids,
-            [list(v) if v is not None else [] for v in got["recent_item_ids"]],
-            [np.asarray(v if v is not None else [], dtype=np.int64) for v in got["recent_item_ts"]],
-            _ints(got["last_event_ts"]),
+            [list(v) if v is not None else [] for v in got[RECENT_ITEM_IDS]],
+            [np.asarray(v if v is not None else [], dtype=np.int64) for v in got[RECENT_ITEM_TS]],
+            _ints(got[LAST_EVENT_TS]),
             found,
         )
-
-    def request_features(self, user_id, item_ids: Sequence, expected_version: str | None = None) -> RequestFeatures:
-        """A user's embedding and candidate items' embeddings for one request, all of one bundle version,
-        with their scores. Refuses (VersionMismatchError) rather than mix versions; a missing user or item
-        is a FeatureStoreError naming it."""
-        user = self.user_embeddings([user_id])
-        if not user.found[0]:
-            raise FeatureStoreError(f"user_embedding: no online row for user_id {str(user_id)!r}")
-        version = user.bundle_versions[0]
-        if expected_version is not None and version != expected_version:
-            raise VersionMismatchError(
-                f"user {str(user_id)!r} has bundle version {version}, the request expects {expected_version}"
-            )
-        items = self.item_embeddings(item_ids)
-        missing = [i for i, ok in zip(items.item_ids, items.found) if not ok]
-        if missing:
-            raise FeatureStoreError(f"item_embedding: no online row for item_id(s) {missing[:5]} ({len(missing)} in all)")
-        other = [(i, v) for i, v in zip(items.item_ids, items.bundle_versions) if v != version]
-        if other:
-            sample = ", ".join(f"{i!r} ({v})" for i, v in other[:3])
-            raise VersionMismatchError(
-                f"user {str(user_id)!r} has bundle version {version}, but {len(other)} of {len(items.item_ids)} "
-                f"item(s) have another: {sample}; materialize one version for both before serving"
-            )
-        return RequestFeatures(
-            user_id=str(user_id),
-            item_ids=items.item_ids,
-            bundle_version=version,
-            user_vector=user.vectors[0],
-            item_vectors=items.vectors,
-            scores=cosine_scores(user.vectors[0], items.vectors),
-        )
-
-
-def offline_event_timestamps(frame: pd.DataFrame) -> pd.Series:
-    """The offline rows' event time, what point-in-time joins order by: a user row is valid from the last
-    event it reflects; an item row (a pure function of the item's text) from the start of time."""
-    if "last_event_ts" in frame:
-        return pd.to_datetime(frame["last_event_ts"].astype("int64"), unit="s", utc=True)
-    return pd.Series(pd.Timestamp(0, unit="s", tz="UTC"), index=frame.index)
 
 
 def _stack(values: list) -> tuple[np.ndarray, np.ndarray]:

@@ -22,14 +22,18 @@ from pathlib import Path
 
 import pandas as pd
 
-ITEM_EMBEDDING = "item_embedding"
-USER_EMBEDDING = "user_embedding"
-USER_RECENT_ITEMS = "user_recent_items"
-ITEM_REJECTS = "item_rejects"
-USER_REJECTS = "user_rejects"
+from feature_gen.store.schema import (  # noqa: F401  (table names re-exported: readers import them from here)
+    BUNDLE_VERSION,
+    ITEM_EMBEDDING,
+    ITEM_REJECTS,
+    USER_EMBEDDING,
+    USER_RECENT_ITEMS,
+    USER_REJECTS,
+)
+
 TABLES = (ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS, ITEM_REJECTS, USER_REJECTS)
 
-VERSION_COLUMN = "bundle_version"
+VERSION_COLUMN = BUNDLE_VERSION
 PARTITION_PREFIX = VERSION_COLUMN + "="
 STAGING_DIR = "_staging"  # <root>/_staging/<table>-<run>: outside every table, same file system
 # Bundle versions are `hllm-<hex>`; anything that could escape a path segment is refused.

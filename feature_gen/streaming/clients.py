@@ -20,6 +20,7 @@ def connection_options(cfg: StreamConfig) -> dict[str, Any]:
         "reconnect_backoff_ms": cfg.retry_backoff_ms,
         "reconnect_backoff_max_ms": cfg.retry_backoff_max_ms,
         "retry_backoff_ms": cfg.retry_backoff_ms,
+        "bootstrap_timeout_ms": cfg.bootstrap_timeout_ms,
     }
     if cfg.security_protocol.startswith("SASL_"):
         opts["sasl_mechanism"] = cfg.sasl_mechanism
@@ -38,6 +39,27 @@ def connection_options(cfg: StreamConfig) -> dict[str, Any]:
     return opts
 
 
+class BrokerUnreachable(RuntimeError):
+    """No broker of `stream.bootstrap_servers` answered within `stream.bootstrap_timeout_ms` (`hllm`
+    exits 3 with this one line: a service is down or misnamed, not a bug)."""
+
+
+def _connect(cfg: StreamConfig, what: str, build):
+    from kafka import errors
+
+    # kafka-python 3 raises KafkaTimeoutError from its bootstrap; 2.x raised NoBrokersAvailable
+    unreachable = tuple(getattr(errors, n) for n in ("KafkaTimeoutError", "NoBrokersAvailable", "KafkaConnectionError")
+                        if hasattr(errors, n))
+    try:
+        return build()
+    except unreachable as exc:
+        raise BrokerUnreachable(
+            f"{what}: no Kafka broker reachable at {cfg.bootstrap_servers} (stream.bootstrap_servers, "
+            f"security_protocol {cfg.security_protocol}) within {cfg.bootstrap_timeout_ms} ms "
+            f"(stream.bootstrap_timeout_ms): {type(exc).__name__}"
+        ) from None
+
+
 def make_consumer(cfg: StreamConfig, group_id: str, **overrides):
     """A group member with manual commits, reading from the earliest offset when the group has none."""
     from kafka import KafkaConsumer
@@ -52,7 +74,7 @@ def make_consumer(cfg: StreamConfig, group_id: str, **overrides):
         "max_poll_records": cfg.max_batch_events,
         "fetch_max_wait_ms": cfg.fetch_max_wait_ms,
     }
-    return KafkaConsumer(**(opts | overrides))
+    return _connect(cfg, f"consumer group {group_id}", lambda: KafkaConsumer(**(opts | overrides)))
 
 
 def make_producer(cfg: StreamConfig, **overrides):
@@ -60,7 +82,7 @@ def make_producer(cfg: StreamConfig, **overrides):
     from kafka import KafkaProducer
 
     opts = connection_options(cfg) | {"acks": "all", "linger_ms": 5, "retries": 2**31 - 1, "delivery_timeout_ms": 120_000}
-    return KafkaProducer(**(opts | overrides))
+    return _connect(cfg, "producer", lambda: KafkaProducer(**(opts | overrides)))
 
 
 def create_topics(cfg: StreamConfig, partitions: dict[str, int]) -> None:
@@ -70,7 +92,7 @@ def create_topics(cfg: StreamConfig, partitions: dict[str, int]) -> None:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(**connection_options(cfg))
+    admin = _connect(cfg, "admin client", lambda: KafkaAdminClient(**connection_options(cfg)))
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(name, n, 1) for name, n in partitions.items() if name not in existing]

@@ -15,22 +15,30 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from feature_gen.config import HLLMConfig
+from feature_gen.inference.encoders import Encoders
 from feature_gen.model.item_text import item_text_or_reject
 from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
 from feature_gen.streaming.dead_letter import DeadLetter
 from feature_gen.streaming.events import InvalidEvent, parse_item_event
 from feature_gen.streaming.metrics import StreamMetrics
+from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
+
+if TYPE_CHECKING:
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from feature_gen.store.feature_store import HLLMFeatureStore
 
 
 class ItemRefresh:
     """The batch processor of the item-event consumer."""
 
-    def __init__(self, state, encoders, metrics: StreamMetrics, max_event_bytes: int = 1_000_000):
-        self.state = state  # online_state.OnlineState
-        self.encoders = encoders  # encoders.StreamEncoders
+    def __init__(self, state: OnlineState, encoders: Encoders, metrics: StreamMetrics, max_event_bytes: int = 1_000_000):
+        self.state = state  # item embeddings out, under the encoders' bundle version
+        self.encoders = encoders  # the bundle's Item LLM and text config (embed_texts)
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
 
@@ -40,7 +48,7 @@ class ItemRefresh:
     def forget(self, partitions: set) -> None:
         pass
 
-    def process(self, records: list) -> BatchOutcome:
+    def process(self, records: list[ConsumerRecord]) -> BatchOutcome:
         newest: dict[str, tuple] = {}  # item_id -> (timestamp, offset, text, record)
         letters, accepted = [], []
         for r in records:
@@ -60,7 +68,7 @@ class ItemRefresh:
                 newest[event.item_id] = (event.timestamp, r.offset, text.text, r)
         if newest:
             ids = list(newest)
-            vectors = self.encoders.embed_items([newest[i][2] for i in ids])
+            vectors = self.encoders.embed_texts([newest[i][2] for i in ids])
             self.state.write_item_embeddings(ids, vectors)
             written_at = time.time()
             self.metrics.observe_freshness([max(0.0, written_at - r.timestamp / 1000) for r in accepted])
@@ -70,10 +78,9 @@ class ItemRefresh:
         return BatchOutcome(letters, {})
 
 
-def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders=None, store=None) -> ConsumerLoop:
+def build_item_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders: Encoders | None = None,
+                    store: HLLMFeatureStore | None = None) -> ConsumerLoop:
     """Everything `hllm refresh-items` runs, wired from one config."""
-    from feature_gen.streaming.online_state import OnlineState
-
     s = cfg.stream
     encoders = encoders or consumer_encoders(cfg)
     metrics = StreamMetrics("item_refresh")

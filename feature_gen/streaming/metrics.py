@@ -8,6 +8,8 @@
     hllm_stream_batch_seconds                     wall time of a batch from poll to commit (histogram)
     hllm_stream_freshness_seconds                 event produce time -> its user's (item's) new embedding
                                                   written to the online store (histogram)
+    hllm_stream_stage_seconds{stage}              where a batch's time goes: parse, store_read, model,
+                                                  store_write (a counter of seconds; the rest is the loop)
     hllm_stream_consumer_lag{partition}           messages not yet read (high watermark - position)
     hllm_stream_assigned_partitions               partitions this group member owns now
     hllm_stream_dead_letters_total{reason}        dead-lettered messages by reason
@@ -19,6 +21,9 @@ benchmark that needs exact freshness percentiles (not histogram buckets) sets `f
 """
 
 from __future__ import annotations
+
+import time
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
 
@@ -54,6 +59,9 @@ class StreamMetrics:
         self.freshness = Histogram(
             "hllm_stream_freshness_seconds", "event produce time to embedding written online", buckets=_SECONDS_BUCKETS, registry=r
         )
+        self.stage_seconds = Counter(
+            "hllm_stream_stage_seconds", "seconds of batch work by stage", ["stage"], registry=r
+        )
         self.lag = Gauge("hllm_stream_consumer_lag", "messages not yet read, per partition", ["topic", "partition"], registry=r)
         self.assigned = Gauge("hllm_stream_assigned_partitions", "partitions this member owns", registry=r)
         self.dead_letters = Counter("hllm_stream_dead_letters", "dead-lettered messages", ["reason"], registry=r)
@@ -66,6 +74,15 @@ class StreamMetrics:
             self.freshness.observe(s)
         if self.freshness_samples is not None:
             self.freshness_samples.extend(seconds)
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Add the wall time of the block to hllm_stream_stage_seconds{stage}."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(stage).inc(time.perf_counter() - started)
 
     def count(self, outcome: str, n: int = 1) -> None:
         if n:

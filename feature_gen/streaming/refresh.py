@@ -9,9 +9,10 @@ One micro-batch (see consumer_loop for the loop and its delivery rules):
    Beyond `stream.max_waiting_events` held events, the longest-held go to the dead-letter topic at once.
 3. **merge**: the users' sequences are read from the online store and the events merged by the rule of
    recent_items (duplicates skipped, late events placed by timestamp, too-late ones dropped).
-4. **write**: the sequences, then the embeddings of every user with an event in the batch (a duplicate
-   too: after a crash between the two writes, the replay is what repairs the embedding), recomputed
-   with the User LLM over the newest `max_seq_len` items and written with `only_newer_events`.
+4. **write**: the sequences and the embeddings of every user with an event in the batch (a duplicate
+   too: after a crash mid-write, the replay is what repairs the embedding), recomputed with the User
+   LLM over the newest `max_seq_len` items, in one write per store (OnlineState.write_users; on Redis a
+   user's sequence and embedding land in one HSET), embeddings under the `only_newer_events` rule.
 """
 
 from __future__ import annotations
@@ -20,19 +21,27 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from feature_gen.config import HLLMConfig
+from feature_gen.inference.encoders import Encoders
 from feature_gen.streaming.consumer_loop import BatchOutcome, ConsumerLoop
 from feature_gen.streaming.dead_letter import DeadLetter
 from feature_gen.streaming.events import REASON_UNKNOWN_ITEM, InvalidEvent, UserEvent, parse_user_event
 from feature_gen.streaming.metrics import StreamMetrics
+from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.recent_items import merge_events
 from feature_gen.streaming.wiring import consumer_encoders, consumer_store, run_until_signalled, wire_loop
+
+if TYPE_CHECKING:
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    from feature_gen.store.feature_store import HLLMFeatureStore
 
 
 @dataclass
 class _Held:
-    record: object  # the ConsumerRecord (offset, partition, bytes for a dead letter)
+    record: ConsumerRecord  # offset, partition, bytes for a dead letter
     event: UserEvent
     since: float  # time.monotonic() when first held
 
@@ -40,10 +49,10 @@ class _Held:
 class UserRefresh:
     """The batch processor of the user-event consumer."""
 
-    def __init__(self, state, encoders, metrics: StreamMetrics, *, max_event_bytes: int = 4096,
+    def __init__(self, state: OnlineState, encoders: Encoders, metrics: StreamMetrics, *, max_event_bytes: int = 4096,
                  max_recent_items: int = 50, unknown_item_wait_ms: int = 30_000, max_waiting_events: int = 10_000):
-        self.state = state  # online_state.OnlineState
-        self.encoders = encoders  # encoders.StreamEncoders
+        self.state = state  # sequences and item vectors in, sequences and user embeddings out
+        self.encoders = encoders  # the bundle's User LLM (embed_histories)
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
         self.capacity = max_recent_items
@@ -60,15 +69,17 @@ class UserRefresh:
         self.held = [h for h in self.held if TopicPartition(h.record.topic, h.record.partition) not in partitions]
         self.metrics.waiting.set(len(self.held))
 
-    def process(self, records: list) -> BatchOutcome:
-        events, letters = self.validate(records)
-        ready, more_letters = self.resolve_items(events)
+    def process(self, records: list[ConsumerRecord]) -> BatchOutcome:
+        with self.metrics.timed("parse"):
+            events, letters = self.validate(records)
+        with self.metrics.timed("store_read"):  # item embeddings (mostly from the in-process cache)
+            ready, more_letters = self.resolve_items(events)
         self.write(ready)
         return BatchOutcome(letters + more_letters, self._held_offsets())
 
     # ------------------------------------------------------------------ steps
 
-    def validate(self, records: list) -> tuple[list[_Held], list[DeadLetter]]:
+    def validate(self, records: list[ConsumerRecord]) -> tuple[list[_Held], list[DeadLetter]]:
         now = time.monotonic()
         events, letters = [], []
         for r in records:
@@ -110,16 +121,17 @@ class UserRefresh:
         for h in ready:
             by_user[h.event.user_id].append(h)
         users = list(by_user)
-        sequences = self.state.sequences(users)
+        with self.metrics.timed("store_read"):
+            sequences = self.state.sequences(users)
         for uid in users:
             counts = merge_events(sequences[uid], [(h.event.item_id, h.event.timestamp) for h in by_user[uid]], self.capacity)
             self.metrics.count("added", counts.added)
             self.metrics.count("duplicate", counts.duplicate)
             self.metrics.count("too_late", counts.too_late)
-        self.state.write_sequences(sequences)
 
         histories = [sequences[u] for u in users]
-        vectors = self.state.item_vectors(i for s in histories for i in s.item_ids)
+        with self.metrics.timed("store_read"):
+            vectors = self.state.item_vectors(i for s in histories for i in s.item_ids)
         # An older item of a history may lack this version's embedding (e.g. right after a version
         # switch); it is left out of the User LLM's input rather than failing the whole batch.
         kept = [[(i, t) for i, t in zip(s.item_ids, s.timestamps) if i in vectors] for s in histories]
@@ -127,11 +139,14 @@ class UserRefresh:
         self.metrics.count("history_item_without_embedding", missing)
         # (a user whose only new events were too late, over a history of another version's items)
         embeddable = [k for k, history in enumerate(kept) if history]
+        embeddings = None
         if embeddable:
-            embeddings = self.encoders.embed_histories(
-                vectors, [[i for i, _ in kept[k]] for k in embeddable], [[t for _, t in kept[k]] for k in embeddable]
-            )
-            self.state.write_user_embeddings([users[k] for k in embeddable], embeddings)
+            with self.metrics.timed("model"):
+                embeddings = self.encoders.embed_histories(
+                    vectors, [[i for i, _ in kept[k]] for k in embeddable], [[t for _, t in kept[k]] for k in embeddable]
+                )
+        with self.metrics.timed("store_write"):
+            self.state.write_users(sequences, [users[k] for k in embeddable], embeddings)
 
         written_at = time.time()  # the record timestamp is the producer's clock (CreateTime)
         self.metrics.observe_freshness([max(0.0, written_at - h.record.timestamp / 1000) for h in ready])
@@ -151,10 +166,9 @@ class UserRefresh:
 # Entry point
 
 
-def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders=None, store=None) -> ConsumerLoop:
+def build_user_loop(cfg: HLLMConfig, stop: threading.Event | None = None, encoders: Encoders | None = None,
+                    store: HLLMFeatureStore | None = None) -> ConsumerLoop:
     """Everything `hllm refresh` runs, wired from one config (tests pass a preloaded encoders/store)."""
-    from feature_gen.streaming.online_state import OnlineState
-
     s = cfg.stream
     encoders = encoders or consumer_encoders(cfg)
     metrics = StreamMetrics("user_refresh")

@@ -6,28 +6,31 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from feature_gen.config import ConfigError, HLLMConfig
+from feature_gen.inference.encoders import Encoders, load_encoders
 from feature_gen.streaming.consumer_loop import ConsumerLoop, LoopSettings, stop_on_signals
 from feature_gen.streaming.metrics import StreamMetrics
+
+if TYPE_CHECKING:  # the store module imports Feast; a consumer that is handed a store need not
+    from feature_gen.store.feature_store import HLLMFeatureStore
 
 log = logging.getLogger(__name__)
 
 
-def consumer_encoders(cfg: HLLMConfig):
+def consumer_encoders(cfg: HLLMConfig) -> Encoders:
     """The bundle's encoders in the runtime the stream section asks for (one load per process)."""
     import torch
-
-    from feature_gen.streaming.encoders import load_stream_encoders
 
     if not cfg.stream.bundle_path:
         raise ConfigError("stream.bundle_path: required (the model bundle folder the consumer loads)")
     if cfg.stream.torch_threads:
         torch.set_num_threads(cfg.stream.torch_threads)
-    return load_stream_encoders(cfg.stream.bundle_path, cfg.stream.runtime, cfg.stream.torch_threads)
+    return load_encoders(cfg.stream.bundle_path, cfg.stream.runtime, threads=cfg.stream.torch_threads)
 
 
-def consumer_store(cfg: HLLMConfig, store=None):
+def consumer_store(cfg: HLLMConfig, store: HLLMFeatureStore | None = None) -> HLLMFeatureStore:
     """The online store the consumer writes to: `store` when a caller already holds one (tests, demo)."""
     if store is not None:
         return store

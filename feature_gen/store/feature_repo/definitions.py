@@ -12,8 +12,8 @@ Each view's batch source is its offline Parquet table (`<offline_root>/<view>/bu
 and each has a push source (`<view>_push`) through which jobs and the streaming refresh write online.
 Ids are strings in the store whatever their type in the input data (one key type for every source).
 
-The user·item score is a request-time function (feature_gen.store.feature_store.cosine_scores, behind
-`HLLMFeatureStore.request_features`), not an on-demand feature view: in Feast 0.67 an on-demand view
+The user·item score is a request-time function (ranker_integration.feature_values, behind
+ranker_integration.serving), not an on-demand feature view: in Feast 0.67 an on-demand view
 over two views that share feature names (both have `embedding` and `bundle_version`) receives the
 second view's values under the first view's names at online-read time, so it would score an item
 against itself. The function also refuses mixed versions instead of returning NaN.
@@ -31,14 +31,12 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, USER_RECENT_ITEMS
-
-ITEM_ID = "item_id"
-USER_ID = "user_id"
-EVENT_TIMESTAMP = "event_timestamp"  # when the row was written: what Feast orders online writes by
+from feature_gen.store.schema import ENTITY_DESCRIPTIONS, ENTITY_KEYS, EVENT_TIMESTAMP, VIEWS
 
 # Embeddings do not expire: a version stays valid until a new one replaces it.
 NO_EXPIRY = timedelta(0)
+FEAST_TYPES = {"vector": Array(Float32), "int64": Int64, "string": String, "string_list": Array(String),
+               "int64_list": Array(Int64)}
 
 
 def push_source_name(view: str) -> str:
@@ -55,45 +53,21 @@ def _sources(view: str, offline_root: str | Path) -> PushSource:
 
 
 def feature_definitions(offline_root: str | Path) -> list:
-    item = Entity(name="item", join_keys=[ITEM_ID], value_type=ValueType.STRING, description="a catalogue item")
-    user = Entity(name="user", join_keys=[USER_ID], value_type=ValueType.STRING, description="a user")
-
-    item_push = _sources(ITEM_EMBEDDING, offline_root)
-    user_push = _sources(USER_EMBEDDING, offline_root)
-    recent_push = _sources(USER_RECENT_ITEMS, offline_root)
-
-    item_view = FeatureView(
-        name=ITEM_EMBEDDING,
-        entities=[item],
-        ttl=NO_EXPIRY,
-        schema=[Field(name="embedding", dtype=Array(Float32)), Field(name="bundle_version", dtype=String)],
-        source=item_push,
-        description="Item LLM embedding of the item's text under one bundle version",
-    )
-    user_view = FeatureView(
-        name=USER_EMBEDDING,
-        entities=[user],
-        ttl=NO_EXPIRY,
-        schema=[
-            Field(name="embedding", dtype=Array(Float32)),
-            Field(name="seq_len", dtype=Int64),
-            Field(name="last_event_ts", dtype=Int64),
-            Field(name="bundle_version", dtype=String),
-        ],
-        source=user_push,
-        description="User LLM interest embedding over the user's last max_seq_len items",
-    )
-    recent_view = FeatureView(
-        name=USER_RECENT_ITEMS,
-        entities=[user],
-        ttl=NO_EXPIRY,
-        schema=[
-            Field(name="recent_item_ids", dtype=Array(String)),
-            Field(name="recent_item_ts", dtype=Array(Int64)),
-            Field(name="last_event_ts", dtype=Int64),
-        ],
-        source=recent_push,
-        description="the user's most recent item ids, oldest first, with their event timestamps",
-    )
-
-    return [item, user, item_push, user_push, recent_push, item_view, user_view, recent_view]
+    """Entities, push sources (each over its offline Parquet table) and feature views, from the schema."""
+    entities = {
+        name: Entity(name=name, join_keys=[key], value_type=ValueType.STRING, description=ENTITY_DESCRIPTIONS[name])
+        for name, key in ENTITY_KEYS.items()
+    }
+    pushes = {name: _sources(name, offline_root) for name in VIEWS}
+    views = [
+        FeatureView(
+            name=view.name,
+            entities=[entities[view.entity]],
+            ttl=NO_EXPIRY,
+            schema=[Field(name=f.name, dtype=FEAST_TYPES[f.kind]) for f in view.features],
+            source=pushes[view.name],
+            description=view.description,
+        )
+        for view in VIEWS.values()
+    ]
+    return [*entities.values(), *pushes.values(), *views]

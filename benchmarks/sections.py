@@ -1,0 +1,34 @@
+"""Print BENCHMARKS.md's tables from the committed figures in benchmarks/results/*.json, each through its
+benchmark module's `markdown()`, so a table in BENCHMARKS.md is never typed by hand.
+
+    .venv/bin/python -m benchmarks.sections            # every results file
+    .venv/bin/python -m benchmarks.sections read_bench # one
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def section(name: str) -> str:
+    path = RESULTS_DIR / f"{name}.json"
+    module = importlib.import_module(f"benchmarks.{name}")
+    return module.markdown(json.loads(path.read_text()))
+
+
+def main(names: list[str]) -> int:
+    names = names or sorted(p.stem for p in RESULTS_DIR.glob("*.json"))
+    for name in names:
+        print(f"<!-- printed by `python -m benchmarks.sections {name}` from benchmarks/results/{name}.json -->")
+        print(section(name))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

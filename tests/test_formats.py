@@ -1,0 +1,92 @@
+"""Inputs as teams have them (feature_gen/data/formats.py): column mapping, timestamp formats, JSON
+lines, declared tag separators, configs/byod.yaml, paths relative to the config file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from feature_gen.config import DataConfig, ItemTextConfig, config_from_dict, load_config
+from feature_gen.data.contract import DataError
+from feature_gen.data.formats import read_mapped
+from feature_gen.data.sequences import load_interaction_data
+from feature_gen.model.item_text import build_item_text
+
+ITEMS = pd.DataFrame({"item_id": [1, 2, 3], "title": ["Heat", "Up", "Se7en"], "tags": ["crime|drama", "family", "crime"]})
+EVENTS = pd.DataFrame({"user_id": ["a"] * 4 + ["b"] * 3, "item_id": [1, 2, 3, 1, 3, 2, 1],
+                       "timestamp": [1_700_000_000, 1_700_000_060, 1_700_000_060, 1_700_000_200, 1_600_000_000,
+                                     1_600_000_001, 1_600_000_500]})
+
+
+def _contract_run(tmp_path):
+    ITEMS.to_parquet(tmp_path / "items.parquet")
+    EVENTS.to_parquet(tmp_path / "events.parquet")
+    cfg = DataConfig(source="files", items_path=str(tmp_path / "items.parquet"), interactions_path=str(tmp_path / "events.parquet"))
+    return load_interaction_data(cfg, ItemTextConfig())
+
+
+def test_mapped_jsonl_with_iso_and_millisecond_times_read_as_the_contract_files(tmp_path):
+    expected = _contract_run(tmp_path)
+    theirs_items = ITEMS.rename(columns={"item_id": "productId", "title": "name"})
+    with (tmp_path / "catalogue.jsonl").open("w") as f:
+        for row in theirs_items.to_dict("records"):
+            f.write(json.dumps(row) + "\n")
+    iso = EVENTS.rename(columns={"user_id": "userId", "item_id": "productId", "timestamp": "ts"})
+    iso["ts"] = pd.to_datetime(EVENTS.timestamp, unit="s", utc=True).dt.tz_convert("Europe/Paris").map(lambda t: t.isoformat())
+    iso.to_csv(tmp_path / "events.tsv", sep="\t", index=False)
+    millis = iso.assign(ts=EVENTS.timestamp * 1000 + 999)  # sub-second parts are floored
+    millis.to_csv(tmp_path / "events_ms.csv", index=False)
+    columns = {"user_id": "userId", "item_id": "productId", "timestamp": "ts", "title": "name"}
+    for path, fmt in (("events.tsv", "iso8601"), ("events_ms.csv", "milliseconds")):
+        cfg = DataConfig(source="files", items_path=str(tmp_path / "catalogue.jsonl"), interactions_path=str(tmp_path / path),
+                         columns=columns, timestamp_format=fmt)
+        got = load_interaction_data(cfg, ItemTextConfig())
+        assert [s.tolist() for s in got.sequences] == [s.tolist() for s in expected.sequences]
+        assert [t.tolist() for t in got.timestamps] == [t.tolist() for t in expected.timestamps]
+        assert got.num_items == expected.num_items == 3
+
+
+def test_bad_inputs_name_file_row_and_column(tmp_path):
+    pd.DataFrame({"user_id": ["a", "a"], "item_id": [1, 2], "timestamp": ["2024-01-01T00:00:00Z", "yesterday"]}).to_csv(
+        tmp_path / "e.csv", index=False)
+    with pytest.raises(DataError, match=r"e.csv: row 2: timestamp 'yesterday' is not an ISO-8601 time"):
+        read_mapped(tmp_path / "e.csv", DataConfig(timestamp_format="iso8601"))
+    renamed = read_mapped(tmp_path / "e.csv", DataConfig(columns={"user_id": "uid"}))  # a column of the other file
+    assert list(renamed.columns) == ["user_id", "item_id", "timestamp"]
+    pd.DataFrame({"user_id": ["a"], "productId": [1], "item_id": [2], "timestamp": [5]}).to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(DataError, match=r"column\(s\) \['item_id'\] exist and are also mapped to"):
+        read_mapped(tmp_path / "p.csv", DataConfig(columns={"item_id": "productId"}))
+    (tmp_path / "e.xlsx").write_text("x")
+    with pytest.raises(DataError, match="unsupported format '.xlsx'"):
+        read_mapped(tmp_path / "e.xlsx", DataConfig())
+
+
+def test_tag_separator_is_declared_and_only_list_keys_split():
+    default = ItemTextConfig(prompt="")
+    assert build_item_text({"title": "Rock|Paper", "tags": "R&B|Soul"}, default) == "title: Rock|Paper. tags: R&B, Soul."
+    semicolon = ItemTextConfig(prompt="", tag_separator=";")
+    assert build_item_text({"tags": "R&B|Soul;Jazz"}, semicolon) == "tags: R&B|Soul, Jazz."
+    whole = ItemTextConfig(prompt="", tag_separator=None)
+    assert build_item_text({"tags": "R&B|Soul"}, whole) == "tags: R&B|Soul."
+    assert build_item_text({"tags": ["a|b", "c"]}, whole) == "tags: a|b, c."  # lists are never split
+
+
+def test_byod_template_validates_and_its_paths_are_relative_to_it(tmp_path):
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[1] / "configs" / "byod.yaml"
+    cfg = load_config(template)
+    assert cfg.data.items_path == str(template.parent / "data" / "items.jsonl")
+    assert cfg.data.columns["item_id"] == "productId" and cfg.data.timestamp_format == "iso8601"
+    assert cfg.item_llm.source != "tiny_random" and cfg.loss.nce_threshold == 0.99  # no masked-negatives warning
+    # a copy beside the data reads it from any working directory
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "items.jsonl").write_text("")
+    raw = yaml.safe_load(template.read_text())
+    (tmp_path / "byod.yaml").write_text(yaml.safe_dump(raw))
+    assert load_config(tmp_path / "byod.yaml").data.items_path == str(tmp_path / "data" / "items.jsonl")
+    assert config_from_dict(raw).data.items_path == "data/items.jsonl"  # a dict has no folder: kept as given
