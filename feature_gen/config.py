@@ -139,8 +139,24 @@ class DataConfig(_Section):
 
 
 class LossConfig(_Section):
+    """The training objective (feature_gen/model/losses.py). `negatives` chooses what each positive
+    competes with: `full` (the catalogue), `sampled` (`num_negatives` per step, `sampling` uniform or
+    popularity), `in_batch` (the step's targets), `cache` (stage 1: the catalogue from a cache
+    refreshed every `cache_refresh_steps`); `auto` = full where the item table exists (SASRec, stage
+    2), cache in stage 1. `logq_correction` applies to sampled and in-batch candidates; sampled +
+    uniform + no correction is the paper's InfoNCE."""
+
     objective: Literal["generative", "discriminative"] = "generative"
-    num_negatives: int = Field(512, gt=0)
+    negatives: Literal["auto", "full", "sampled", "in_batch", "cache"] = "auto"
+    sampling: Literal["uniform", "popularity"] = Field("uniform", description="negatives: sampled: the draw's distribution")
+    logq_correction: bool = Field(True, description="subtract log q(item) from sampled / in-batch logits")
+    cache_refresh_steps: int = Field(50, gt=0, description="negatives: cache: recompute the catalogue every N steps")
+    hard_negatives: Optional[int] = Field(None, gt=0, description="keep each row's K highest-scoring negatives")
+    num_negatives: int = Field(512, gt=0, description="negatives: sampled: ids drawn per step")
+    # cosine x learnable scale is what HLLM trains, serves and the feature contract states; `dot` (the
+    # raw inner product, as RecBole's SASRec) is allowed for the ID baseline only, and its evaluation
+    # then ranks by dot too (one scoring space per model)
+    similarity: Literal["cosine", "dot"] = "cosine"
     nce_threshold: float = Field(0.99, gt=-1.0, le=1.0, description="mask negatives this similar to the positive")
     temperature_init: float = Field(0.07, gt=0.0)
     max_logit_scale: float = Field(100.0, gt=1.0)
@@ -173,6 +189,7 @@ class TrainConfig(_Section):
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
     sasrec_heads: int = Field(2, gt=0)
+    sasrec_ffn: Optional[int] = Field(None, gt=0, description="SASRec feed-forward width (None: sasrec_hidden)")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     freeze_bundle: bool = Field(True, description="stage 3: freeze the selected checkpoint into a bundle")
     windows: Literal["last", "all", "random"] = Field(

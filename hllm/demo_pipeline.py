@@ -313,12 +313,28 @@ def step_ranker(run: DemoRun) -> None:
         note.append(f"SavedModel {saved}; request of 100 candidates p50 {np.percentile(lat, 50):.1f} ms")
 
 
+def rank_scorers(user_vectors, table, split, num_users: int, num_items: int, cfg: HLLMConfig) -> pd.DataFrame:
+    """Test-split metrics (rows: scorers) of the model's user vectors [U, D] against the item table
+    [N+1, D] beside the reference scorers, every one through the one evaluation protocol: the model
+    in the space it is trained on (cosine, the trainer's model selection), reference scorers in the
+    one their vectors are built for."""
+    from feature_gen.evaluation import reference_scorers
+    from feature_gen.evaluation.protocol import evaluate_vectors
+
+    scorers = {
+        "HLLM (trained User LLM)": (user_vectors, table, "cosine"),
+        "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(table, split.test.histories), table, "cosine"),
+        "popularity": (*reference_scorers.popularity_vectors(split.train, num_users, num_items), "dot"),
+        "random": (*reference_scorers.random_vectors(num_users, num_items), "dot"),
+    }
+    return pd.DataFrame({name: evaluate_vectors(u, i, split.test, cfg, sim).values
+                         for name, (u, i, sim) in scorers.items()}).T
+
+
 def step_evaluate(run: DemoRun) -> None:
     import torch
 
     from feature_gen.data.sequences import leave_one_out, load_interaction_data
-    from feature_gen.evaluation import reference_scorers
-    from feature_gen.evaluation.protocol import evaluate_vectors
     from feature_gen.inference.encoders import load_encoders
     from feature_gen.inference.item_table import ItemTable
     from feature_gen.store.offline_store import ITEM_EMBEDDING, read_version
@@ -335,17 +351,8 @@ def step_evaluate(run: DemoRun) -> None:
         encoders = load_encoders(run.facts["bundle"], "torch")
         with _elapsed_bar("   user embeddings (test histories)"):
             users = encoders.embed_users(table, split.test.histories, split.test.history_timestamps)
-        # (user vectors, item table, similarity): the model in the space it is trained on (cosine),
-        # reference scorers in the one their vectors are built for
-        scorers = {
-            "HLLM (trained User LLM)": (torch.from_numpy(users.vectors), table, "cosine"),
-            "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(table, split.test.histories), table, "cosine"),
-            "popularity": (*reference_scorers.popularity_vectors(split.train, data.num_users, data.num_items), "dot"),
-            "random": (*reference_scorers.random_vectors(data.num_users, data.num_items), "dot"),
-        }
         with _elapsed_bar("   ranking the catalogue"):
-            metrics = {name: evaluate_vectors(u, i, split.test, cfg, sim).values for name, (u, i, sim) in scorers.items()}
-        frame = pd.DataFrame(metrics).T
+            frame = rank_scorers(torch.from_numpy(users.vectors), table, split, data.num_users, data.num_items, cfg)
         run.facts.update(recall=frame, ks=cfg.eval.ks, eval_users=data.num_users, item_table=table, catalogue=data.items)
         print(frame[[c for c in frame.columns if c.endswith(("@10", "@50", "@200"))]].to_string(float_format=lambda v: f"{v:.4f}"))
         note.append(f"HLLM recall@10 {frame.loc['HLLM (trained User LLM)', 'recall@10']:.4f}, "

@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -145,7 +147,7 @@ def _batch(model, batch=3, seq=5, k=8, dim=64):
     mask[0, :2] = 0
     return dict(
         seq_item_embs=table[ids[:, :-1]], attention_mask=mask, target_embs=table[ids[:, 1:]],
-        target_ids=ids[:, 1:] * mask, negative_embs=table[1 : k + 1], negative_ids=torch.arange(1, k + 1),
+        target_ids=ids[:, 1:] * mask, candidates=Candidates(torch.arange(1, k + 1), table[1 : k + 1]),
     )
 
 
@@ -175,3 +177,222 @@ def test_hllm_generative_loss_is_near_log_k_plus_one_at_init():
     assert out.bce is None and out.next_item is None
     assert out.total.item() == pytest.approx(out.gen.loss.item())
     assert abs(out.total.item() - math.log(9)) < 1.0
+
+
+# ---------------------------------------------------------------- objectives as configuration
+
+from feature_gen.config import ConfigError  # noqa: E402
+from feature_gen.model.losses import (  # noqa: E402
+    Candidates,
+    CatalogueCache,
+    GenerativeObjective,
+    check_objective,
+    sampling_log_q,
+    softmax_loss,
+)
+
+
+def _direct_softmax_ce(pred, pos, pos_ids, cand, cand_ids, scale, log_q=None, threshold=2.0, hardest=None):
+    """Row by row with plain Python loops: -log softmax of the positive among its unmasked candidates."""
+    losses = []
+    for i in range(pred.size(0)):
+        p = pred[i] / pred[i].norm()
+        def logit(e, iid):
+            value = scale * (p @ (e / e.norm()))
+            return value - log_q[iid] if log_q is not None else value
+        positive = logit(pos[i], pos_ids[i])
+        negs = [logit(cand[j], cand_ids[j]) for j in range(cand.size(0))
+                if cand_ids[j] != pos_ids[i] and float(((pos[i] / pos[i].norm()) @ (cand[j] / cand[j].norm())).detach()) <= threshold]
+        if hardest is not None:
+            negs = sorted(negs, key=lambda v: -float(v))[:hardest]
+        losses.append(-positive + torch.logsumexp(torch.stack([positive, *negs]), dim=0))
+    return torch.stack(losses).mean()
+
+
+def _leaves(seed=0, n=5, k=7, d=4):
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(k + 1, d, generator=g)  # ids 0..k, 0 = padding
+    pred = torch.randn(n, d, generator=g)
+    pos_ids = torch.randint(1, k + 1, (n,), generator=g)
+    return pred, table, pos_ids
+
+
+@pytest.mark.parametrize("case", ["full", "full_logq", "sampled_dupes", "hardest"])
+def test_softmax_loss_and_gradients_match_a_direct_computation(case):
+    pred0, table0, pos_ids = _leaves()
+    cand_ids = torch.arange(1, 8) if case != "sampled_dupes" else torch.tensor([2, 2, 5, 7, 1])
+    log_q = sampling_log_q(np.array([0, 5, 0, 1, 9, 3, 3, 2]), "popularity") if case == "full_logq" else None
+    hardest = 3 if case == "hardest" else None
+    results = []
+    for direct in (False, True):
+        pred, table = pred0.clone().requires_grad_(), table0.clone().requires_grad_()
+        scale = torch.tensor(3.0)
+        if direct:
+            loss = _direct_softmax_ce(pred, table[pos_ids], pos_ids, table[cand_ids], cand_ids, scale, log_q, 2.0, hardest)
+        else:
+            cands = Candidates(cand_ids, table[cand_ids], log_q[cand_ids] if log_q is not None else None)
+            loss = softmax_loss(pred, table[pos_ids], cands, scale, positive_ids=pos_ids,
+                                positive_log_q=log_q[pos_ids] if log_q is not None else None,
+                                threshold=1.0, hardest=hardest).loss
+        loss.backward()
+        results.append((loss.detach(), pred.grad, table.grad))
+    (l1, gp1, gt1), (l2, gp2, gt2) = results
+    torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gp1, gp2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gt1, gt2, atol=1e-5, rtol=1e-5)
+
+
+def test_full_softmax_equals_cross_entropy_over_the_catalogue():
+    """With the whole catalogue as candidates, the loss is the textbook CE with the target as the label."""
+    pred, table, pos_ids = _leaves(seed=3)
+    got = softmax_loss(pred, table[pos_ids], Candidates(torch.arange(1, 8), table[1:]), torch.tensor(5.0),
+                       positive_ids=pos_ids, threshold=1.0).loss
+    logits = 5.0 * torch.nn.functional.normalize(pred, dim=-1) @ torch.nn.functional.normalize(table[1:], dim=-1).T
+    assert got.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, pos_ids - 1).item(), abs=1e-5)
+
+
+def test_zero_count_item_in_logq_is_finite():
+    log_q = sampling_log_q(np.array([0, 0, 0, 10]), "popularity")  # items 1 and 2 never seen
+    assert torch.isfinite(log_q[1:]).all() and log_q[0] == -math.inf
+    pred = torch.randn(2, 3, requires_grad=True)
+    table = torch.randn(4, 3)
+    ids = torch.tensor([1, 2])
+    res = softmax_loss(pred, table[ids], Candidates(torch.tensor([1, 2, 3]), table[1:], log_q[1:]),
+                       torch.tensor(10.0), positive_ids=ids, positive_log_q=log_q[ids])
+    res.loss.backward()
+    assert torch.isfinite(res.loss) and torch.isfinite(pred.grad).all()
+
+
+def test_uniform_logq_changes_nothing_popularity_logq_does():
+    pred, table, pos_ids = _leaves(seed=5)
+    cands = torch.arange(1, 8)
+    plain = softmax_loss(pred, table[pos_ids], Candidates(cands, table[cands]), torch.tensor(2.0), positive_ids=pos_ids).loss
+    uq = sampling_log_q(np.zeros(8), "uniform")
+    uniform = softmax_loss(pred, table[pos_ids], Candidates(cands, table[cands], uq[cands]), torch.tensor(2.0),
+                           positive_ids=pos_ids, positive_log_q=uq[pos_ids]).loss
+    pq = sampling_log_q(np.array([0, 100, 1, 1, 1, 1, 1, 1]), "popularity")
+    pop = softmax_loss(pred, table[pos_ids], Candidates(cands, table[cands], pq[cands]), torch.tensor(2.0),
+                       positive_ids=pos_ids, positive_log_q=pq[pos_ids]).loss
+    assert uniform.item() == pytest.approx(plain.item(), abs=1e-5)
+    assert abs(pop.item() - plain.item()) > 1e-3
+
+
+def _objective(negatives, counts=None, **loss):
+    cfg = LossConfig(negatives=negatives, nce_threshold=1.0, **loss)
+    counts = np.array([0, 4, 3, 2, 1, 1, 1, 1, 1]) if counts is None else counts
+    return GenerativeObjective(cfg, negatives, counts, seed=0)
+
+
+def test_negatives_never_exclude_other_rows_positives():
+    """Row 0's positive (item 2) is row 1's negative and vice versa; each masks only its own id."""
+    table = torch.randn(9, 4)
+    for negatives in ("full", "in_batch", "cache"):
+        obj = _objective(negatives)
+        targets = torch.tensor([2, 5])
+        batch_ids = torch.tensor([1, 2, 5])
+        cands = obj.candidates(0, batch_ids, table[batch_ids], targets, obj.extra_ids(0),
+                               catalogue=lambda: table, item_table=lambda: table)
+        assert {2, 5} <= set(cands.ids.tolist()), negatives
+        res = obj.loss(torch.randn(2, 4), table[targets], targets, cands, torch.tensor(1.0))
+        offered = cands.ids.numel()
+        assert res.valid_negatives.tolist() == [offered - 1, offered - 1], negatives
+
+
+def test_sampled_negatives_keep_other_rows_positives_and_are_seeded_by_step():
+    obj = _objective("sampled", num_negatives=200)
+    first = obj.extra_ids(3)
+    assert torch.equal(first, obj.extra_ids(3)) and not torch.equal(first, obj.extra_ids(4))
+    assert set(first.tolist()) == set(range(1, 9))  # 200 uniform draws over 8 items reach them all
+    pop = _objective("sampled", num_negatives=4000, sampling="popularity", counts=np.array([0, 99, 0, 0, 0, 0, 0, 0, 0]))
+    share = (pop.extra_ids(0) == 1).float().mean().item()
+    assert share == pytest.approx(100 / 108, abs=0.03)  # (99 + 1) / sum(count + 1)
+
+
+def test_catalogue_cache_refreshes_at_the_configured_step_and_carries_no_gradient():
+    cache = CatalogueCache(refresh_steps=3)
+    weight = torch.randn(9, 4, requires_grad=True)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return weight * 1.0  # would carry gradient if the cache did not cut it
+
+    refreshed = [s for s in range(8) if (cache.get(s, compute), cache.refreshed_at == s)[1]]
+    assert refreshed == [0, 3, 6] and len(calls) == 3
+    assert not cache.table.requires_grad
+    fresh = torch.randn(2, 4, requires_grad=True)
+    table = CatalogueCache.with_fresh_rows(cache.table, torch.tensor([2, 5]), fresh)
+    table.sum().backward()
+    assert weight.grad is None  # stale rows: no gradient into what computed them
+    assert torch.equal(fresh.grad, torch.ones(2, 4))  # fresh rows: gradient
+    resumed = CatalogueCache(refresh_steps=3)
+    resumed.get(7, compute)
+    assert resumed.refreshed_at == 7  # empty after a resume: filled at once, not at step 9
+
+
+def test_cache_objective_positives_are_fresh():
+    obj = _objective("cache", cache_refresh_steps=5)
+    stale = torch.randn(9, 4)
+    fresh = torch.randn(2, 4, requires_grad=True)
+    cands = obj.candidates(0, torch.tensor([3, 6]), fresh, torch.tensor([3]), obj.extra_ids(0),
+                           catalogue=lambda: None, item_table=lambda: stale)
+    row3 = cands.embeddings[cands.ids.tolist().index(3)]
+    torch.testing.assert_close(row3, fresh[0])
+    assert cands.embeddings.requires_grad
+
+
+@pytest.mark.parametrize("loss,has_catalogue,field", [
+    ({"negatives": "full"}, False, "loss.negatives"),
+    ({"negatives": "sampled", "num_negatives": 100}, True, "loss.num_negatives"),
+    ({"objective": "discriminative"}, True, "loss.objective"),
+    ({"fusion": "early"}, True, "loss.fusion"),
+    ({"bce_weight": 0.5}, True, "loss.bce_weight"),
+    ({"next_weight": 0.1}, True, "loss.next_weight"),
+    ({"hard_negatives": 50}, True, "loss.hard_negatives"),
+])
+def test_objectives_the_trainer_cannot_run_are_refused_by_name(loss, has_catalogue, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        check_objective(LossConfig(**loss), has_catalogue=has_catalogue, num_items=50)
+
+
+def test_auto_negatives_full_with_a_catalogue_cache_without():
+    assert check_objective(LossConfig(), has_catalogue=True, num_items=50) == "full"
+    assert check_objective(LossConfig(), has_catalogue=False, num_items=50) == "cache"
+
+
+def test_cache_refresh_of_zero_is_refused_by_name():
+    from feature_gen.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="loss.cache_refresh_steps"):
+        config_from_dict({"loss": {"cache_refresh_steps": 0}})
+
+
+@pytest.mark.parametrize("loss,field", [
+    ({"num_negatives": 64}, "loss.num_negatives"),
+    ({"sampling": "popularity"}, "loss.sampling"),
+    ({"negatives": "sampled", "cache_refresh_steps": 7}, "loss.cache_refresh_steps"),
+])
+def test_a_field_of_another_kind_of_negatives_is_refused_not_ignored(loss, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        check_objective(LossConfig(**loss), has_catalogue=True, num_items=500)
+
+
+def test_dot_similarity_matches_cross_entropy_on_inner_products_and_is_refused_for_hllm():
+    pred, table, pos_ids = _leaves(seed=4)
+    got = softmax_loss(pred, table[pos_ids], Candidates(torch.arange(1, 8), table[1:]), torch.tensor(5.0),
+                       positive_ids=pos_ids, threshold=1.0, similarity="dot").loss
+    expected = torch.nn.functional.cross_entropy(pred @ table[1:].T, pos_ids - 1)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    with pytest.raises(ConfigError, match="^loss.similarity"):
+        check_objective(LossConfig(similarity="dot"), has_catalogue=True, num_items=50)
+    assert check_objective(LossConfig(similarity="dot"), has_catalogue=True, num_items=50, id_model=True) == "full"
+
+
+def test_catalogue_cache_state_round_trips_for_resume():
+    cache = CatalogueCache(refresh_steps=10)
+    cache.get(0, lambda: torch.arange(6.0).view(3, 2))
+    resumed = CatalogueCache(refresh_steps=10)
+    resumed.load_state(cache.state())
+    calls = []
+    table = resumed.get(4, lambda: calls.append(1) or torch.zeros(3, 2))
+    assert not calls and torch.equal(table, torch.arange(6.0).view(3, 2))  # no refresh until step 10

@@ -18,7 +18,7 @@ def fake_training(monkeypatch):
     def fake_run_training(cfg, resume=True):
         out = cfg.train.output_dir
         calls.append({"out": out, "stage": cfg.train.stage, "init": cfg.train.init_bundle,
-                      "negatives": cfg.loss.num_negatives, "text_id": cfg.train.text_plus_id,
+                      "negatives": f"{cfg.loss.negatives}/{cfg.loss.num_negatives}", "text_id": cfg.train.text_plus_id,
                       "seed": cfg.seed, "freeze": cfg.train.freeze_bundle,
                       "epochs": cfg.train.epochs, "lr": cfg.train.lr})
         from pathlib import Path
@@ -40,7 +40,7 @@ def test_stage2_ablation_reuses_the_warm_stage1_and_runs_it_once(tmp_path, fake_
     stage2 = [c for c in fake_training if c["stage"] == 2]
     assert len(stage2) == 2
     assert all(c["init"].startswith(str(warm_stage1 / "bundles")) for c in stage2)
-    assert {(c["text_id"], c["negatives"]) for c in stage2} == {(True, 128), (False, 32)}
+    assert {(c["text_id"], c["negatives"]) for c in stage2} == {(True, "auto/512"), (False, "sampled/32")}
     assert all(c["seed"] == 3 for c in fake_training)
     assert [c["freeze"] for c in fake_training] == [True, False, False]
 

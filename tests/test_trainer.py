@@ -51,7 +51,7 @@ def toy_config(tmp_path: Path, **train):
         "item_llm": {"source": "tiny_random", "tiny": TINY},
         "user_llm": {"source": "tiny_random", "tiny": {**TINY, "seed": 1}},
         # random tiny Llamas give near-identical item embeddings at init: the 0.99 mask would drop every negative
-        "loss": {"num_negatives": 16, "temperature_init": 0.1, "nce_threshold": 1.0},
+        "loss": {"temperature_init": 0.1, "nce_threshold": 1.0},
         "eval": {"ks": [1, 5, 10]},
         "train": {"output_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 16, "lr": 3e-3,
                   "warmup_steps": 2, "stage1_max_seq_len": 8, "checkpoint_every_steps": 2, **train},

@@ -1,8 +1,8 @@
 """The training loop for every recommender and stage: read it top to bottom.
 
     for each epoch: for each batch of users (deterministic order per epoch):
-        windows -> unique item ids (inputs, targets, shared negatives) -> encode once
-        -> User model -> InfoNCE over real positions -> DeepSpeed backward/step (clipping inside)
+        windows -> recommender.training_step (the configured objective, trainer/recommenders.py)
+        -> DeepSpeed backward/step (clipping inside)
         -> log loss, tokens/s, FLOP/s; checkpoint every N steps
     evaluate on validation (full ranking, NDCG@10) -> keep the best weights, stop early
         (a run from a bundle evaluates its starting weights first: epoch 0 can be selected)
@@ -33,7 +33,6 @@ from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import (
     EvalSet,
     LeaveOneOutSplit,
-    UniformNegativeSampler,
     history_windows,
     random_windows,
     training_windows,
@@ -41,9 +40,9 @@ from feature_gen.data.sequences import (
 from feature_gen.evaluation.metrics import RankingMetrics
 from feature_gen.evaluation.protocol import evaluate_vectors
 from feature_gen.inference.encoders import embed_users
-from feature_gen.model.losses import sequence_info_nce
+from feature_gen.model.losses import GenerativeObjective, check_objective
 from trainer.deepspeed_setup import full_parameters, whole_state_dict
-from trainer.recommenders import count_parameters, numpy_seed_for
+from trainer.recommenders import Recommender, count_parameters, numpy_seed_for
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,15 +85,15 @@ def matmul_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def evaluate(recommender, eval_set: EvalSet, cfg: HLLMConfig, max_seq_len: int) -> RankingMetrics:
-    """Cosine full ranking of each eval user's next item (the model is trained on cosine)."""
+def evaluate(recommender: Recommender, eval_set: EvalSet, cfg: HLLMConfig, max_seq_len: int) -> RankingMetrics:
+    """Full ranking of each eval user's next item in the space the model is trained on (cfg.loss.similarity)."""
     was_training = recommender.training
     recommender.eval()
     with full_parameters(recommender):  # ZeRO-3: item_table reads ID/heads weights directly
         table = recommender.item_table().float()  # [N+1, D], what the User model reads
         users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
     recommender.train(was_training)
-    return evaluate_vectors(users.vectors, table, eval_set, cfg, similarity="cosine")
+    return evaluate_vectors(users.vectors, table, eval_set, cfg, similarity=cfg.loss.similarity)
 
 
 def _log(path: Path, record: dict) -> None:
@@ -120,7 +119,7 @@ def training_users(num_users: int, seed: int, fraction: float) -> np.ndarray:
 
 
 def train(
-    recommender,
+    recommender: Recommender,
     split: LeaveOneOutSplit,
     num_items: int,
     cfg: HLLMConfig,
@@ -131,7 +130,10 @@ def train(
     on_step=None,
     never_sample: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train `recommender` with DeepSpeed; returns metrics of the selected (best-validation) weights."""
+    """Train `recommender` with DeepSpeed; returns metrics of the selected (best-validation) weights.
+
+    The objective (`cfg.loss`) is checked before anything starts: a field the trainer cannot honour
+    raises ConfigError naming it."""
     import deepspeed
 
     from trainer.deepspeed_setup import build_deepspeed_config, ensure_single_process_env
@@ -147,10 +149,16 @@ def train(
     chosen = training_users(len(trainable_users), cfg.seed, t_cfg.train_user_fraction)
     seqs = [split.train[trainable_users[i]] for i in chosen]
     tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
+    # popularity (sampled / in-batch logQ): each item's count in the histories trained on
+    counts = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *seqs]).astype(np.int64), minlength=num_items + 1)
     if t_cfg.windows == "all":
         seqs, tss = history_windows(seqs, tss, max_seq_len)
     # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
     never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
+    negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
+                                id_model=cfg.train.model == "sasrec")
+    objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
+    recommender.set_objective(objective)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
     total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
@@ -158,7 +166,6 @@ def train(
     params = [p for p in recommender.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(model=recommender, model_parameters=params, config=ds_config)
     model = engine.module
-    dtype = next(p for p in model.parameters()).dtype
     # Data parallel: every rank trains and evaluates; rank 0 alone writes the log, the selected
     # weights and result.json (DeepSpeed checkpoints are written by every rank, as DeepSpeed requires).
     writer = engine.global_rank == 0
@@ -172,6 +179,8 @@ def train(
     if resume and (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
+        if objective.cache is not None:
+            objective.cache.load_state((client or {}).get("catalogue_cache"))
         if writer:
             _truncate_log(log_path, state.step)
         say(f"resumed from {ckpt_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})", flush=True)
@@ -183,7 +192,10 @@ def train(
         on_step.begin(total_steps, state.step)
 
     def checkpoint() -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=state.as_client_state())
+        client = state.as_client_state()
+        if objective.cache is not None:
+            client["catalogue_cache"] = objective.cache.state()
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=client)
         for old in sorted(ckpt_dir.glob("step*"), key=lambda p: int(p.name[4:]))[:-2]:
             shutil.rmtree(old, ignore_errors=True)  # keep the two newest
 
@@ -226,34 +238,14 @@ def train(
             rows = batches[state.batch_in_epoch]
             t0 = time.perf_counter()
             window = training_windows([epoch_seqs[r] for r in rows], [epoch_tss[r] for r in rows], max_seq_len)
-            inputs, targets, mask = window.inputs.item_ids, window.targets, window.inputs.attention_mask
-            sampler = UniformNegativeSampler(num_items, seed=cfg.seed * 1_000_003 + state.step)
-            negatives = sampler.sample(cfg.loss.num_negatives, exclude=torch.cat([targets[targets > 0], never]))
-            # Encode each distinct item once per step, whatever its role (input, target, negative).
-            unique, inverse = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]), return_inverse=True)
-            real = unique > 0
-            encoded = model.encode_items(unique[real]).to(dtype)
-            emb = torch.zeros(len(unique), encoded.size(-1), dtype=encoded.dtype).index_copy(0, real.nonzero().squeeze(1), encoded)
-            n_in, n_tg = inputs.numel(), targets.numel()
-            in_emb = emb[inverse[:n_in]].view(*inputs.shape, -1)
-            tg_emb = emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1)
-            neg_emb = emb[inverse[n_in + n_tg :]]
-            out = model.user_model(in_emb, mask, window.inputs.timestamps)
-            nce = sequence_info_nce(
-                out.predictions, tg_emb, (targets > 0) & mask.bool(), neg_emb, model.logit_scale(),
-                target_ids=targets, negative_ids=negatives, threshold=cfg.loss.nce_threshold,
-            )
-            loss = nce.loss
+            out = model.training_step(window, state.step)
+            loss = out.loss
             # The mean over ranks: what is logged, and what every rank checks, so that a NaN on one rank
             # stops all of them at the same step instead of leaving the others waiting in a collective.
             mean_loss = loss.detach().clone()
             if engine.world_size > 1:
                 torch.distributed.all_reduce(mean_loss)
                 mean_loss /= engine.world_size
-            # Negatives that survive the same-item masks. When item embeddings have collapsed (a random
-            # or badly initialised Item LLM), the cosine > nce_threshold mask removes nearly all of them
-            # and the loss carries no signal: the log makes that visible.
-            kept_negatives = float(nce.valid_negatives.float().mean())
             if not torch.isfinite(mean_loss):
                 last = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else "none"
                 raise TrainingDiverged(
@@ -265,18 +257,19 @@ def train(
             engine.step()
             dt = time.perf_counter() - t0
             train_seconds += dt
-            text_tokens = model.text_tokens(unique[real]) if model.training_item_llm else 0
+            text_tokens = out.stats["item_tokens"] if model.training_item_llm else 0
             tokens_done += text_tokens
-            positions_done += int(mask.sum())
+            positions_done += out.stats["positions"]
             state.step += 1
             state.batch_in_epoch += 1
             log({"step": state.step, "epoch": state.epoch, "loss": round(mean_loss.item(), 6),
                  "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(dt, 4),
-                 "negatives_kept": round(kept_negatives, 2), "item_tokens": text_tokens, "positions": int(mask.sum())})
-            if state.step == 1 and kept_negatives < 0.1 * cfg.loss.num_negatives:
-                say(f"warning: only {kept_negatives:.1f} of {cfg.loss.num_negatives} negatives survive the "
-                      f"cosine > {cfg.loss.nce_threshold} mask: item embeddings are nearly identical, the loss "
-                      "has almost no signal (raise loss.nce_threshold to 1.0 for randomly initialised models)", flush=True)
+                 **out.stats, "item_tokens": text_tokens})
+            kept, offered = out.stats.get("negatives_kept", 0), out.stats.get("negatives_offered", 0)
+            if state.step == 1 and kept < 0.1 * offered:
+                say(f"warning: only {kept:.1f} of {offered} negatives survive the cosine > "
+                    f"{cfg.loss.nce_threshold} mask: item embeddings are nearly identical, the loss has almost "
+                    "no signal (raise loss.nce_threshold to 1.0 for randomly initialised models)", flush=True)
             if on_step is not None:
                 on_step(state)
             if state.step % t_cfg.checkpoint_every_steps == 0:
@@ -313,7 +306,7 @@ def train(
     throughput["fraction_of_matmul_peak"] = throughput["achieved_flops"] / peak
     if writer:
         (run_dir / "result.json").write_text(json.dumps(
-            {"best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
+            {"seed": cfg.seed, "negatives": negatives, "best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
              "history": state.history}, indent=2))
     return TrainResult(run_dir=run_dir, state=state, valid=valid.values, test=test.values, throughput=throughput)
 

@@ -36,7 +36,7 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # ablations
     "hllm-frozen-item": [("configs/quality_hllm.yaml", STAGE2)],  # Item LLM never fine-tuned
     "hllm-text-id": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "train.text_plus_id": True})],
-    "hllm-negatives-32": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "loss.num_negatives": 32})],
+    "hllm-negatives-32": [REUSE_STAGE1, ("configs/quality_hllm.yaml", {**STAGE2, "loss.negatives": "sampled", "loss.num_negatives": 32})],
     "hllm-mean-pooling": [("configs/quality_hllm.yaml", {"item_llm.pooling": "mean"}),
                           ("configs/quality_hllm.yaml", {**STAGE2, "item_llm.pooling": "mean"})],
     # stage-1 compute: 12 instead of 4 epochs (the cosine schedule stretched with them), all else equal

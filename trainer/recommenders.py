@@ -1,33 +1,110 @@
-"""What the training loop trains: anything that embeds items by id and reads sequences of them.
+"""What the training loop trains: a `Recommender` owns its objective and its training step.
 
-Every recommender exposes the same three things, so HLLM (either stage) and the SASRec baseline share
-one loop, one loss, one negative sampler and one evaluation:
+    training_step(batch, step) -> StepOutput(loss, stats)   the configured loss on one batch of windows
+    item_table() -> [N+1, D]                               the whole catalogue for evaluation (row 0 = padding)
+    user_model(item_embs, mask, timestamps)                -> UserLLMOutput (evaluation embeds users with it)
 
-    encode_items(ids [n]) -> [n, D]               item embeddings (grad flows where trainable)
-    user_model(item_embs, mask, timestamps)       -> UserLLMOutput (predictions, user_embedding)
-    item_table() -> [N+1, D]                      the whole catalogue for evaluation (row 0 = padding)
-    logit_scale()                                 the InfoNCE scale
+HLLM (either stage) and the SASRec baseline implement it over the same step (`_SequenceStep`):
+encode each distinct item of the step once (inputs, targets, sampled negatives), run the user model,
+assemble the candidates the objective asks for (feature_gen/model/losses.py: full catalogue, sampled,
+in-batch, or stage 1's catalogue cache) and score every real position against them. A later
+discriminative objective gets its place in HLLMRecommender.training_step, next to the generative one
+(HLLM.losses already combines L_gen + L_bce + lambda * L_next); `check_objective` refuses it until then.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
+from feature_gen.data.sequences import TrainingBatch
 from feature_gen.inference.encoders import batches_by_length, embed_token_ids
 from feature_gen.inference.item_table import padded_item_table
 from feature_gen.model.positions import real_position_ids
 from feature_gen.model.item_text import pad_token_ids
-from feature_gen.model.losses import LogitScale
+from feature_gen.model.losses import Candidates, GenerativeObjective, InfoNCEResult, LogitScale
 from feature_gen.model.hllm import HLLM
 from feature_gen.model.user_llm import UserLLMOutput, last_real_index
-from trainer.deepspeed_setup import full_numel
+from trainer.deepspeed_setup import full_numel, full_parameters
 
 
-class HLLMRecommender(nn.Module):
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, what backward() runs on
+    stats: dict[str, float] = field(default_factory=dict)  # logged beside the loss (positions, item_tokens, ...)
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    user_model: nn.Module
+    training_item_llm: bool  # the Item LLM trains in this run (its tokens are counted)
+
+    def set_objective(self, objective: GenerativeObjective) -> None: ...
+    def has_catalogue(self) -> bool: ...  # every item's embedding is available with gradient each step
+    def training_step(self, batch: TrainingBatch, step: int) -> StepOutput: ...
+    def item_table(self) -> torch.Tensor: ...  # [N+1, D], no gradient
+    def compute_params(self) -> tuple[int, int]: ...
+
+
+@dataclass
+class _EncodedStep:
+    item_embs: torch.Tensor  # [B, L, D] inputs
+    target_embs: torch.Tensor  # [B, L, D]
+    target_mask: torch.Tensor  # [B, L] bool, a real next item exists
+    candidates: Candidates
+    real_ids: torch.Tensor  # [M] the distinct items encoded this step
+
+
+class _SequenceStep:
+    """The step shared by every recommender: encode once, assemble the objective's candidates."""
+
+    objective: GenerativeObjective | None = None
+
+    def set_objective(self, objective: GenerativeObjective) -> None:
+        self.objective = objective
+
+    def _encode_step(self, batch: TrainingBatch, step: int) -> _EncodedStep:
+        if self.objective is None:
+            raise RuntimeError("set_objective() before training_step()")
+        inputs, targets, mask = batch.inputs.item_ids, batch.targets, batch.inputs.attention_mask
+        self.objective.refresh(step, self._table_for_cache)  # stage 1's cache, before this step's graph
+        extra = self.objective.extra_ids(step)
+        # Encode each distinct item once per step, whatever its role (input, target, negative).
+        unique, inverse = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), extra]), return_inverse=True)
+        real = unique > 0
+        encoded = self.encode_items(unique[real])  # [M, D]
+        dtype = next(p for p in self.parameters() if p.requires_grad).dtype
+        encoded = encoded.to(dtype)
+        emb = torch.zeros(len(unique), encoded.size(-1), dtype=encoded.dtype).index_copy(0, real.nonzero().squeeze(1), encoded)
+        n_in, n_tg = inputs.numel(), targets.numel()
+        target_mask = (targets > 0) & mask.bool()
+        candidates = self.objective.candidates(
+            step, unique[real], encoded, torch.unique(targets[target_mask]), extra,
+            catalogue=self.catalogue,
+        )
+        return _EncodedStep(
+            item_embs=emb[inverse[:n_in]].view(*inputs.shape, -1),
+            target_embs=emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1),
+            target_mask=target_mask, candidates=candidates, real_ids=unique[real],
+        )
+
+    def _table_for_cache(self) -> torch.Tensor:
+        with full_parameters(self):  # ZeRO-3: the cache reads every weight
+            return self.item_table()
+
+    def _stats(self, enc: _EncodedStep, gen: InfoNCEResult) -> dict[str, float]:
+        return {"positions": int(enc.target_mask.sum()), "item_tokens": self.text_tokens(enc.real_ids),
+                # negatives that survive the same-item masks; near zero when item embeddings have collapsed
+                "negatives_kept": round(float(gen.valid_negatives.float().mean()), 2) if gen.valid_negatives.numel() else 0.0,
+                "negatives_offered": int(enc.candidates.ids.numel())}
+
+
+class HLLMRecommender(_SequenceStep, nn.Module):
     """HLLM for training. Stage 1: the Item LLM runs on each batch's unique items (trainable).
     Stage 2: the Item LLM is frozen and its catalogue embeddings are computed once (`cache_items`)."""
 
@@ -67,6 +144,22 @@ class HLLMRecommender(nn.Module):
     @property
     def training_item_llm(self) -> bool:
         return self.stage == 1
+
+    def has_catalogue(self) -> bool:
+        return self.stage == 2
+
+    def catalogue(self) -> torch.Tensor | None:
+        """[N+1, D] every item's training embedding (stage 2: the cache, + ID embeddings with gradient)."""
+        if self.stage != 2:
+            return None
+        return self.encode_items(torch.arange(len(self.catalogue_tokens)))
+
+    def training_step(self, batch: TrainingBatch, step: int) -> StepOutput:
+        enc = self._encode_step(batch, step)
+        targets = batch.targets * enc.target_mask
+        out = self.hllm.losses(enc.item_embs, batch.inputs.attention_mask, enc.target_embs, targets,
+                               enc.candidates, batch.inputs.timestamps, objective=self.objective)
+        return StepOutput(out.total, self._stats(enc, out.gen))
 
     def text_tokens(self, ids: torch.Tensor) -> int:
         return sum(len(self.catalogue_tokens[i]) + 1 for i in ids.tolist())  # +1: the [ITEM] slot
@@ -114,7 +207,7 @@ class SASRecUser(nn.Module):
     """SASRec's sequence model (Kang & McAuley 2018): learned positions, pre-norm causal
     self-attention blocks, dropout. Same call shape as UserLLM."""
 
-    def __init__(self, dim: int, layers: int, heads: int, max_len: int, dropout: float):
+    def __init__(self, dim: int, layers: int, heads: int, max_len: int, dropout: float, ffn_dim: int | None = None):
         super().__init__()
         self.item_dim = dim
         self.max_len = max_len
@@ -124,7 +217,8 @@ class SASRecUser(nn.Module):
         self.attns = nn.ModuleList(nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) for _ in range(layers))
         self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
         self.ffns = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)) for _ in range(layers)
+            nn.Sequential(nn.Linear(dim, ffn_dim or dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim or dim, dim))
+            for _ in range(layers)
         )
         self.final_norm = nn.LayerNorm(dim)
 
@@ -153,19 +247,33 @@ class SASRecUser(nn.Module):
         return UserLLMOutput(predictions=out, user_embedding=out[rows, last_real_index(attention_mask)])
 
 
-class SASRecRecommender(nn.Module):
+class SASRecRecommender(_SequenceStep, nn.Module):
     """The ID-based baseline: an item-ID embedding table and SASRec's sequence model."""
 
     def __init__(self, num_items: int, dim: int, layers: int, heads: int, max_len: int, dropout: float,
-                 temperature_init: float = 0.07, max_logit_scale: float = 100.0):
+                 temperature_init: float = 0.07, max_logit_scale: float = 100.0, ffn_dim: int | None = None):
         super().__init__()
         self.items = nn.Embedding(num_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.items.weight, std=0.02)
-        self.user_model = SASRecUser(dim, layers, heads, max_len, dropout)
+        self.user_model = SASRecUser(dim, layers, heads, max_len, dropout, ffn_dim)
         self.logit_scale = LogitScale(temperature_init, max_logit_scale)
 
     def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
         return self.items(ids)
+
+    def has_catalogue(self) -> bool:
+        return True
+
+    def catalogue(self) -> torch.Tensor:
+        return self.items.weight  # [N+1, D] with gradient
+
+    def training_step(self, batch: TrainingBatch, step: int) -> StepOutput:
+        enc = self._encode_step(batch, step)
+        out = self.user_model(enc.item_embs, batch.inputs.attention_mask)
+        keep = enc.target_mask
+        gen = self.objective.loss(out.predictions[keep], enc.target_embs[keep], batch.targets[keep],
+                                  enc.candidates, self.logit_scale())
+        return StepOutput(self.objective.cfg.gen_weight * gen.loss, self._stats(enc, gen))
 
     training_item_llm = False
 

@@ -28,7 +28,8 @@ def build_recommender(cfg: HLLMConfig, data):
     t = cfg.train
     if t.model == "sasrec":
         rec = SASRecRecommender(data.num_items, t.sasrec_hidden, t.sasrec_layers, t.sasrec_heads,
-                                cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale)
+                                cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale,
+                                t.sasrec_ffn)
         return rec, None, {"item": "id-embedding", "user": f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"}
     if t.init_bundle:
         from feature_gen.model.bundle import load_bundle
@@ -63,15 +64,16 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     import torch
 
     from feature_gen.data.sequences import cold_item_split, leave_one_out, load_interaction_data
+    from feature_gen.model.losses import check_objective
     from trainer.loop import train
     from trainer.progress import TrainingProgress
 
     t = cfg.train
-    if cfg.loss.objective != "generative":
-        raise ConfigError("loss.objective: the trainer trains the generative objective (MovieLens has no "
-                          "impressions to label clicks); the discriminative heads are library-only for now")
     torch.manual_seed(cfg.seed)
     data = load_interaction_data(cfg.data, cfg.item_text)
+    # refuse what the trainer cannot honour before any model is loaded (the loop checks again)
+    check_objective(cfg.loss, has_catalogue=t.model == "sasrec" or t.stage == 2, num_items=data.num_items,
+                    id_model=t.model == "sasrec")
     cold = None
     if cfg.data.split == "cold_items":
         split, cold = cold_item_split(data, cfg.data.cold_item_fraction, cfg.seed)

@@ -16,13 +16,14 @@ from feature_gen.config import ConfigError, HLLMConfig
 from feature_gen.model.item_llm import ItemLLM
 from feature_gen.model.item_text import check_position_budget
 from feature_gen.model.losses import (
+    Candidates,
     EarlyFusionScorer,
+    GenerativeObjective,
     InfoNCEResult,
     LateFusionHead,
     LogitScale,
     click_bce,
-    info_nce,
-    sequence_info_nce,
+    softmax_loss,
     total_loss,
 )
 from feature_gen.model.user_llm import UserLLM, last_real_index
@@ -59,36 +60,37 @@ class HLLM(nn.Module):
         attention_mask: torch.Tensor,  # [B, L]
         target_embs: torch.Tensor,  # [B, L, D] embeddings of the next item at each position
         target_ids: torch.Tensor,  # [B, L] (PAD=0 where there is no next item)
-        negative_embs: torch.Tensor,  # [K, D] shared negatives
-        negative_ids: torch.Tensor,  # [K]
+        candidates: Candidates,  # [K] ids / [K, D] embeddings every position competes with
         timestamps: torch.Tensor | None = None,  # [B, L]
         candidate_embs: torch.Tensor | None = None,  # [B, C, D] discriminative candidates
         click_labels: torch.Tensor | None = None,  # [B, C]
+        objective: GenerativeObjective | None = None,
     ) -> HLLMLosses:
         """All configured objectives on one batch: L = L_gen + L_bce + lambda * L_next.
 
-        L_gen is InfoNCE at every position of the sequence; L_next the same loss at each user's last
-        position only, i.e. on the user embedding that serving reads (an auxiliary weight on what the
-        feature store holds); L_bce the click loss of the configured fusion (discriminative only).
+        L_gen is the softmax loss at every position of the sequence (`objective.loss`: its logQ and
+        hardest-K; without one, plain InfoNCE against `candidates`); L_next the same loss at each
+        user's last position only, i.e. on the user embedding that serving reads; L_bce the click
+        loss of the configured fusion (discriminative only).
         """
         loss_cfg = self.cfg.loss
         out = self.user_llm(seq_item_embs, attention_mask, timestamps)
         scale = self.logit_scale()
         target_mask = (target_ids > 0) & attention_mask.bool()  # [B, L]
-        gen = sequence_info_nce(
-            out.predictions, target_embs, target_mask, negative_embs, scale,
-            target_ids=target_ids, negative_ids=negative_ids, threshold=loss_cfg.nce_threshold,
-        )
+
+        def gen_loss(pred, pos, ids):
+            if objective is not None:
+                return objective.loss(pred, pos, ids, candidates, scale)
+            return softmax_loss(pred, pos, candidates, scale, positive_ids=ids, threshold=loss_cfg.nce_threshold)
+
+        gen = gen_loss(out.predictions[target_mask], target_embs[target_mask], target_ids[target_mask])
         next_item = None
         if loss_cfg.next_weight > 0:
             last = last_real_index(attention_mask)
             rows = torch.arange(last.size(0), device=last.device)
             has_next = target_mask[rows, last]
-            next_item = info_nce(
-                out.user_embedding[has_next], target_embs[rows, last][has_next], negative_embs, scale,
-                positive_ids=target_ids[rows, last][has_next], negative_ids=negative_ids,
-                threshold=loss_cfg.nce_threshold,
-            )
+            next_item = gen_loss(out.user_embedding[has_next], target_embs[rows, last][has_next],
+                                 target_ids[rows, last][has_next])
         bce = None
         if loss_cfg.objective == "discriminative":
             if candidate_embs is None or click_labels is None:

@@ -1,0 +1,137 @@
+"""Quality results as JSON, and BENCHMARKS.md's quality tables printed from them.
+
+    # collect finished runs (each a trainer run folder with result.json + metrics.jsonl) into one file
+    python -m benchmarks.render_quality collect --suite sasrec-peer --dataset ml-100k \
+        --run sasrec=runs/q/sasrec-s0,runs/q/sasrec-s1 --peer /work/peer-runs/results --command "..."
+    # rewrite the marked section of BENCHMARKS.md from every benchmarks/results/quality-*.json
+    python -m benchmarks.render_quality
+
+One file per suite and data set: `benchmarks/results/quality-<suite>-<dataset>.json` holding, per
+run name, the seeds, each seed's test metrics of the validation-selected checkpoint, their mean and
+sample sd, the cost (positions/s, seconds to the selected checkpoint), the command and the load
+average at collection. A peer run (RecBole, written by its own script) is read from its JSON as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+DOC = REPO / "BENCHMARKS.md"
+BEGIN, END = "<!-- quality-results:begin (python -m benchmarks.render_quality) -->", "<!-- quality-results:end -->"
+METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200"]
+
+
+def trainer_run(folder: Path) -> dict:
+    """One finished trainer run: test metrics of the selected checkpoint, its cost, its seed."""
+    result = json.loads((folder / "result.json").read_text())
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    best = [h for h in result["history"] if h["epoch"] == result["best_epoch"]]
+    best_step = best[-1]["step"] if best else 0
+    # from the step log, not result.json's throughput: a run resumed (or closed) in another process
+    # counts only that process's steps there
+    trained = [r for r in steps if "loss" in r]
+    seconds_to_best = sum(r["seconds"] for r in trained if r["step"] <= best_step)
+    train_seconds = sum(r["seconds"] for r in trained)
+    positions_per_s = sum(r["positions"] for r in trained) / train_seconds if train_seconds else 0.0
+    seed = result.get("seed")
+    if seed is None:  # runs from before result.json carried it: the folder name does (`...-s0`, `seed0`)
+        found = re.search(r"(?:seed|-s)(\d+)$", folder.name)
+        seed = int(found.group(1)) if found else None
+    return {"folder": str(folder), "seed": seed, "best_epoch": result["best_epoch"],
+            "test": result["test"], "valid": result["valid"],
+            "positions_per_s": positions_per_s, "train_seconds": train_seconds,
+            "train_seconds_to_best": seconds_to_best, "epochs_run": max((r["epoch"] for r in trained), default=0) + 1}
+
+
+def peer_run(path: Path) -> dict:
+    r = json.loads(path.read_text())
+    return {"folder": str(path), "seed": r["seed"], "best_epoch": r["best_epoch"], "test": r["test"], "valid": r["valid"],
+            "positions_per_s": r["positions_per_s"], "train_seconds": r["train_seconds"],
+            "train_seconds_to_best": r["train_seconds_to_best"], "command": r.get("command"),
+            "epochs_run": r.get("epochs_run"), "stopped_early": r.get("stopped_early")}
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {"seeds": [r["seed"] for r in runs], "runs": runs, "mean": {}, "sd": {}}
+    for m in METRICS + ["positions_per_s", "train_seconds_to_best"]:
+        values = np.array([r["test"][m] if m in r["test"] else r[m] for r in runs], dtype=float)
+        out["mean"][m] = float(values.mean())
+        out["sd"][m] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def collect(args) -> Path:
+    runs = {}
+    for spec in args.run:
+        name, folders = spec.split("=", 1)
+        found = [trainer_run(Path(f)) for f in folders.split(",") if (Path(f) / "result.json").is_file()]
+        if found:
+            runs[name] = summarise(found)
+    if args.peer:
+        files = sorted(p for p in Path(args.peer).glob(f"{args.dataset}-seed*.json") if "smoke" not in p.name)
+        if files:
+            runs["recbole-sasrec (peer)"] = summarise([peer_run(p) for p in files])
+    doc = {"suite": args.suite, "dataset": args.dataset, "command": args.command, "note": args.note,
+           "loadavg": list(os.getloadavg()), "runs": runs}
+    path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"-> {path}")
+    return path
+
+
+def table(doc: dict) -> str:
+    lines = [f"#### {doc['dataset']}, {doc['suite']} (`{Path(RESULTS.name) / ('quality-' + doc['suite'] + '-' + doc['dataset'] + '.json')}`)", ""]
+    if doc.get("note"):
+        lines += [doc["note"], ""]
+    lines += ["| run | seeds | " + " | ".join(METRICS) + " | positions/s | train s to selected |",
+              "|---" * (len(METRICS) + 4) + "|"]
+    for name, r in doc["runs"].items():
+        cells = [f"{r['mean'][m]:.4f} ± {r['sd'][m]:.4f}" for m in METRICS]
+        cells += [f"{r['mean']['positions_per_s']:.0f}", f"{r['mean']['train_seconds_to_best']:.0f}"]
+        lines.append(f"| {name} | {', '.join(str(s) for s in r['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", f"Command: `{doc['command']}`; load average at collection {', '.join(f'{v:.1f}' for v in doc['loadavg'])}."]
+    peer = [r for r in doc["runs"].values() if any(x.get("command") for x in r["runs"])]
+    for r in peer:
+        lines.append(f"Peer command: `{r['runs'][0]['command']}` (per seed).")
+    return "\n".join(lines) + "\n"
+
+
+def render() -> None:
+    docs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("quality-*.json"))]
+    body = "\n".join(table(d) for d in docs) or "(no results yet)\n"
+    text = DOC.read_text()
+    if BEGIN not in text:
+        raise SystemExit(f"{DOC}: marker {BEGIN!r} not found; add the begin/end markers where the tables go")
+    text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: f"{BEGIN}\n{body}{END}", text, flags=re.S)
+    DOC.write_text(text)
+    print(f"{DOC}: {len(docs)} result file(s) rendered")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.render_quality", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd")
+    c = sub.add_parser("collect")
+    c.add_argument("--suite", required=True)
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--run", action="append", default=[], metavar="NAME=DIR[,DIR...]")
+    c.add_argument("--peer", help="folder of the peer's <dataset>-seed<N>.json results")
+    c.add_argument("--command", required=True, help="the command that produced the runs")
+    c.add_argument("--note", default="")
+    args = parser.parse_args(argv)
+    if args.cmd == "collect":
+        collect(args)
+    render()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
