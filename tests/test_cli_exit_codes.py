@@ -56,7 +56,7 @@ def test_an_unreachable_store_is_one_line_and_exit_4(tiny_bundle, tmp_path, brok
 
     cfg = stream_config(tmp_path, broker, tiny_bundle)
     create_stream_topics(cfg, partitions=1)
-    send_paced(make_producer(cfg.stream), cfg.stream.user_events_topic, [(b"u", user_event_json("u", "1", 5))])
+    send_paced(make_producer(cfg.stream), cfg.stream.user_events_topic, [(b"u", user_event_json("u", "1", 1_700_000_000))])
     unreachable = f"127.0.0.1:{free_port()}"  # Feast opens Redis lazily: the first read of the batch fails
     assert _refresh(cfg, tmp_path, "--set", "store.online_store=redis", "--set", f"store.redis_connection={unreachable}") == 4
     line = _one_line(capsys)

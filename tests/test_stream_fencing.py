@@ -67,7 +67,7 @@ def test_a_member_that_lost_its_partition_cannot_write_over_its_successor(tmp_pa
     create_stream_topics(cfg, partitions=1)
     store = store_of(cfg)
     seed_item_embeddings(store, encoders, range(10))
-    first, later = [("zed", "1", 100), ("zed", "2", 200)], [("zed", "3", 300), ("zed", "4", 400)]
+    first, later = [("zed", "1", 1700000100), ("zed", "2", 1700000200)], [("zed", "3", 1700000300), ("zed", "4", 1700000400)]
     _send(cfg, first)
 
     stalled = build_user_loop(cfg, threading.Event(), encoders, store)
@@ -80,7 +80,7 @@ def test_a_member_that_lost_its_partition_cannot_write_over_its_successor(tmp_pa
         _send(cfg, later)
         time.sleep(cfg.stream.session_timeout_ms / 1000 + 2)  # the broker expires the frozen member
         with running(successor):
-            wait_until(lambda: check_alive(successor) or store.recent_items(["zed"]).last_event_ts[0] == 400, 120,
+            wait_until(lambda: check_alive(successor) or store.recent_items(["zed"]).last_event_ts[0] == 1700000400, 120,
                        what="the successor to write the newer sequence")
             state.release.set()
             wait_until(lambda: check_alive(stalled) or stalled.metrics.value(
@@ -88,4 +88,4 @@ def test_a_member_that_lost_its_partition_cannot_write_over_its_successor(tmp_pa
             assert store.recent_items(["zed"]).item_ids == [["1", "2", "3", "4"]]  # not the stale ["1", "2"]
 
     assert store.recent_items(["zed"]).item_ids == [["1", "2", "3", "4"]]
-    assert store.user_embeddings(["zed"]).last_event_ts[0] == 400
+    assert store.user_embeddings(["zed"]).last_event_ts[0] == 1700000400

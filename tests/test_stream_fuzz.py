@@ -67,7 +67,7 @@ likely_user_objects = st.fixed_dictionaries({  # mostly valid, so the processors
 
 
 def nested(depth: int) -> bytes:
-    return b'{"user_id": "u1", "item_id": "1", "timestamp": 5, "event_type": "click", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    return b'{"user_id": "u1", "item_id": "1", "timestamp": 1700000005, "event_type": "click", "x": ' + b"[" * depth + b"]" * depth + b"}"
 
 
 def raw_messages(objects):
@@ -77,7 +77,7 @@ def raw_messages(objects):
         st.binary(max_size=64),
         st.integers(min_value=1, max_value=3000).map(nested),
         st.integers(min_value=1, max_value=3 * MAX_EVENT_BYTES).map(
-            lambda n: _dumps({"user_id": "u1", "item_id": "1", "timestamp": 5, "event_type": "c" * n})),
+            lambda n: _dumps({"user_id": "u1", "item_id": "1", "timestamp": 1700000005, "event_type": "c" * n})),
         st.just(None),  # a tombstone
     )
 

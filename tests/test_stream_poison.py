@@ -49,11 +49,11 @@ YEAR_10000 = 253_402_300_800
 
 
 def over_1mb_user_event() -> bytes:
-    return json.dumps({"user_id": "erin", "item_id": "1", "timestamp": 20, "event_type": "x" * 1_048_600}).encode()
+    return json.dumps({"user_id": "erin", "item_id": "1", "timestamp": 1700000020, "event_type": "x" * 1_048_600}).encode()
 
 
 def deep_json_event(depth: int = 2000) -> bytes:
-    head = b'{"user_id": "erin", "item_id": "1", "timestamp": 21, "event_type": "click", "extra": '
+    head = b'{"user_id": "erin", "item_id": "1", "timestamp": 1700000021, "event_type": "click", "extra": '
     return head + b"[" * depth + b"]" * depth + b"}"
 
 
@@ -78,10 +78,10 @@ def encoders(tiny_bundle):
     (user_event_with_ts(2**63), "bad_field", "timestamp"),
     (user_event_with_ts(YEAR_10000), "bad_field", "later than now"),
     (deep_json_event(), "invalid_json", "nested too deeply"),
-    (b'{"user_id": "erin", "item_id": ' + b"9" * 5000 + b', "timestamp": 1, "event_type": "click"}', "invalid_json", ""),
-    (b'{"user_id": "\\ud800", "item_id": "1", "timestamp": 1, "event_type": "click"}', "bad_field", "user_id: not valid Unicode"),
-    (b'{"user_id": 18446744073709551616, "item_id": "1", "timestamp": 1, "event_type": "click"}', "bad_field", "int64"),
-    (json.dumps({"user_id": "u" * 2000, "item_id": "1", "timestamp": 1, "event_type": "c"}).encode(), "bad_field", "limit is 1024"),
+    (b'{"user_id": "erin", "item_id": ' + b"9" * 5000 + b', "timestamp": 1700000001, "event_type": "click"}', "invalid_json", ""),
+    (b'{"user_id": "\\ud800", "item_id": "1", "timestamp": 1700000001, "event_type": "click"}', "bad_field", "user_id: not valid Unicode"),
+    (b'{"user_id": 18446744073709551616, "item_id": "1", "timestamp": 1700000001, "event_type": "click"}', "bad_field", "int64"),
+    (json.dumps({"user_id": "u" * 2000, "item_id": "1", "timestamp": 1700000001, "event_type": "c"}).encode(), "bad_field", "limit is 1024"),
 ])
 def test_each_crash_message_is_an_invalid_event_with_its_reason(raw, reason, detail):
     with pytest.raises(InvalidEvent) as exc:
@@ -91,7 +91,7 @@ def test_each_crash_message_is_an_invalid_event_with_its_reason(raw, reason, det
 
 def test_item_event_strings_must_be_valid_unicode_and_the_largest_valid_timestamp_passes():
     with pytest.raises(InvalidEvent, match="title: not valid Unicode"):
-        parse_item_event(b'{"item_id": "9", "timestamp": 5, "title": ["ok", "\\udc80"]}')
+        parse_item_event(b'{"item_id": "9", "timestamp": 1700000005, "title": ["ok", "\\udc80"]}')
     assert parse_user_event(user_event_with_ts(1_700_000_000)).timestamp == 1_700_000_000
 
 
@@ -111,15 +111,15 @@ def test_the_three_crash_messages_are_dead_lettered_and_the_consumers_go_on(tmp_
         "invalid_json": deep_json_event(),
         "bad_field/year-10000": user_event_with_ts(YEAR_10000),
     }
-    good = [user_event_json("erin", "1", 10), user_event_json("erin", "2", 30)]
+    good = [user_event_json("erin", "1", 1700000010), user_event_json("erin", "2", 1700000030)]
     # one key: every bad message sits in front of the good ones in one partition
     send_paced(big_producer, cfg.stream.user_events_topic,
                [(b"erin", v) for v in [good[0], *bad_users.values(), good[1]]])
     big_item = json.dumps({**item_row(77), "description": "y" * 1_100_000}).encode()
     bad_items = {
         "oversize": (b"77", big_item),
-        "invalid_json": (b"78", b'{"item_id": "78", "timestamp": 5, "title": ' + b"[" * 3000 + b"]" * 3000 + b"}"),
-        "bad_field": (b"79", b'{"item_id": "79", "timestamp": 5, "title": "\\ud800 lone surrogate"}'),
+        "invalid_json": (b"78", b'{"item_id": "78", "timestamp": 1700000005, "title": ' + b"[" * 3000 + b"]" * 3000 + b"}"),
+        "bad_field": (b"79", b'{"item_id": "79", "timestamp": 1700000005, "title": "\\ud800 lone surrogate"}'),
     }
     send_paced(big_producer, cfg.stream.item_events_topic,
                [*bad_items.values(), (b"80", json.dumps(item_row(80)).encode())])
@@ -127,7 +127,7 @@ def test_the_three_crash_messages_are_dead_lettered_and_the_consumers_go_on(tmp_
     user_loop = build_user_loop(cfg, threading.Event(), encoders, store)
     item_loop = build_item_loop(cfg, threading.Event(), encoders, store)
     with running(user_loop, item_loop):
-        wait_until(lambda: check_alive(user_loop, item_loop) or store.user_embeddings(["erin"]).last_event_ts[0] == 30,
+        wait_until(lambda: check_alive(user_loop, item_loop) or store.user_embeddings(["erin"]).last_event_ts[0] == 1_700_000_030,
                    90, what="the good event behind the bad ones")
         wait_until(lambda: check_alive(user_loop, item_loop) or store.item_embeddings(["80"]).found[0], 60,
                    what="the good item behind the bad ones")
@@ -200,7 +200,7 @@ class _FailingFor:
 
 def _records(topic: str, events) -> list:
     now_ms = int(time.time() * 1000)
-    return [ConsumerRecord(topic, 0, -1, offset, now_ms, 0, u.encode(), user_event_json(u, i, t), [], None, 1, 1, 0)
+    return [ConsumerRecord(topic, 0, -1, offset, now_ms, 0, u.encode(), user_event_json(u, i, 1_700_000_000 + t), [], None, 1, 1, 0)
             for offset, (u, i, t) in enumerate(events)]
 
 
@@ -226,7 +226,7 @@ def test_a_record_that_fails_processing_is_dead_lettered_and_the_rest_of_its_bat
     with pytest.raises(FloatingPointError):
         refresh.process(_records("t", [("dan", "1", 20), ("eve", "2", 21)]))
 
-    np.testing.assert_array_equal(got.last_event_ts[[0, 2]], [10, 12])
+    np.testing.assert_array_equal(got.last_event_ts[[0, 2]], [1_700_000_010, 1_700_000_012])
 
     redis.kill()  # the store goes away: no record is to blame, so nothing is dead-lettered; the error stops the loop
     redis.wait()
