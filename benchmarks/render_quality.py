@@ -2,7 +2,7 @@
 
     # collect finished runs (each a trainer run folder with result.json + metrics.jsonl) into one file
     python -m benchmarks.render_quality collect --suite sasrec-peer --dataset ml-100k \
-        --run sasrec=runs/q/sasrec-s0,runs/q/sasrec-s1 --peer /work/peer-runs/results --command "..."
+        --run sasrec=runs/q/sasrec-s0,runs/q/sasrec-s1 --peer outputs/peer/results --command "..."
     # rewrite the marked section of BENCHMARKS.md from every benchmarks/results/quality-*.json
     python -m benchmarks.render_quality
 
