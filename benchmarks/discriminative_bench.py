@@ -74,6 +74,18 @@ def quality(cfg, seeds: list[int], out_dir: Path) -> dict:
     return {"runs": runs}
 
 
+def markdown(r: dict) -> str:
+    """The latency table of benchmarks/results/discriminative_latency.json (what BENCHMARKS.md prints)."""
+    return (
+        "| config | candidates | history | late fusion median ms | early fusion median ms | early / late |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| `{r['config']}` | {r['candidates']} | {r['history']} | {r['late']['median_ms']:,.0f} (min {r['late']['min_ms']:,.0f}) "
+        f"| {r['early']['median_ms']:,.0f} (min {r['early']['min_ms']:,.0f}) | {r['early_over_late']}x |\n\n"
+        f"({r['threads']} torch thread; load average {r['load_average_1m']:.1f})\n\n"
+        f"Command: `python benchmarks/discriminative_bench.py latency --config {r['config']} --repeats 10`"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["latency", "quality"])

@@ -157,7 +157,8 @@ def markdown(r: dict) -> str:
     for x in r["runs"]:
         lines.append(f"| {x['rows']:,} | {x['engine']} | {x['seconds']} | {x['rows_per_s']:,} | {x['driver_peak_rss_mb']} "
                      f"| {x['driver_growth_mb']} | {x['online_check']} |")
-    return "\n".join(lines) + f"\n\n(dim {r['dim']}, {r['online_store']}; reproduce: `{COMMAND}`)"
+    load = ", ".join(f"{v:.1f}" for v in r["load_average"])
+    return "\n".join(lines) + f"\n\n(dim {r['dim']}, {r['online_store']}; load average {load})\n\nCommand: `{COMMAND}`"
 
 
 def main() -> int:

@@ -15,10 +15,20 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+# results files whose printer is not the module of the same name
+PRINTERS = {"materialize": "benchmarks.materialize_bench", "discriminative_latency": "benchmarks.discriminative_bench"}
+
+
 def section(name: str) -> str:
+    """The markdown table of benchmarks/results/<name>.json, printed by the benchmark that wrote it."""
     path = RESULTS_DIR / f"{name}.json"
-    module = importlib.import_module(f"benchmarks.{name}")
-    return module.markdown(json.loads(path.read_text()))
+    doc = json.loads(path.read_text())
+    if name.startswith("quality-"):  # one file per suite and data set, all printed by render_quality
+        from benchmarks.render_quality import table
+
+        return table(doc)
+    module = importlib.import_module(PRINTERS.get(name, f"benchmarks.{name}"))
+    return module.markdown(doc)
 
 
 def main(names: list[str]) -> int:
