@@ -73,6 +73,7 @@ def run(device_name: str, shape: str, steps: int, batch_users: int, seq_len: int
     from feature_gen.config import HLLMConfig
     from feature_gen.inference.encoders import embed_token_ids, torch_device
     from feature_gen.model.hllm import build_hllm
+    from feature_gen.model.losses import Candidates
 
     device = torch_device(device_name)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -103,7 +104,7 @@ def run(device_name: str, shape: str, steps: int, batch_users: int, seq_len: int
             pick = torch.randperm(n_items, device=device)[:512]  # negatives from the batch's own items
             losses = model.losses(
                 item_embs[:, :-1], torch.ones(batch_users, seq_len, dtype=torch.long, device=device),
-                item_embs[:, 1:], ids[:, 1:], item_embs.flatten(0, 1)[pick], ids.flatten()[pick],
+                item_embs[:, 1:], ids[:, 1:], Candidates(ids.flatten()[pick], item_embs.flatten(0, 1)[pick]),
             )
         losses.total.backward()
         optimizer.step()

@@ -28,12 +28,12 @@ def toy_rated(folder: Path, num_items=30, num_users=40, length=12, ratings=True)
         start = int(rng.integers(num_items))
         for t in range(length):
             item = (start + t) % num_items + 1
-            row = {"user_id": f"u{u}", "item_id": item, "timestamp": 1_000_000 + 60 * t + int(rng.integers(30))}
+            row = {"user_id": f"u{u}", "item_id": item, "timestamp": 1_700_000_000 + 60 * t + int(rng.integers(30))}
             if ratings:
                 row["rating"] = 5.0 if item % 2 == 0 else 1.0
             rows.append(row)
     # a user whose every event is in the labelled period: the first has no history (cold start)
-    rows += [{"user_id": "cold", "item_id": i, "timestamp": 1_000_600 + i, **({"rating": 5.0} if ratings else {})}
+    rows += [{"user_id": "cold", "item_id": i, "timestamp": 1_700_000_600 + i, **({"rating": 5.0} if ratings else {})}
              for i in (2, 4, 6)]
     items.to_parquet(folder / "items.parquet")
     pd.DataFrame(rows).to_parquet(folder / "inter.parquet")
@@ -66,7 +66,7 @@ def test_requests_hold_only_the_strict_past(tmp_path):
     req = click_requests(labels, inter, data.item_index(), cfg.data.max_seq_len)
     assert len(req) > 0 and (req.labels >= 0).sum() < len(labels)
     # the cold user's first label has no earlier event: no request; its later ones see the first
-    assert (labels[labels["user_id"] == "cold"]["source"] == "rating").sum() == 3 and sorted(req.at[req.users == "cold"]) == [1_000_604, 1_000_606]
+    assert (labels[labels["user_id"] == "cold"]["source"] == "rating").sum() == 3 and sorted(req.at[req.users == "cold"]) == [1_700_000_604, 1_700_000_606]
     assert set(req.split) == {"train", "test"}
     by_user = {u: g.sort_values("timestamp", kind="stable") for u, g in inter.groupby("user_id")}
     for r in range(len(req)):

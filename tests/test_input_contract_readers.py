@@ -179,7 +179,7 @@ def test_millisecond_interactions_are_refused_in_both_readers_and_read_with_the_
     assert msg.startswith(f"{inter_path}: row 8: timestamp {(T0 + 9) * 1000} as seconds") and "\n" not in msg
     assert "timestamp_unit: milliseconds or auto" in msg
     spark_seqs, spark_rejects = _spark_sequences(spark, items_path, inter_path)
-    assert spark_rejects == [("42", "010", "bad_timestamp")]
+    assert spark_rejects == [("42", "010", "timestamp_out_of_range")]  # a whole number outside the window
     assert spark_seqs["42"] == (["1", "007", "3"], [T0 + 2] * 3)  # nothing else lost
     # auto: both read the one millisecond value as T0 + 9 and agree with the all-seconds file
     want = {"0042": (["3", "007", "010", "1"], [T0 + 1, T0 + 5, T0 + 5, T0 + 5]),
@@ -196,7 +196,7 @@ def test_bad_rows_of_interactions_are_named_by_pandas_and_rejected_by_spark(tmp_
         _pandas_sequences(items_path, inter_path)
     seqs, rejects = _spark_sequences(spark, items_path, inter_path)
     assert sorted(rejects, key=str) == sorted([(None, "3", "null_user_id"), ("0042", "3", "bad_timestamp"),
-                                               ("0042", "1", "bad_timestamp"), ("4\ufffd", "3", "bad_encoding")], key=str)
+                                               ("0042", "1", "timestamp_out_of_range"), ("4\ufffd", "3", "bad_encoding")], key=str)
     assert seqs["0042"][0] == ["3", "007", "010", "1"]  # the good rows are all there
     # each bad row alone: pandas names file, row and field in one line
     for line, fragment in ((f"0042,3,yesterday", "row 1: timestamp expected an integer number of seconds; got 'yesterday'"),
