@@ -74,7 +74,7 @@ def test_requests_hold_only_the_strict_past(tmp_path):
         past = past[past["timestamp"] < req.at[r]]
         n = int((req.history[r] > 0).sum())
         assert n == min(len(past), cfg.data.max_seq_len) and (req.history_ts[r, :n] < req.at[r]).all()
-        assert req.history[r, :n].tolist() == past["item_id"].tolist()[-n:]  # item i is internal id i here
+        assert req.history[r, :n].tolist() == [int(i) for i in past["item_id"]][-n:]  # item "i" is internal id i here (ids are strings)
 
 
 @pytest.mark.parametrize("next_weight", [0.0, 0.5])
