@@ -64,6 +64,9 @@ def test_unreadable_input_exits_2_with_one_line_naming_file_and_column(spark_env
             assert word in err, (word, err)
 
 
+T0 = 1_700_000_000  # inside the contract's plausible window
+
+
 def test_out_of_range_timestamps_are_rejected_and_the_rest_embedded(spark_env, tiny_bundle, tmp_path, capsys):
     """A timestamp of 2**63 - 1 (which the stream used to accept) made user_embed exit 1 with
     DATETIME_OVERFLOW and write nothing; a year-10000 one became a user's newest event."""
@@ -72,7 +75,7 @@ def test_out_of_range_timestamps_are_rejected_and_the_rest_embedded(spark_env, t
     events = pd.DataFrame({
         "user_id": ["a", "a", "a", "b", "b", "c"],
         "item_id": ["1", "2", "3", "1", "4", "5"],
-        "timestamp": np.array([100, 200, 2**63 - 1, 300, YEAR_10000, -5], dtype=np.int64),
+        "timestamp": np.array([T0 + 100, T0 + 200, 2**63 - 1, T0 + 300, YEAR_10000, -5], dtype=np.int64),
     })
     events.to_parquet(tmp_path / "events.parquet")
     capsys.readouterr()
@@ -84,7 +87,7 @@ def test_out_of_range_timestamps_are_rejected_and_the_rest_embedded(spark_env, t
     version = read_manifest(tiny_bundle)["version"]
     recent = read_version(tmp_path / "offline", USER_RECENT_ITEMS, version).set_index("user_id")
     assert sorted(recent.index) == ["a", "b"]  # c's only event was rejected
-    assert recent.loc["a", "last_event_ts"] == 200 and recent.loc["b", "last_event_ts"] == 300
+    assert recent.loc["a", "last_event_ts"] == T0 + 200 and recent.loc["b", "last_event_ts"] == T0 + 300
     rejects = read_version(tmp_path / "offline", USER_REJECTS, version)
     assert set(rejects.reason) == {"timestamp_out_of_range"}
     originals = sorted(json.loads(row)["timestamp"] for row in rejects.row_json)  # the input row, exactly
