@@ -171,20 +171,20 @@ def test_only_newer_events_rule_matches_the_plain_push(store):
 
 def test_online_state_writes_sequences_and_embeddings_together(store):
     state = OnlineState(store, "v1")
-    users = ["s1", "s2"]
+    users = ["together-1", "together-2"]  # ids no other test of the shared store writes
     sequences = state.sequences(users)
     assert all(len(s) == 0 for s in sequences.values())
-    sequences["s1"] = RecentSequence(["i1", "i2"], [10, 20])
-    sequences["s2"] = RecentSequence(["i3"], [30])
+    sequences["together-1"] = RecentSequence(["i1", "i2"], [10, 20])
+    sequences["together-2"] = RecentSequence(["i3"], [30])
     vectors = _vectors(1, 5)
-    state.write_users(sequences, ["s2"], UserEmbeddings(vectors, np.array([1]), np.array([30])))
+    state.write_users(sequences, ["together-2"], UserEmbeddings(vectors, np.array([1]), np.array([30])))
     recent = store.recent_items(users)
     assert recent.item_ids == [["i1", "i2"], ["i3"]] and recent.last_event_ts.tolist() == [20, 30]
     got = store.user_embeddings(users)
     assert got.found.tolist() == [False, True]
     np.testing.assert_array_equal(got.vectors[1], vectors[0])
     again = state.sequences(users)
-    assert again["s1"].item_ids == ["i1", "i2"] and again["s1"].timestamps == [10, 20]
+    assert again["together-1"].item_ids == ["i1", "i2"] and again["together-1"].timestamps == [10, 20]
 
 
 def test_embeddings_of_two_sizes_are_refused_naming_the_id(store):
