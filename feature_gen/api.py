@@ -300,6 +300,10 @@ class Encoder:
             rejects += [{"user_id": None if pd.isna(u) else _str_id(u), "item_id": None if pd.isna(i) else _str_id(i),
                          "reason": "null_id"} for u, i in zip(events.user_id[null], events.item_id[null])]
             events = events[~null].assign(_order=lambda f: np.arange(len(f)))
+            # an exact repeat (same user, item and timestamp: a replayed log) counts once, at its first
+            # position, as in the Spark job (spark_jobs/user_frames.py) and the stream
+            key = [events["user_id"].map(_str_id), events["item_id"].map(_str_id), events["timestamp"]]
+            events = events[~pd.DataFrame({"u": key[0], "i": key[1], "t": key[2]}).duplicated(keep="first").to_numpy()]
             events = events.sort_values(["timestamp", "_order"], kind="stable")
             users, hist, ts = [], [], []
             for user, group in events.groupby(events["user_id"].map(_str_id), sort=True):
