@@ -177,7 +177,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     def poison(state):
         if state.step == 2:
             with torch.no_grad():
-                rec.user_model.final_norm.weight.fill_(float("nan"))
+                rec.user_model.ffn_norms[-1].weight.fill_(float("nan"))
 
     from feature_gen.data.sequences import leave_one_out, load_interaction_data
     from trainer.loop import train

@@ -140,6 +140,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name (e.g. -smoke)")
     ap.add_argument("--note", default="", help="free text stored in the result (e.g. why epochs were lowered)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from its progress file (<out>/<dataset>-seed<k><tag>.progress.json): "
+                         "RecBole's last saved (= best so far) checkpoint, its optimizer and early-stopping counter, "
+                         "and the epoch log up to that checkpoint")
     ap.add_argument("--sanity-popularity", action="store_true",
                     help="no training: rank by training-set popularity through the same evaluation hook "
                          "(the project's harness gives ML-100K test NDCG@10 0.0432, Recall@10 0.0838)")
@@ -269,8 +273,23 @@ def main() -> None:
               + f"; RecBole's topk (ties arbitrary): NDCG@10 {recbole_res['ndcg@10']:.4f} Recall@10 {recbole_res['recall@10']:.4f}",
               flush=True)
         return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_path = out / f"{args.dataset}-seed{args.seed}{args.tag}.progress.json"
     trainer.epoch_log = []
-    fit_start = time.time()
+    resumed_from = None
+    prior_wall = 0.0
+    if args.resume:
+        # RecBole saves only on a new best, so the run restarts after the best epoch: later epochs are
+        # dropped from the log and trained again (their randomness differs from the interrupted run's).
+        progress = json.loads(progress_path.read_text())
+        resumed_from = progress["checkpoint"]
+        trainer.resume_checkpoint(resumed_from)
+        trainer.epoch_log = [r for r in progress["history"] if r["epoch"] < trainer.start_epoch]
+        prior_wall = trainer.epoch_log[-1]["wall_seconds"] if trainer.epoch_log else 0.0
+        print(f"resumed from {resumed_from}: epoch {trainer.start_epoch}, best valid NDCG@10 "
+              f"{trainer.best_valid_score:.4f}, {len(trainer.epoch_log)} epochs logged", flush=True)
+    fit_start = time.time() - prior_wall
 
     def on_epoch_end(epoch_idx, valid_score):
         rec = trainer.epoch_log[-1]
@@ -281,16 +300,27 @@ def main() -> None:
         print(f"epoch {epoch_idx}: train {rec['train_seconds']:.1f}s loss {rec['loss']:.4f} "
               f"valid NDCG@10 {valid_score:.4f} (project {rec['valid_project']['ndcg@10']:.4f}) "
               f"wall {rec['wall_seconds']:.0f}s load {rec['load']:.2f}", flush=True)
+        # RecBole has just saved the model if this epoch is a new best (fit saves before the callback)
+        saved = Path(trainer.saved_model_file)
+        checkpoint = str(saved.resolve()) if saved.exists() else resumed_from
+        progress_path.write_text(json.dumps({"checkpoint": checkpoint, "history": trainer.epoch_log}, indent=1) + "\n")
 
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, verbose=True, saved=True, show_progress=False, callback_fn=on_epoch_end
-    )
+    if trainer.start_epoch >= args.epochs:
+        # nothing left to train (a resumed run evaluated as it stands): RecBole's fit would re-save the
+        # checkpoint with epoch -1, so a later --resume would start again from epoch 0
+        best_valid_score = trainer.best_valid_score
+    else:
+        best_valid_score, _ = trainer.fit(
+            train_data, valid_data, verbose=True, saved=True, show_progress=False, callback_fn=on_epoch_end
+        )
     fit_seconds = time.time() - fit_start
     log = trainer.epoch_log
     best = max(log, key=lambda r: (r["valid_ndcg@10"], -r["epoch"]))  # RecBole keeps the first best
     best_epoch = best["epoch"]
     assert abs(best["valid_ndcg@10"] - best_valid_score) < 1e-12, (best, best_valid_score)
 
+    if resumed_from and not Path(trainer.saved_model_file).exists():
+        trainer.saved_model_file = resumed_from  # no new best after the resume: the best is the one resumed
     valid_recbole = trainer.evaluate(valid_data, load_best_model=True)
     valid_ranks = trainer.last_ranks
     test_recbole = trainer.evaluate(test_data, load_best_model=True)
@@ -335,14 +365,13 @@ def main() -> None:
         "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg()),
         "note": args.note,
+        "resumed_from": resumed_from,
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "config": {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else str(v))
                    for k, v in sorted(config.final_config_dict.items())
                    if k in sasrec_config(args) or k in ("model", "dataset", "MODEL_TYPE")},
         "history": log,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.dataset}-seed{args.seed}{args.tag}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     t = result["test"]
