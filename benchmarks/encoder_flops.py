@@ -16,13 +16,13 @@ Reproduce: .venv/bin/python -m benchmarks.encoder_flops   (`--models tiny` for t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.harness import write_result
 from benchmarks.onnx_bench import BATCHES, SEQ, _bundle, _latencies
 
 COMMAND = ".venv/bin/python -m benchmarks.encoder_flops"
@@ -110,9 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(tuple(args.models.split(",")))
     print(markdown(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

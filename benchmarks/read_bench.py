@@ -15,7 +15,6 @@ Reproduce: .venv/bin/python -m benchmarks.read_bench
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.harness import write_result
 import pandas as pd
 
 COMMAND = ".venv/bin/python -m benchmarks.read_bench"
@@ -129,8 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(tuple(args.stores.split(",")), requests=args.requests)
     print(markdown(result))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import wait_until, write_result
+
 COMMAND = ".venv/bin/python -m benchmarks.scaling_bench"
 ROOT = Path("outputs/bench/scaling")
 PARTITIONS = 4
@@ -74,11 +76,7 @@ def _members_state(work: Path) -> list[dict]:
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"scaling_bench: timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(predicate, timeout_s, what, who="scaling_bench", poll_s=0.05)
 
 
 def run(members: tuple[int, ...] = (1, 2, 4), events: int = 8000, users: int = 2000) -> dict:
@@ -198,9 +196,7 @@ def main() -> None:
         return
     result = run(tuple(int(n) for n in args.members.split(",")), events=args.events)
     print(markdown(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

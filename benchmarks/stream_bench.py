@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.harness import wait_until, write_result
 import pandas as pd
 
 COMMAND = ".venv/bin/python -m benchmarks.stream_bench"
@@ -108,11 +110,7 @@ def _feast_path_state(store, version, ttl_ms):
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"stream_bench: timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_until(predicate, timeout_s, what, who="stream_bench", poll_s=0.01)
 
 
 def _bench_model(name: str, events: int, users: int, rate: float, seconds: float, runtime: str,
@@ -353,9 +351,7 @@ def main() -> None:
                  paths=tuple(args.paths.split(",")), **kwargs)
     print(markdown(result))
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

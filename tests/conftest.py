@@ -49,4 +49,16 @@ def tiny_bundle(tmp_path_factory):
     return save_bundle(model.eval(), tok, cfg, tmp_path_factory.mktemp("bundles"), data_fingerprint="tiny")
 
 
+@pytest.fixture(scope="module")
+def encoders(tiny_bundle):
+    """The tiny bundle's encoders with one torch thread, as `hllm refresh` runs (stream.torch_threads):
+    two threads stall each other on a busy 2-core machine."""
+    from feature_gen.inference.encoders import load_encoders
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_encoders(tiny_bundle)
+    torch.set_num_threads(threads)
+
+
 from tests.redis_fixture import redis_server  # noqa: E402,F401  (a real redis-server per test session)

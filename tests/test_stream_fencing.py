@@ -11,10 +11,8 @@ import time
 
 import pandas as pd
 import pytest
-import torch
 
 from feature_gen.streaming.clients import make_producer
-from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.online_state import OnlineState
 from feature_gen.streaming.produce import send_paced, user_messages
 from feature_gen.streaming.refresh import build_user_loop
@@ -27,14 +25,6 @@ from tests.streaming_support import (  # noqa: F401  (broker is a fixture)
     wait_until,
 )
 from tests.test_streaming_refresh import check_alive, running
-
-
-@pytest.fixture(scope="module")
-def encoders(tiny_bundle):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_encoders(tiny_bundle)
-    torch.set_num_threads(threads)
 
 
 class StallingState(OnlineState):

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from kafka.consumer.fetcher import ConsumerRecord
 
 from feature_gen.streaming.clients import make_producer
@@ -25,7 +24,6 @@ from feature_gen.streaming.dead_letter import (
     DeadLetterWriter,
     read_headers,
 )
-from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.events import InvalidEvent, parse_item_event, parse_user_event, user_event_json
 from feature_gen.streaming.item_refresh import build_item_loop
 from feature_gen.streaming.metrics import StreamMetrics
@@ -59,14 +57,6 @@ def deep_json_event(depth: int = 2000) -> bytes:
 
 def user_event_with_ts(ts) -> bytes:
     return b'{"user_id": "erin", "item_id": "1", "timestamp": %d, "event_type": "click"}' % ts
-
-
-@pytest.fixture(scope="module")
-def encoders(tiny_bundle):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_encoders(tiny_bundle)
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------ the parser

@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hllm.local_broker import LocalBroker, free_port
 from feature_gen.streaming.clients import make_producer
-from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.produce import send_paced, user_messages
 from feature_gen.streaming.refresh import build_user_loop
 from tests.streaming_support import (  # noqa: F401  (broker is a fixture)
@@ -37,15 +35,6 @@ from tests.streaming_support import (  # noqa: F401  (broker is a fixture)
 
 NUM_ITEMS = 20
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def encoders(tiny_bundle):
-    # one torch thread, as `hllm refresh` runs (stream.torch_threads): two stall on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_encoders(tiny_bundle)
-    torch.set_num_threads(threads)
 
 
 def start_refresh(config: Path, log: Path) -> subprocess.Popen:

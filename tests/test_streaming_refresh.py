@@ -11,12 +11,10 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from feature_gen.model.item_text import build_item_text
 from feature_gen.streaming.clients import make_producer
 from feature_gen.streaming.dead_letter import read_headers
-from feature_gen.inference.encoders import load_encoders
 from feature_gen.streaming.events import user_event_json
 from feature_gen.streaming.item_refresh import build_item_loop
 from feature_gen.streaming.produce import item_messages, send_paced, user_messages
@@ -36,15 +34,6 @@ from tests.streaming_support import (  # noqa: F401  (broker is a fixture)
 )
 
 USER = "user_refresh"
-
-
-@pytest.fixture(scope="module")
-def encoders(tiny_bundle):
-    # one torch thread, as `hllm refresh` runs (stream.torch_threads): two stall on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_encoders(tiny_bundle)
-    torch.set_num_threads(threads)
 
 
 def _run(loop) -> None:
