@@ -14,6 +14,14 @@ both LLMs, AdamW, bf16 autocast where the device supports it. Every input is cre
 device: the placement the trainer must do. Embedding is feature_gen.inference.encoders.embed_token_ids
 (the path the Spark jobs and consumers use) on the same device.
 
+Then the trainer itself on the device (`trainer_check`, issue 21 item 4): `python -m trainer.train
+--config X --deepspeed --deepspeed_config ds.json` (DeepSpeed's own arguments; the JSON asks for ZeRO-2
+and 2 micro-batches per optimizer step), `train.precision: auto` (bf16 on a bf16 GPU), HLLM stage 1
+(catalogue cache, checkpoints) and stage 2 from its bundle (cached catalogue as a buffer, full
+softmax, evaluation of a bf16 User LLM ranked in float32). A batch, a negative or a cache left on the
+CPU stops these runs at their first step with a device-mismatch error; the check reports each run's
+device, precision, accumulation, steps, losses and validation NDCG@10. `--no-trainer` skips it.
+
 MFU (nanoGPT's): achieved FLOP/s over the device's peak. Achieved = 6 x non-embedding parameters x
 tokens (forward + backward) + attention, per second; the peak is measured in the same run (a bf16,
 else fp32, 8192^3 matmul), or `--peak-tflops` (H100 SXM bf16 dense: 989). Writes
@@ -24,12 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_check.json"
 SHAPES = {
     "tinyllama": {"hidden_size": 2048, "num_layers": 22, "num_heads": 32, "num_kv_heads": 4, "intermediate_size": 5632,
@@ -142,6 +154,97 @@ def run(device_name: str, shape: str, steps: int, batch_users: int, seq_len: int
     }
 
 
+def _toy_catalogue(folder: Path, num_items: int = 200, num_users: int = 240, length: int = 14) -> tuple[Path, Path]:
+    """Users walking the item cycle from random starts (the next item is a function of the current one)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    items = pd.DataFrame({"item_id": np.arange(1, num_items + 1),
+                          "title": [f"item number {i}" for i in range(1, num_items + 1)],
+                          "tags": [["even" if i % 2 == 0 else "odd"] for i in range(1, num_items + 1)]})
+    rows = [{"user_id": f"u{u}", "item_id": (start + t) % num_items + 1, "timestamp": 1_700_000_000 + 60 * t}
+            for u, start in enumerate(rng.integers(num_items, size=num_users)) for t in range(length)]
+    folder.mkdir(parents=True, exist_ok=True)
+    items.to_parquet(folder / "items.parquet")
+    pd.DataFrame(rows).to_parquet(folder / "interactions.parquet")
+    return folder / "items.parquet", folder / "interactions.parquet"
+
+
+def _train_cli(config: Path, ds_json: Path, device: str, log: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The trainer's own entry point in a fresh process (its own DeepSpeed process group)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if device.startswith("cuda:"):
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    if device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
+    cmd = [sys.executable, "-m", "trainer.train", "--config", str(config), "--deepspeed", "--deepspeed_config",
+           str(ds_json), "--no-resume", *[a for o in overrides for a in ("--set", o)]]
+    with log.open("w") as out:
+        return subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1200)
+
+
+def _run_summary(proc: subprocess.CompletedProcess, run_dir: Path, log: Path) -> dict:
+    if proc.returncode != 0:
+        return {"ok": False, "rc": proc.returncode, "log_tail": log.read_text()[-3000:]}
+    result = json.loads((run_dir / "result.json").read_text())
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r]
+    tp = result["throughput"]
+    return {"ok": True, "device": tp["device"], "bf16": tp["bf16"], "gradient_accumulation_steps": tp["gradient_accumulation_steps"],
+            "micro_batches": [r["micro_batches"] for r in steps], "steps": len(steps),
+            "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+            "valid_ndcg@10": result["valid"].get("ndcg@10"), "positions_per_s": round(tp["positions_per_s"]),
+            "fraction_of_matmul_peak": round(tp["fraction_of_matmul_peak"], 4)}
+
+
+def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> dict:
+    """Stage 1 then stage 2 through the trainer's CLI on `device` (see the module docstring). `ok` is
+    true when both ran on the device asked for, with the precision `auto` picks there, two micro-batches
+    per optimizer step and finite losses."""
+    import yaml
+
+    from trainer.deepspeed_setup import bf16_available
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="gpu_check_trainer_"))
+    items, inter = _toy_catalogue(workdir / "data")
+    cfg = {
+        "seed": 0,
+        "data": {"source": "files", "items_path": str(items), "interactions_path": str(inter), "max_seq_len": 12},
+        "item_text": {"prompt": "", "max_item_tokens": 32},
+        "item_llm": {"source": "tiny_random", "tiny": SHAPES["tiny"]},
+        "user_llm": {"source": "tiny_random", "tiny": {**SHAPES["tiny"], "seed": 1}},
+        "loss": {"temperature_init": 0.1, "nce_threshold": 1.0},
+        "train": {"output_dir": str(workdir / "stage1"), "epochs": 1, "max_steps": steps, "batch_size": 16,
+                  "windows": "last", "stage1_max_seq_len": 8, "checkpoint_every_steps": 3, "warmup_steps": 2,
+                  "lr": 1e-3, "precision": "auto"},
+    }
+    config = workdir / "train.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    ds_json = workdir / "ds.json"
+    ds_json.write_text(json.dumps({"gradient_accumulation_steps": 2, "zero_optimization": {"stage": 2}}))
+    report: dict = {}
+    log1 = workdir / "stage1.log"
+    report["stage1"] = _run_summary(_train_cli(config, ds_json, device, log1), workdir / "stage1", log1)
+    bundles = sorted((workdir / "stage1" / "bundles").glob("*/manifest.json"))
+    if report["stage1"]["ok"] and bundles:
+        log2 = workdir / "stage2.log"
+        proc = _train_cli(config, ds_json, device, log2, "train.stage=2", f"train.init_bundle={bundles[-1].parent}",
+                          f"train.output_dir={workdir / 'stage2'}", "train.freeze_bundle=false")
+        report["stage2"] = _run_summary(proc, workdir / "stage2", log2)
+    want_bf16 = device != "cpu" and bf16_available()
+    runs = [report.get("stage1", {}), report.get("stage2", {})]
+    report["ok"] = all(
+        r.get("ok") and r["device"].split(":")[0] == device.split(":")[0] and r["bf16"] == want_bf16
+        and r["gradient_accumulation_steps"] == 2 and r["micro_batches"][0] == 2
+        and r["last_loss"] is not None and r["last_loss"] == r["last_loss"]  # not NaN
+        for r in runs
+    )
+    report["workdir"] = str(workdir)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (a smoke run; no figures worth keeping)")
@@ -152,17 +255,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--item-len", type=int, default=64)
     p.add_argument("--embed-items", type=int, default=2048)
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: measured)")
+    p.add_argument("--no-trainer", dest="trainer", action="store_false",
+                   help="skip the trainer check (DeepSpeed CLI, accumulation, bf16, placement; on by default on CUDA)")
+    p.add_argument("--trainer", dest="trainer", action="store_true", help="run the trainer check on --device cpu too")
+    p.set_defaults(trainer=None)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing measured (run it where a GPU is, or --device cpu for a smoke run)")
         return 0
     result = run(args.device, args.shape, args.steps, args.batch_users, args.seq_len, args.item_len, args.embed_items,
                  args.peak_tflops)
+    if args.trainer if args.trainer is not None else args.device != "cpu":
+        result["trainer"] = trainer_check(args.device)
     print(json.dumps(result, indent=2))
+    failed = "trainer" in result and not result["trainer"]["ok"]
     if args.device != "cpu":
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -222,6 +222,11 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     stage1_max_seq_len: int = Field(10, gt=1, description="stage 1: short histories, Item LLM trained end to end")
     deepspeed_config: Optional[str] = None
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="micro-batches (of batch_size) per optimizer step; steps, LR schedule, checkpoints "
+                             "and max_steps count optimizer steps (unset: the DeepSpeed JSON's value, else 1)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, else fp32; bf16 without a bf16 GPU is refused")
     gradient_checkpointing: bool = False
     eval_every_epochs: int = Field(1, gt=0)
     early_stopping_patience: int = Field(3, gt=0)

@@ -5,7 +5,11 @@ The trainer's config (`train.*`) is the source of truth. A DeepSpeed JSON (`trai
 e.g. configs/deepspeed/zero2.json) contributes what the trainer does not own (ZeRO stage, offload,
 communication settings); a value that contradicts the trainer's (`train_micro_batch_size_per_gpu` vs
 `train.batch_size`, `gradient_clipping` vs `train.max_grad_norm`, the optimizer's lr ...) stops the run
-before training, naming both fields. "auto" is filled in.
+before training, naming both fields. "auto" is filled in. Two fields the JSON may set for the trainer:
+`gradient_accumulation_steps` (applies when `train.gradient_accumulation_steps` is left at 1; a JSON
+value of 1, as in the shipped configs, leaves the trainer's) and
+`bf16.enabled` (applies when `train.precision` is `auto`); `train_batch_size` must then equal
+micro-batch x accumulation x world size.
 
 CPU: DeepSpeed picks its CPU accelerator with DS_ACCELERATOR=cpu and the gloo backend when oneCCL is
 absent. A plain `python`/`hllm train` run has no launcher, so `ensure_single_process_env` provides the
@@ -41,6 +45,44 @@ def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def accumulation_steps(cfg: HLLMConfig, base: dict | None = None, source: str = "<trainer defaults>") -> int:
+    """Micro-batches per optimizer step: `train.gradient_accumulation_steps`, or the DeepSpeed JSON's
+    `gradient_accumulation_steps` where the trainer's is left at 1 (1 or 'auto' in the JSON: the
+    trainer's). Both above 1 and different: ConfigError naming both."""
+    mine = cfg.train.gradient_accumulation_steps
+    theirs = (base or {}).get("gradient_accumulation_steps", "auto")
+    if theirs == "auto" or theirs is None or theirs == 1:
+        return mine
+    if not isinstance(theirs, int) or isinstance(theirs, bool) or theirs < 1:
+        raise ConfigError(f"{source}: gradient_accumulation_steps must be a positive integer or 'auto'; got {theirs!r}")
+    if mine == 1 or theirs == mine:
+        return theirs
+    raise ConfigError(f"{source}: gradient_accumulation_steps is {theirs} but train.gradient_accumulation_steps is "
+                      f"{mine}; set one of them (or 'auto')")
+
+
+def use_bf16(cfg: HLLMConfig, base: dict | None = None, source: str = "<trainer defaults>") -> bool:
+    """Train in bf16? `train.precision` (auto: bf16 where the GPU supports it, else fp32), or the
+    DeepSpeed JSON's `bf16.enabled` where the trainer's is `auto`. bf16 asked for on a machine without
+    a bf16 GPU, fp16, or the two settings disagreeing: ConfigError naming the field."""
+    base = base or {}
+    precision = cfg.train.precision
+    if (base.get("fp16") or {}).get("enabled") is True:
+        raise ConfigError(f"{source}: fp16.enabled: the trainer trains in fp32 or bf16 (train.precision); "
+                          "remove fp16 (loss scaling is not wired in)")
+    theirs = (base.get("bf16") or {}).get("enabled", "auto")
+    field = "train.precision"
+    if theirs != "auto" and precision == "auto":
+        precision, field = ("bf16" if theirs else "fp32"), f"{source}: bf16.enabled"
+    elif theirs != "auto" and (precision == "bf16") != bool(theirs):
+        raise ConfigError(f"{source}: bf16.enabled is {theirs!r} but train.precision is {precision!r}; set one of them")
+    if precision == "auto":
+        return bf16_available()
+    if precision == "bf16" and not bf16_available():
+        raise ConfigError(f"{field}: bf16 asked for, but this machine has no bf16-capable GPU (use 'auto' or 'fp32')")
+    return precision == "bf16"
+
+
 def _check(ds: dict, key_path: str, wanted: Any, owner: str, source: str) -> None:
     node: Any = ds
     parts = key_path.split(".")
@@ -67,22 +109,20 @@ def build_deepspeed_config(cfg: HLLMConfig, total_steps: int, world_size: int = 
                               what=f"train.deepspeed_config: {path}")
         source = str(path)
         _check(base, "train_micro_batch_size_per_gpu", t.batch_size, "train.batch_size", source)
-        _check(base, "gradient_accumulation_steps", 1, "the trainer (no accumulation)", source)
         _check(base, "gradient_clipping", t.max_grad_norm, "train.max_grad_norm", source)
         _check(base, "optimizer.params.lr", t.lr, "train.lr", source)
         _check(base, "optimizer.params.weight_decay", t.weight_decay, "train.weight_decay", source)
-        if "train_batch_size" in base and base["train_batch_size"] != "auto":
-            _check(base, "train_batch_size", t.batch_size * world_size, "train.batch_size x world size", source)
         opt_type = base.get("optimizer", {}).get("type", "AdamW")
         if str(opt_type).lower() not in ("adamw", "adam"):
             raise ConfigError(f"{source}: optimizer.type {opt_type!r}: the trainer uses AdamW")
-        bf16 = base.get("bf16", {}).get("enabled")
-        if bf16 is True and not bf16_available():
-            raise ConfigError(f"{source}: bf16.enabled is true but this machine has no bf16-capable GPU (use 'auto')")
+    accumulation = accumulation_steps(cfg, base, source)
+    _check(base, "train_batch_size", t.batch_size * accumulation * world_size,
+           "train.batch_size x gradient accumulation steps x world size", source)
+    bf16 = use_bf16(cfg, base, source)
     ds = dict(base)
     ds["train_micro_batch_size_per_gpu"] = t.batch_size
-    ds["gradient_accumulation_steps"] = 1
-    ds.pop("train_batch_size", None)
+    ds["gradient_accumulation_steps"] = accumulation
+    ds.pop("train_batch_size", None)  # DeepSpeed derives it (micro-batch x accumulation x its world size)
     ds["gradient_clipping"] = t.max_grad_norm
     ds["optimizer"] = {
         "type": "AdamW",
@@ -98,7 +138,7 @@ def build_deepspeed_config(cfg: HLLMConfig, total_steps: int, world_size: int = 
             "cos_min_ratio": 0.1,
         },
     }
-    ds["bf16"] = {"enabled": bf16_available() if base.get("bf16", {}).get("enabled", "auto") == "auto" else bool(base["bf16"]["enabled"])}
+    ds["bf16"] = {**(base.get("bf16") or {}), "enabled": bf16}
     ds.setdefault("zero_optimization", {"stage": 0})
     ds.setdefault("steps_per_print", 10**9)  # the trainer logs its own figures
     ds.setdefault("wall_clock_breakdown", False)

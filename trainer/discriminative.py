@@ -130,13 +130,19 @@ class ClickModel(nn.Module):
         self.cfg = hllm.cfg
         self.register_buffer("table", table, persistent=False)  # [N+1, D], row 0 padding
 
+    def placed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch on the model's device (the table buffer moved with the module to DeepSpeed's)."""
+        return {k: v.to(self.table.device) for k, v in batch.items()}
+
     def _inputs(self, batch: dict[str, torch.Tensor]):
+        batch = self.placed(batch)
         hist = batch["history"]
         mask = (hist > 0).long()
         return self.table[hist], mask, batch["history_ts"], self.table[batch["candidates"]]
 
     def click_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[R, C] logits of the configured fusion."""
+        batch = self.placed(batch)
         embs, mask, ts, cands = self._inputs(batch)
         ts_arg = ts if self.user_llm.time_embedding is not None else None
         if self.late_head is not None:
@@ -147,11 +153,12 @@ class ClickModel(nn.Module):
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg.loss
+        batch = self.placed(batch)
         embs, mask, ts, cands = self._inputs(batch)
         ts_arg = ts if self.user_llm.time_embedding is not None else None
         out = self.user_llm(embs, mask, ts_arg)
         scale = self.logit_scale()
-        negatives, negative_ids = self.table[1:], torch.arange(1, self.table.size(0))
+        negatives, negative_ids = self.table[1:], torch.arange(1, self.table.size(0), device=self.table.device)
         parts: dict[str, torch.Tensor] = {}
         if cfg.gen_weight > 0:  # next item at every history position, full catalogue
             hist = batch["history"]
@@ -206,7 +213,7 @@ def score_requests(model: ClickModel, req: ClickRequests, batch_size: int, kind:
             ts_arg = ts if model.user_llm.time_embedding is not None else None
             user = model.user_llm(embs, mask, ts_arg).user_embedding
             s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), cands, dim=-1)
-        scores.append(s[b["labels"] >= 0].float().numpy())
+        scores.append(s[(b["labels"] >= 0).to(s.device)].float().cpu().numpy())
     model.train(was)
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 

@@ -1,8 +1,9 @@
 """The training loop for every recommender and stage: read it top to bottom.
 
-    for each epoch: for each batch of users (deterministic order per epoch):
-        windows -> recommender.training_step (the configured objective, trainer/recommenders.py)
-        -> DeepSpeed backward/step (clipping inside)
+    for each epoch: for each optimizer step (train.gradient_accumulation_steps micro-batches of users,
+            deterministic order per epoch):
+        windows -> .to(engine.device) -> recommender.training_step (the configured objective,
+        trainer/recommenders.py) -> DeepSpeed backward per micro-batch, step on the last (clipping inside)
         -> log loss, tokens/s, FLOP/s; checkpoint every N steps
     evaluate on validation (full ranking, NDCG@10) -> keep the best weights, stop early
         (a run from a bundle evaluates its starting weights first: epoch 0 can be selected)
@@ -12,6 +13,14 @@ Resume: DeepSpeed checkpoints (weights, optimizer, scheduler) carry the step, ep
 in their client state; the batch order of an epoch depends only on (seed, epoch), so a resumed run
 skips exactly the batches already done, and metrics.jsonl is cut back to the checkpoint's step so the
 loss curve continues instead of repeating.
+
+Steps are optimizer steps: `state.step`, `train.max_steps`, `train.checkpoint_every_steps`, the LR
+schedule and the log all count them; a step is `train.gradient_accumulation_steps` micro-batches of
+`train.batch_size` users (an epoch's last step may have fewer), each micro-batch's loss weighted
+1/(micro-batches in the step), so a step's gradient is the mean over its micro-batches.
+
+Devices: the model is where DeepSpeed put it (`engine.device`); each micro-batch is moved there with
+`TrainingBatch.to`, and the recommender makes every other tensor on its own `device`.
 """
 
 from __future__ import annotations
@@ -73,14 +82,24 @@ class TrainResult:
     bundle: Path | None = None
 
 
-def matmul_peak_flops(size: int = 1024, repeats: int = 5) -> float:
-    """This machine's fp32 matmul rate right now, the denominator of the achieved-FLOP/s ratio."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_flops(size: int = 1024, repeats: int = 5, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> float:
+    """The training device's matmul rate (FLOP/s) right now in the training dtype, the denominator of
+    the achieved-FLOP/s ratio."""
+    device = torch.device(device)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best
 
@@ -90,10 +109,13 @@ def evaluate(recommender: Recommender, eval_set: EvalSet, cfg: HLLMConfig, max_s
     was_training = recommender.training
     recommender.eval()
     with full_parameters(recommender):  # ZeRO-3: item_table reads ID/heads weights directly
-        table = recommender.item_table().float()  # [N+1, D], what the User model reads
-        users = embed_users(recommender.user_model, table, eval_set.histories, eval_set.history_timestamps, max_seq_len)
+        table = recommender.item_table()  # [N+1, D], what the User model reads
+        user_dtype = next(recommender.user_model.parameters()).dtype  # bf16 under train.precision bf16
+        users = embed_users(recommender.user_model, table.to(user_dtype), eval_set.histories,
+                            eval_set.history_timestamps, max_seq_len)  # inputs follow the model's device
     recommender.train(was_training)
-    return evaluate_vectors(users.vectors, table, eval_set, cfg, similarity=cfg.loss.similarity)
+    # ranked in float32 on the CPU whatever the training precision and device (users.vectors are float32)
+    return evaluate_vectors(users.vectors, table.float().cpu(), eval_set, cfg, similarity=cfg.loss.similarity)
 
 
 def _log(path: Path, record: dict) -> None:
@@ -132,8 +154,9 @@ def train(
 ) -> TrainResult:
     """Train `recommender` with DeepSpeed; returns metrics of the selected (best-validation) weights.
 
-    The objective (`cfg.loss`) is checked before anything starts: a field the trainer cannot honour
-    raises ConfigError naming it."""
+    `state.step` and `train.max_steps` count optimizer steps (`train.gradient_accumulation_steps`
+    micro-batches each). The objective (`cfg.loss`) is checked before anything starts: a field the
+    trainer cannot honour raises ConfigError naming it."""
     import deepspeed
 
     from trainer.deepspeed_setup import build_deepspeed_config, ensure_single_process_env
@@ -160,8 +183,9 @@ def train(
     objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
     recommender.set_objective(objective)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
-    total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
+    micro_batches_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
+    accumulation = build_deepspeed_config(cfg, 1, world)["gradient_accumulation_steps"]  # the trainer's or the JSON's
+    total_steps = t_cfg.max_steps or math.ceil(micro_batches_per_epoch / accumulation) * t_cfg.epochs
     ds_config = build_deepspeed_config(cfg, total_steps, world)
     params = [p for p in recommender.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(model=recommender, model_parameters=params, config=ds_config)
@@ -222,7 +246,9 @@ def train(
         select(evaluate(model, split.valid, cfg, cfg.data.max_seq_len))
 
     item_params, user_params = model.compute_params()
-    peak = matmul_peak_flops()
+    bf16 = bool(ds_config["bf16"]["enabled"])
+    on_gpu = engine.device.type == "cuda"
+    peak = matmul_peak_flops(8192 if on_gpu else 1024, device=engine.device, dtype=torch.bfloat16 if bf16 else torch.float32)
     tokens_done = positions_done = 0
     train_seconds = 0.0
     stop = False
@@ -235,37 +261,48 @@ def train(
         batches = [order[i : i + t_cfg.batch_size] for i in range(0, len(order), t_cfg.batch_size)]
         model.train()
         while state.batch_in_epoch < len(batches):
-            rows = batches[state.batch_in_epoch]
+            group = batches[state.batch_in_epoch : state.batch_in_epoch + accumulation]  # one optimizer step
             t0 = time.perf_counter()
-            window = training_windows([epoch_seqs[r] for r in rows], [epoch_tss[r] for r in rows], max_seq_len)
-            out = model.training_step(window, state.step)
-            loss = out.loss
-            # The mean over ranks: what is logged, and what every rank checks, so that a NaN on one rank
-            # stops all of them at the same step instead of leaving the others waiting in a collective.
-            mean_loss = loss.detach().clone()
-            if engine.world_size > 1:
-                torch.distributed.all_reduce(mean_loss)
-                mean_loss /= engine.world_size
-            if not torch.isfinite(mean_loss):
-                last = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else "none"
-                raise TrainingDiverged(
-                    f"loss is {mean_loss.item()} at step {state.step} (epoch {state.epoch}); stopped without "
-                    f"updating; last good checkpoint: {ckpt_dir / last if last != 'none' else 'none'}"
-                )
-            engine.backward(loss)
-            grad_norm = _grad_norm(model)  # before clipping; DeepSpeed clips to train.max_grad_norm inside step()
-            engine.step()
+            step_loss, stats = 0.0, {}
+            for i, rows in enumerate(group):
+                last = i == len(group) - 1
+                # DeepSpeed reduces gradients and steps the optimizer on the boundary; set here rather than
+                # counted by DeepSpeed, so that an epoch's short last step is a boundary too
+                engine.set_gradient_accumulation_boundary(last)
+                window = training_windows([epoch_seqs[r] for r in rows], [epoch_tss[r] for r in rows], max_seq_len)
+                out = model.training_step(window.to(engine.device), state.step)
+                loss = out.loss
+                # The mean over ranks: what is logged, and what every rank checks, so that a NaN on one rank
+                # stops all of them at the same step instead of leaving the others waiting in a collective.
+                mean_loss = loss.detach().clone()
+                if engine.world_size > 1:
+                    torch.distributed.all_reduce(mean_loss)
+                    mean_loss /= engine.world_size
+                if not torch.isfinite(mean_loss):
+                    ckpt = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else "none"
+                    raise TrainingDiverged(
+                        f"loss is {mean_loss.item()} at step {state.step} (epoch {state.epoch}); stopped without "
+                        f"updating; last good checkpoint: {ckpt_dir / ckpt if ckpt != 'none' else 'none'}"
+                    )
+                # each micro-batch weighs 1/len(group): the step's gradient is the mean over its micro-batches
+                engine.backward(loss / len(group), scale_wrt_gas=False)
+                if last:
+                    grad_norm = _grad_norm(model)  # before clipping; DeepSpeed clips to train.max_grad_norm inside step()
+                engine.step()
+                step_loss += mean_loss.item() / len(group)
+                for key, value in out.stats.items():  # counts add up over micro-batches; ratios are the last one's
+                    stats[key] = stats.get(key, 0) + value if key in ("positions", "item_tokens") else value
             dt = time.perf_counter() - t0
             train_seconds += dt
-            text_tokens = out.stats["item_tokens"] if model.training_item_llm else 0
+            text_tokens = stats["item_tokens"] if model.training_item_llm else 0
             tokens_done += text_tokens
-            positions_done += out.stats["positions"]
+            positions_done += stats["positions"]
             state.step += 1
-            state.batch_in_epoch += 1
-            log({"step": state.step, "epoch": state.epoch, "loss": round(mean_loss.item(), 6),
+            state.batch_in_epoch += len(group)
+            log({"step": state.step, "epoch": state.epoch, "loss": round(step_loss, 6),
                  "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "seconds": round(dt, 4),
-                 **out.stats, "item_tokens": text_tokens})
-            kept, offered = out.stats.get("negatives_kept", 0), out.stats.get("negatives_offered", 0)
+                 **stats, "item_tokens": text_tokens, "micro_batches": len(group)})
+            kept, offered = stats.get("negatives_kept", 0), stats.get("negatives_offered", 0)
             if state.step == 1 and kept < 0.1 * offered:
                 say(f"warning: only {kept:.1f} of {offered} negatives survive the cosine > "
                     f"{cfg.loss.nce_threshold} mask: item embeddings are nearly identical, the loss has almost "
@@ -296,6 +333,9 @@ def train(
     flops = 6.0 * (item_params * tokens_done + user_params * positions_done)
     throughput = {
         "world_size": engine.world_size,  # figures below are rank 0's; the data-parallel total is x world_size
+        "gradient_accumulation_steps": accumulation,
+        "bf16": bf16,
+        "device": str(engine.device),
         "train_seconds": train_seconds,
         "item_tokens_per_s": tokens_done / train_seconds if train_seconds else 0.0,
         "positions_per_s": positions_done / train_seconds if train_seconds else 0.0,

@@ -2,6 +2,7 @@
 
     training_step(batch, step) -> StepOutput(loss, stats)   the configured loss on one batch of windows
     item_table() -> [N+1, D]                               the whole catalogue for evaluation (row 0 = padding)
+    device                                                 where its parameters are; the batch must be there
     user_model(item_embs, mask, timestamps)                -> UserLLMOutput (evaluation embeds users with it)
 
 HLLM (either stage) and the SASRec baseline implement it over the same step (`_SequenceStep`):
@@ -43,6 +44,9 @@ class Recommender(Protocol):
     user_model: nn.Module
     training_item_llm: bool  # the Item LLM trains in this run (its tokens are counted)
 
+    @property
+    def device(self) -> torch.device: ...  # the parameters' device: the batch and every tensor the step makes
+
     def set_objective(self, objective: GenerativeObjective) -> None: ...
     def has_catalogue(self) -> bool: ...  # every item's embedding is available with gradient each step
     def training_step(self, batch: TrainingBatch, step: int) -> StepOutput: ...
@@ -64,6 +68,12 @@ class _SequenceStep:
 
     objective: GenerativeObjective | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are (DeepSpeed's engine put them there). The batch given to
+        training_step must be on it (`TrainingBatch.to`); everything the step creates is made on it."""
+        return next(self.parameters()).device
+
     def set_objective(self, objective: GenerativeObjective) -> None:
         self.objective = objective
 
@@ -71,6 +81,7 @@ class _SequenceStep:
         if self.objective is None:
             raise RuntimeError("set_objective() before training_step()")
         inputs, targets, mask = batch.inputs.item_ids, batch.targets, batch.inputs.attention_mask
+        self.objective.to(self.device)  # follows the model (a no-op after the first step)
         self.objective.refresh(step, self._table_for_cache)  # stage 1's cache, before this step's graph
         extra = self.objective.extra_ids(step)
         # Encode each distinct item once per step, whatever its role (input, target, negative).
@@ -79,7 +90,7 @@ class _SequenceStep:
         encoded = self.encode_items(unique[real])  # [M, D]
         dtype = next(p for p in self.parameters() if p.requires_grad).dtype
         encoded = encoded.to(dtype)
-        emb = torch.zeros(len(unique), encoded.size(-1), dtype=encoded.dtype).index_copy(0, real.nonzero().squeeze(1), encoded)
+        emb = torch.zeros(len(unique), encoded.size(-1), dtype=encoded.dtype, device=encoded.device).index_copy(0, real.nonzero().squeeze(1), encoded)
         n_in, n_tg = inputs.numel(), targets.numel()
         target_mask = (targets > 0) & mask.bool()
         candidates = self.objective.candidates(
@@ -94,7 +105,7 @@ class _SequenceStep:
 
     def _table_for_cache(self) -> torch.Tensor:
         with full_parameters(self):  # ZeRO-3: the cache reads every weight
-            return self.item_table()
+            return self.item_table().to(self.device)
 
     def _stats(self, enc: _EncodedStep, gen: InfoNCEResult) -> dict[str, float]:
         return {"positions": int(enc.target_mask.sum()), "item_tokens": self.text_tokens(enc.real_ids),
@@ -137,7 +148,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         with Progress(len(self.catalogue_tokens) - 1, "caching the catalogue", "items") as bar:
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
                                       padding_side=self.padding_side, progress=bar)
-        self.cached_items = padded_item_table(vectors)
+        self.cached_items = padded_item_table(vectors).to(self.device)  # a buffer: it moves with the module
         return self.cached_items
 
     @property
@@ -151,7 +162,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         """[N+1, D] every item's training embedding (stage 2: the cache, + ID embeddings with gradient)."""
         if self.stage != 2:
             return None
-        return self.encode_items(torch.arange(len(self.catalogue_tokens)))
+        return self.encode_items(torch.arange(len(self.catalogue_tokens), device=self.device))
 
     def training_step(self, batch: TrainingBatch, step: int) -> StepOutput:
         enc = self._encode_step(batch, step)
@@ -180,8 +191,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             parts = []
             for idx in chunks:
                 batch = pad_token_ids([tokens[i] for i in idx], self.pad_id, self.padding_side)
-                parts.append(self.hllm.item_llm(batch.input_ids, batch.attention_mask))
-            order = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, dtype=torch.long)
+                parts.append(self.hllm.item_llm(batch.input_ids.to(self.device), batch.attention_mask.to(self.device)))
+            order = torch.from_numpy(np.concatenate(chunks)).to(self.device) if chunks else ids[:0]
             text = torch.cat(parts)[torch.argsort(order)] if parts else self.cached_items[:0]
         if self.id_embedding is not None:
             return text + self.id_embedding(ids)
@@ -196,7 +207,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
                                       padding_side=self.padding_side)
             self.train(was_training)
-            table = padded_item_table(vectors)
+            table = padded_item_table(vectors).to(self.device)
         if self.id_embedding is not None:
             table = table + self.id_embedding.weight.detach()
         return table

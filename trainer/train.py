@@ -2,6 +2,11 @@
 
     deepspeed trainer/train.py --config configs/train_ml100k.yaml        # launcher: GPUs, nodes, hostfile
     hllm train --config configs/train_ml100k.yaml --set train.stage=2    # one process (CPU: gloo)
+    python -m trainer.train --config X.yaml --deepspeed --deepspeed_config ds.json   # DeepSpeed's own arguments
+
+`--deepspeed_config` is `train.deepspeed_config` given on the command line (both given and different:
+an error naming both); `--deepspeed` is accepted and changes nothing (the trainer always runs DeepSpeed);
+`--local_rank` is the launcher's.
 
 Stage 1 trains Item and User LLM end to end on short histories; stage 2 freezes the Item LLM (from
 `train.init_bundle`), caches the catalogue and trains the User LLM on long histories; stage 3 freezes
@@ -118,18 +123,33 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
 
 
 def parse_args(argv=None):
+    import deepspeed
+
     parser = argparse.ArgumentParser(prog="trainer/train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's
+    deepspeed.add_config_arguments(parser)  # --deepspeed, --deepspeed_config (and the deprecated --deepscale*)
     return parser.parse_args(argv)
+
+
+def config_from_args(args) -> HLLMConfig:
+    """The run's config: the YAML, its --set overrides, and --deepspeed_config as train.deepspeed_config."""
+    cfg = load_config(args.config, dict(parse_override(o) for o in args.overrides))
+    given = args.deepspeed_config or args.deepscale_config
+    if given:
+        mine = cfg.train.deepspeed_config
+        if mine and Path(mine).resolve() != Path(given).resolve():
+            raise ConfigError(f"--deepspeed_config {given} but train.deepspeed_config is {mine}; give one of them")
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"deepspeed_config": given})})
+    return cfg
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, dict(parse_override(o) for o in args.overrides))
+        cfg = config_from_args(args)
         if cfg.loss.objective == "discriminative":  # labelled requests, not windows: its own loop
             from trainer.discriminative import train_discriminative
 

@@ -7,7 +7,7 @@ tie-break (a stable sort), so a split is reproducible to the item.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -198,6 +198,13 @@ def pad_sequences(
 class TrainingBatch:
     inputs: SequenceBatch  # items 0..n-2 of each window
     targets: torch.Tensor  # [B, L] the next item at every input position (PAD where none)
+
+    def to(self, device: torch.device | str) -> "TrainingBatch":
+        """This batch with every tensor on `device` (the trainer passes the DeepSpeed engine's): the one
+        place a batch is placed. Batches are built on the CPU from numpy; a tensor already there is
+        not copied."""
+        inputs = SequenceBatch(**{f.name: getattr(self.inputs, f.name).to(device) for f in fields(self.inputs)})
+        return TrainingBatch(inputs=inputs, targets=self.targets.to(device))
 
 
 def training_windows(

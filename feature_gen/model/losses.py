@@ -222,7 +222,8 @@ class CatalogueCache:
         self.refreshed_at: int | None = None
 
     def get(self, step: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if self.table is None or step % self.refresh_steps == 0:
+        # once per step: the micro-batches of one accumulated step see the same weights
+        if self.table is None or (step % self.refresh_steps == 0 and self.refreshed_at != step):
             with torch.no_grad():
                 self.table = compute().detach()
             self.refreshed_at = step
@@ -238,8 +239,9 @@ class CatalogueCache:
 
     @staticmethod
     def with_fresh_rows(table: torch.Tensor, ids: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-        """`table` with rows `ids` replaced by `fresh` [n, D]: gradient reaches those rows only."""
-        return table.detach().to(fresh.dtype).index_copy(0, ids, fresh)
+        """`table` with rows `ids` replaced by `fresh` [n, D]: gradient reaches those rows only. The
+        table follows `fresh` (device, dtype): a checkpointed cache is loaded on the CPU."""
+        return table.detach().to(device=fresh.device, dtype=fresh.dtype).index_copy(0, ids, fresh)
 
 
 class GenerativeObjective:
@@ -247,6 +249,8 @@ class GenerativeObjective:
 
     `extra_ids(step)` are ids the step must encode besides its inputs and targets (sampled negatives);
     `candidates(...)` assembles the step's candidate set; `loss(...)` is `softmax_loss` over it.
+    `to(device)` places what it hands the model (ids, masks, log q) on the model's device; the draws
+    themselves stay on the CPU generator, so a run draws the same negatives on any device.
     """
 
     def __init__(self, cfg: LossConfig, negatives: Negatives, item_counts: np.ndarray, seed: int,
@@ -263,6 +267,16 @@ class GenerativeObjective:
         # logQ only where candidates were drawn from q; the full catalogue and the cache are not samples
         self.log_q = self.sampler.log_q if cfg.logq_correction and negatives in ("sampled", "in_batch") else None
         self.cache = CatalogueCache(cfg.cache_refresh_steps) if negatives == "cache" else None
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "GenerativeObjective":
+        """Place the objective's tensors on `device` (in place; returns self; a no-op when already there)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.allowed = self.allowed.to(device)
+            self.log_q = self.log_q.to(device) if self.log_q is not None else None
+            self.device = device
+        return self
 
     def refresh(self, step: int, item_table: Callable[[], torch.Tensor]) -> None:
         """Before the step's forward pass: refresh the catalogue cache if this step is due (a no-grad
@@ -272,8 +286,8 @@ class GenerativeObjective:
 
     def extra_ids(self, step: int) -> torch.Tensor:
         if self.negatives == "sampled":
-            return self.sampler.sample(self.cfg.num_negatives, step)
-        return torch.zeros(0, dtype=torch.long)
+            return self.sampler.sample(self.cfg.num_negatives, step).to(self.device)
+        return torch.zeros(0, dtype=torch.long, device=self.device)
 
     def candidates(
         self,
@@ -285,8 +299,8 @@ class GenerativeObjective:
         catalogue: Callable[[], torch.Tensor | None],  # [N+1, D] with gradient, or None where there is none
         item_table: Callable[[], torch.Tensor] | None = None,  # [N+1, D] without gradient (the cache's source)
     ) -> Candidates:
-        lookup = torch.full((len(self.allowed),), -1, dtype=torch.long)
-        lookup[batch_ids] = torch.arange(len(batch_ids))
+        lookup = torch.full((len(self.allowed),), -1, dtype=torch.long, device=self.device)
+        lookup[batch_ids] = torch.arange(len(batch_ids), device=self.device)
         if self.negatives == "sampled":
             ids, embs = extra_ids, batch_embs[lookup[extra_ids]]
         elif self.negatives == "in_batch":
