@@ -174,3 +174,27 @@ def test_quality_runner_writes_every_row_per_seed_with_mean_sd_and_its_command(t
     assert doc["command"] == "python benchmarks/discriminative_bench.py " + " ".join(argv)
     table = markdown(doc)
     assert all(f"| {name} |" in table for name in doc["table"]) and doc["command"] in table
+
+
+def test_a_discriminative_run_resumes_from_its_checkpoint_like_the_generative_loop(tmp_path):
+    """The one loop's checkpoint/resume now serves the discriminative objective: pointed back at the
+    checkpoint before its last step, a rerun replays that step with the same loss, keeps the log free
+    of repeats, and selects the same weights."""
+    cfg = disc_config(tmp_path, train={"epochs": 2, "checkpoint_every_steps": 1})
+    first = train_discriminative(cfg, freeze=False)
+
+    def curve():
+        rows = [json.loads(line) for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+    before = dict(curve())
+    checkpoints = first.run_dir / "checkpoints"
+    last = max(int(p.name[4:]) for p in checkpoints.glob("step*"))
+    assert last == max(before) and (checkpoints / f"step{last - 1}").is_dir()
+    (checkpoints / "latest").write_text(f"step{last - 1}")
+    again = train_discriminative(cfg, freeze=False)
+    after = curve()
+    assert [s for s, _ in after] == sorted(before)  # every step once
+    assert dict(after)[last] == pytest.approx(before[last], rel=1e-5)
+    assert len(again.history) == 2 and again.best_epoch == first.best_epoch
+    assert again.test["auc"] == pytest.approx(first.test["auc"], rel=1e-6)
