@@ -76,7 +76,9 @@ def collect(args) -> Path:
         if found:
             runs[name] = summarise(found)
     if args.peer:
-        files = sorted(p for p in Path(args.peer).glob(f"{args.dataset}-seed*.json") if "smoke" not in p.name)
+        # finished runs only: not -smoke / -epochN evaluations, not a run's .progress.json
+        files = sorted(p for p in Path(args.peer).glob(f"{args.dataset}-seed*.json")
+                       if re.fullmatch(rf"{re.escape(args.dataset)}-seed\d+\.json", p.name))
         if files:
             runs["recbole-sasrec (peer)"] = summarise([peer_run(p) for p in files])
     doc = {"suite": args.suite, "dataset": args.dataset, "command": args.command, "note": args.note,

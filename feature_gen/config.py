@@ -119,16 +119,34 @@ class DataConfig(_Section):
     # The input contract (feature_gen/data/contract.py): how every reader decodes bytes and timestamps.
     encoding: str = Field("utf-8", description="text encoding of CSV/TSV inputs (latin-1 for MovieLens' own u.item)")
     timestamp_unit: Literal["seconds", "milliseconds", "auto"] = Field(
-        "seconds", description="unit of interaction timestamps; auto reads each value by magnitude (logged)")
+        "seconds", description="unit of numeric interaction timestamps; auto reads each value by magnitude (logged)")
     # Files as teams have them (feature_gen/data/formats.py maps them onto the contract before it is read):
     # columns: contract name -> your column, e.g. {user_id: userId, item_id: productId, timestamp: ts}
     columns: dict[str, str] = Field(default_factory=dict)
-    timestamp_format: Literal["seconds", "milliseconds", "iso8601"] = "seconds"
+    # How a timestamp is written: `number` (an integer in timestamp_unit, read by the contract) or
+    # `iso8601` text (naive times are UTC), converted to Unix seconds before the contract reads it. The
+    # unit lives in one field only: `timestamp_format: seconds | milliseconds` (the old spelling) is read
+    # as `number` with that unit.
+    timestamp_format: Literal["number", "iso8601"] = "number"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unit_spelled_as_format(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("timestamp_format") in ("seconds", "milliseconds"):
+            unit = raw["timestamp_format"]
+            if raw.get("timestamp_unit", unit) != unit:
+                raise ValueError(f"timestamp_format: {unit} names a unit, and timestamp_unit says "
+                                 f"{raw['timestamp_unit']}; set timestamp_unit alone")
+            raw = {**raw, "timestamp_format": "number", "timestamp_unit": unit}
+        return raw
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> "DataConfig":
         if self.source == "files" and not (self.items_path and self.interactions_path):
             raise ValueError("source 'files' needs both `items_path` and `interactions_path`")
+        if self.timestamp_format == "iso8601" and self.timestamp_unit != "seconds":
+            raise ValueError(f"timestamp_unit: {self.timestamp_unit} with timestamp_format iso8601; ISO-8601 text "
+                             "carries its own time, so leave timestamp_unit at seconds")
         import codecs
 
         try:

@@ -12,15 +12,23 @@ from feature_gen.logs import Progress, setup_logging
 
 
 def stage_counts(tracker, seen: dict[int, tuple[int, int]]) -> tuple[int, int]:
-    """(tasks done, tasks known) over every stage seen so far; `seen` keeps finished stages' last counts."""
-    stage_ids = set(seen)  # stages of finished jobs too: their last tasks may have completed since the last poll
+    """(tasks done, tasks known) over every stage seen so far; `seen` keeps finished stages' last counts.
+
+    A stage of a job that is no longer active with no task done was skipped (Spark reused its shuffle
+    output, as the distributed materialization does): it is dropped, so a finished job reads N/N."""
+    active: set[int] = set()
     for job_id in tracker.getActiveJobsIds():
         job = tracker.getJobInfo(job_id)
-        stage_ids.update(job.stageIds if job else [])
+        active.update(job.stageIds if job else [])
+    stage_ids = set(seen) | active  # stages of finished jobs too: their last tasks may have completed since the last poll
     for stage_id in stage_ids:
         info = tracker.getStageInfo(stage_id)
-        if info is not None and info.numTasks:
-            seen[stage_id] = (info.numCompletedTasks, info.numTasks)
+        if info is None or not info.numTasks:
+            continue
+        if stage_id not in active and info.numCompletedTasks == 0 and info.numActiveTasks == 0:
+            seen.pop(stage_id, None)
+            continue
+        seen[stage_id] = (info.numCompletedTasks, info.numTasks)
     return sum(d for d, _ in seen.values()), sum(t for _, t in seen.values())
 
 

@@ -41,13 +41,26 @@ def test_mapped_jsonl_with_iso_and_millisecond_times_read_as_the_contract_files(
     millis = iso.assign(ts=EVENTS.timestamp * 1000 + 999)  # sub-second parts are floored
     millis.to_csv(tmp_path / "events_ms.csv", index=False)
     columns = {"user_id": "userId", "item_id": "productId", "timestamp": "ts", "title": "name"}
-    for path, fmt in (("events.tsv", "iso8601"), ("events_ms.csv", "milliseconds")):
+    # milliseconds are the contract's unit (data.timestamp_unit), whatever the file format; the old
+    # spelling `timestamp_format: milliseconds` reads the same
+    for path, how in (("events.tsv", {"timestamp_format": "iso8601"}), ("events_ms.csv", {"timestamp_unit": "milliseconds"}),
+                      ("events_ms.csv", {"timestamp_format": "milliseconds"})):
         cfg = DataConfig(source="files", items_path=str(tmp_path / "catalogue.jsonl"), interactions_path=str(tmp_path / path),
-                         columns=columns, timestamp_format=fmt)
+                         columns=columns, **how)
         got = load_interaction_data(cfg, ItemTextConfig())
         assert [s.tolist() for s in got.sequences] == [s.tolist() for s in expected.sequences]
         assert [t.tolist() for t in got.timestamps] == [t.tolist() for t in expected.timestamps]
         assert got.num_items == expected.num_items == 3
+
+
+def test_timestamp_unit_lives_in_one_field():
+    from pydantic import ValidationError
+
+    assert DataConfig(timestamp_format="milliseconds").timestamp_unit == "milliseconds"
+    with pytest.raises(ValidationError, match="timestamp_format: milliseconds names a unit, and timestamp_unit says seconds"):
+        DataConfig(timestamp_format="milliseconds", timestamp_unit="seconds")
+    with pytest.raises(ValidationError, match="ISO-8601 text carries its own time"):
+        DataConfig(timestamp_format="iso8601", timestamp_unit="milliseconds")
 
 
 def test_bad_inputs_name_file_row_and_column(tmp_path):

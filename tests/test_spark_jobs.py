@@ -393,10 +393,12 @@ def test_the_public_api_round_trip_equals_the_spark_jobs_embeddings(run, spark_b
     assert users.last_event_ts.tolist() == got.last_event_ts.tolist()
     assert sorted(users.rejects.reason.unique()) == ["null_id", "unknown_item"]
     # the jobs reported their progress from Spark's status tracker (tasks done of the stages seen; a
-    # stage Spark skips, e.g. a reused shuffle of the distributed materialization, stays in the total)
+    # stage Spark skips, e.g. a reused shuffle of the distributed materialization, leaves the total),
+    # ending N/N
     for job, out in (("item_embed", run["item_out"]), ("user_embed", run["user_out"])):
         counts = [(int(a), int(b)) for a, b in re.findall(rf"{job}: (\d+)/(\d+) tasks", out)]
         assert counts and counts[-1][0] > 0 and all(a <= b for a, b in counts), out[-2000:]
+        assert counts[-1][0] == counts[-1][1], (job, counts[-3:])
     # and through the online store the item job materialized (SQLite): same users, same vectors
     through_store = enc.encode_users(events.dropna(), items=open_store(run["store"]), errors="skip")
     np.testing.assert_allclose(through_store.vectors, users.vectors, atol=1e-5)

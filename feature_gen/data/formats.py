@@ -4,12 +4,12 @@
       items_path: catalogue.jsonl              # .parquet | .csv | .tsv | .jsonl (also .json lines)
       interactions_path: events.csv
       columns: {user_id: userId, item_id: productId, timestamp: ts, title: name}
-      timestamp_format: iso8601                # seconds | milliseconds | iso8601
+      timestamp_format: iso8601                # number (in data.timestamp_unit) | iso8601
     item_text:
       tag_separator: ";"                       # tags given as "a;b" strings (lists work as they are)
 
-This layer only renames columns, reads the file format and converts the timestamp to integer Unix
-seconds; every rule of the contract itself (missing values, ids, ordering) stays in
+This layer only renames columns, reads the file format and converts ISO-8601 text to integer Unix
+seconds; numbers are left to the contract, which reads them in `data.timestamp_unit`; every rule of the contract itself (missing values, ids, ordering) stays in
 feature_gen/data/contract.py, which reads the frame this returns. Errors name the file, the row
 (1-based, header excluded) and the column.
 """
@@ -61,38 +61,31 @@ def rename_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) ->
 
 
 def to_unix_seconds(values: pd.Series, fmt: str, source: str) -> pd.Series:
-    """Timestamps as int64 Unix seconds from integer seconds, integer milliseconds or ISO-8601 text."""
-    if fmt == "iso8601":
-        if pd.api.types.is_datetime64_any_dtype(values):
-            parsed = values
-        else:
-            parsed = pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
-            bad = np.flatnonzero(parsed.isna().to_numpy() & values.notna().to_numpy())
-            if len(bad):
-                raise FormatError(f"{source}: row {bad[0] + 1}: {TIMESTAMP} {values.iloc[bad[0]]!r} is not an ISO-8601 "
-                                  "time (data.timestamp_format: iso8601)")
-        if getattr(parsed.dt, "tz", None) is None:
-            parsed = parsed.dt.tz_localize("UTC")  # naive times are read as UTC
-        seconds = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[s]").astype("int64")
-        return seconds.where(values.notna(), other=pd.NA).astype("Int64") if values.isna().any() else seconds
-    if fmt == "milliseconds":
-        numeric = pd.to_numeric(values, errors="coerce")
-        bad = np.flatnonzero((numeric.isna() & values.notna()).to_numpy() | (numeric.fillna(0) % 1 != 0).to_numpy())
+    """ISO-8601 text (`fmt` iso8601; naive times read as UTC) as int64 Unix seconds; numbers (`fmt`
+    number) unchanged, for the contract to read in `data.timestamp_unit`. FormatError names the row."""
+    if fmt == "number":
+        return values
+    if fmt != "iso8601":
+        raise FormatError(f"data.timestamp_format: expected number or iso8601; got {fmt!r}")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy() & values.notna().to_numpy())
         if len(bad):
-            raise FormatError(f"{source}: row {bad[0] + 1}: {TIMESTAMP} {values.iloc[bad[0]]!r} is not an integer "
-                              "number of milliseconds (data.timestamp_format: milliseconds)")
-        # floor division keeps int64 exact (a float division would round current times to ~64 s)
-        return numeric.astype("Int64") // 1000 if values.isna().any() else numeric.astype("int64") // 1000
-    if fmt == "seconds":
-        return values  # the contract checks and converts integer seconds itself
-    raise FormatError(f"data.timestamp_format: expected seconds, milliseconds or iso8601; got {fmt!r}")
+            raise FormatError(f"{source}: row {bad[0] + 1}: {TIMESTAMP} {values.iloc[bad[0]]!r} is not an ISO-8601 "
+                              "time (data.timestamp_format: iso8601)")
+    if getattr(parsed.dt, "tz", None) is None:
+        parsed = parsed.dt.tz_localize("UTC")  # naive times are read as UTC
+    seconds = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[s]").astype("int64")
+    return seconds.where(values.notna(), other=pd.NA).astype("Int64") if values.isna().any() else seconds
 
 
 def read_mapped(path: str | Path, cfg: DataConfig) -> pd.DataFrame:
     """The file at `path` in the contract's columns (`data.columns` applied) with `timestamp`, when
-    present, as integer Unix seconds per `data.timestamp_format`. Ready for the contract's checks."""
+    present, as written (numbers) or as integer Unix seconds (iso8601 text). Ready for the contract's checks."""
     source = str(path)
     frame = rename_columns(read_any(path, cfg.encoding), cfg.columns, source)
-    if TIMESTAMP in frame.columns and cfg.timestamp_format != "seconds":
+    if TIMESTAMP in frame.columns and cfg.timestamp_format != "number":
         frame[TIMESTAMP] = to_unix_seconds(frame[TIMESTAMP], cfg.timestamp_format, source)
     return frame

@@ -155,7 +155,6 @@ class ConsumerLoop:
     def fence(self) -> None:
         """Prove this member still owns its partitions, right before a write (see the module docstring);
         raises FencedError when it does not. Retries a broker outage like a commit."""
-        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
         assigned = self.consumer.assignment()
@@ -165,18 +164,12 @@ class ConsumerLoop:
             raise FencedError(f"partition(s) {sorted(tp.partition for tp in lost)} revoked during the batch")
         if not offsets:
             return
-        attempt = 0
-        while True:
-            try:
-                self.consumer.commit(offsets, timeout_ms=self.settings.commit_timeout_ms)
-                return
-            except (CommitFailedError, IllegalStateError) as exc:
-                raise FencedError(f"this member no longer owns partition(s) "
-                                  f"{sorted(tp.partition for tp in offsets)}: {exc}") from exc
-            except KafkaError as exc:
-                if self.stop.is_set() and attempt > 0:
-                    raise FencedError(f"stopping before membership could be confirmed: {exc}") from exc
-                attempt = self._backoff("fence", attempt, exc)
+        outcome, exc = self._commit_offsets(offsets, "fence")
+        if outcome == "lost":
+            raise FencedError(f"this member no longer owns partition(s) "
+                              f"{sorted(tp.partition for tp in offsets)}: {exc}") from exc
+        if outcome == "stopped":
+            raise FencedError(f"stopping before membership could be confirmed: {exc}") from exc
 
     def _lowest_unfinished(self, records: list) -> dict:
         """Per partition: the first offset of this batch, or a lower one the processor still holds."""
@@ -240,7 +233,6 @@ class ConsumerLoop:
 
     def _commit(self, records: list, held: dict) -> None:
         from kafka import TopicPartition
-        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
         for r in records:
@@ -254,22 +246,33 @@ class ConsumerLoop:
             offsets[tp] = OffsetAndMetadata(offset, "", -1)
         if not offsets:
             return
+        outcome, exc = self._commit_offsets(offsets, "commit")
+        if outcome == "lost":
+            # The group rebalanced under us: these partitions belong to someone else now, who
+            # replays from the last successful commit. Our writes were idempotent; nothing is lost.
+            log.warning("%s: commit dropped after a rebalance (%s)", self.settings.group_id, exc)
+            self.metrics.retries.labels("commit_dropped").inc()
+        elif outcome == "stopped":
+            log.warning("%s: stopping with an uncommitted batch (replayed on restart): %s", self.settings.group_id, exc)
+
+    def _commit_offsets(self, offsets: dict, call: str) -> tuple[str, Exception | None]:
+        """Commit `offsets` synchronously, retrying a broker outage with backoff (the one commit loop
+        of the batch commit and the pre-write fence). Returns ("committed", None), ("lost", exc) when
+        the group rebalanced and these partitions are no longer this member's, or ("stopped", exc) when
+        a stop came during an outage. What a lost partition means is the caller's to decide."""
+        from kafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
         attempt = 0
         while True:
             try:
                 self.consumer.commit(offsets, timeout_ms=self.settings.commit_timeout_ms)
-                return
+                return "committed", None
             except (CommitFailedError, IllegalStateError) as exc:
-                # The group rebalanced under us: these partitions belong to someone else now, who
-                # replays from the last successful commit. Our writes were idempotent; nothing is lost.
-                log.warning("%s: commit dropped after a rebalance (%s)", self.settings.group_id, exc)
-                self.metrics.retries.labels("commit_dropped").inc()
-                return
+                return "lost", exc
             except KafkaError as exc:
                 if self.stop.is_set() and attempt > 0:
-                    log.warning("%s: stopping with an uncommitted batch (replayed on restart): %s", self.settings.group_id, exc)
-                    return
-                attempt = self._backoff("commit", attempt, exc)
+                    return "stopped", exc
+                attempt = self._backoff(call, attempt, exc)
 
     def _backoff(self, call: str, attempt: int, exc: Exception) -> int:
         s = self.settings
