@@ -295,12 +295,17 @@ def load_labelled_data(cfg: HLLMConfig):
     """(InteractionData, interactions with ratings, labels) for cfg.data and cfg.ranker's labelling."""
     from feature_gen.data.movielens import LOADERS
 
+    # read as feature_gen/data/sequences.py load_interaction_data reads (encoding, timestamp unit, column
+    # mapping), keeping the interactions themselves: the labels need their ratings
     if cfg.data.source == "files":
-        items, inter = load_files(cfg.data.items_path, cfg.data.interactions_path, cfg.item_text)
+        from feature_gen.data.formats import read_mapped
+
+        items, inter = load_files(cfg.data.items_path, cfg.data.interactions_path, cfg.item_text,
+                                  cfg.data.encoding, cfg.data.timestamp_unit, read=lambda path: read_mapped(path, cfg.data))
     else:
         items, inter = LOADERS[cfg.data.source]()
         items = validate_items(items, cfg.data.source, cfg.item_text)
-        inter = validate_interactions(inter, cfg.data.source)
+        inter = validate_interactions(inter, cfg.data.source, cfg.data.timestamp_unit)
         check_known_items(inter, items[ITEM_ID], cfg.data.source)
     data = build_interaction_data(items, inter, cfg.item_text, cfg.data.min_user_interactions)
     known = inter[inter[ITEM_ID].isin(set(data.items[ITEM_ID]))]  # items the Item LLM could embed

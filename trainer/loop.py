@@ -5,6 +5,8 @@
         -> DeepSpeed backward/step (clipping inside)
         -> log loss, tokens/s, FLOP/s; checkpoint every N steps
     evaluate on validation (full ranking, NDCG@10) -> keep the best weights, stop early
+    (hooks: `examples` replaces the windows, `selection` the metric; the discriminative objective
+    trains on labelled requests and is selected on click GAUC, trainer/discriminative.py)
         (a run from a bundle evaluates its starting weights first: epoch 0 can be selected)
     -> test metrics for the selected weights only -> stage 3: freeze into a bundle
 
