@@ -198,3 +198,27 @@ def test_a_discriminative_run_resumes_from_its_checkpoint_like_the_generative_lo
     assert dict(after)[last] == pytest.approx(before[last], rel=1e-5)
     assert len(again.history) == 2 and again.best_epoch == first.best_epoch
     assert again.test["auc"] == pytest.approx(first.test["auc"], rel=1e-6)
+
+
+def test_a_diverging_discriminative_step_stops_the_run_through_the_loops_nan_guard(tmp_path):
+    """The loop's NaN guard serves the discriminative objective: a non-finite loss stops the run before
+    the update, naming the step (a step whose click loss turns NaN at step 2 stands in for divergence)."""
+    from trainer.discriminative import ClickExamples, ClickSelection, split_requests
+    from trainer.loop import TrainingDiverged, train
+
+    cfg = disc_config(tmp_path)
+    data, inter, labels = load_labelled_data(cfg)
+    train_req, valid_req, test_req = split_requests(click_requests(labels, inter, data.item_index(), cfg.data.max_seq_len))
+    rec, _, _, _ = build_click_model(cfg, data)
+    real_step = rec.training_step
+
+    def diverging(batch, step):
+        out = real_step(batch, step)
+        return out if step < 2 else type(out)(out.loss * float("nan"), out.stats)
+
+    rec.training_step = diverging
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 2 \(epoch 0\)"):
+        train(rec, None, data.num_items, cfg, tmp_path / "run", max_seq_len=cfg.data.max_seq_len,
+              examples=ClickExamples(train_req), selection=ClickSelection(valid_req, test_req, 16))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # two good steps logged, the diverging one never applied

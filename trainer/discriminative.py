@@ -135,6 +135,11 @@ class DiscriminativeRecommender(HLLMRecommender):
         raise RuntimeError("the discriminative recommender owns its objective (cfg.loss); train it with "
                            "trainer.loop.train(..., examples=ClickExamples, selection=ClickSelection)")
 
+    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch where the catalogue table lives (a batch is built on the CPU)."""
+        device = self.cached_items.device
+        return {k: v.to(device) for k, v in batch.items()}
+
     def _inputs(self, batch: dict[str, torch.Tensor]):
         table = self.cached_items  # [N+1, D], row 0 padding
         hist = batch["history"]
@@ -150,23 +155,25 @@ class DiscriminativeRecommender(HLLMRecommender):
 
     def click_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, C] logits of the configured fusion (late: the User LLM once per request)."""
+        batch = self._on_device(batch)
         embs, mask, ts, cands = self._inputs(batch)
         user = self.user_model(embs, mask, ts).user_embedding if self.hllm.late_head is not None else None
         return self._fusion_logits(user, embs, mask, ts, cands, batch["at"])
 
     def user_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, D] the served user embedding of each request (the User LLM's last position)."""
-        embs, mask, ts, _ = self._inputs(batch)
+        embs, mask, ts, _ = self._inputs(self._on_device(batch))
         return self.user_model(embs, mask, ts).user_embedding
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The terms of L on one batch: gen, bce, next (absent when its weight is 0) and total."""
         cfg = self.cfg.loss
         table = self.cached_items
+        batch = self._on_device(batch)
         embs, mask, ts, cands = self._inputs(batch)
         out = self.user_model(embs, mask, ts)
         scale = self.logit_scale()
-        negatives, negative_ids = table[1:], torch.arange(1, table.size(0))
+        negatives, negative_ids = table[1:], torch.arange(1, table.size(0), device=table.device)
         parts: dict[str, torch.Tensor] = {}
         if cfg.gen_weight > 0:  # next item at every history position, full catalogue
             hist = batch["history"]
@@ -237,8 +244,8 @@ def score_requests(model: DiscriminativeRecommender, req: ClickRequests, batch_s
             s = model.click_logits(b)
         else:
             user = model.user_embeddings(b)
-            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), model.cached_items[b["candidates"]], dim=-1)
-        scores.append(s[b["labels"] >= 0].float().numpy())
+            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), model.cached_items[b["candidates"].to(user.device)], dim=-1)
+        scores.append(s[(b["labels"] >= 0).to(s.device)].float().cpu().numpy())
     model.train(was)
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
