@@ -3,21 +3,36 @@
     # latency of one request of 100 candidates: late fusion (User LLM once + head) vs early (100 passes)
     python benchmarks/discriminative_bench.py latency --config configs/tiny.yaml --history 50 --candidates 100
     # quality: for each seed, late fusion, late with next_weight 0, early fusion, each from the same
-    # generative stage-2 bundle (train.init_bundle); the bundle's own user-item cosine on the same test labels
+    # generative stage-2 bundle (train.init_bundle); the bundle's own user-item cosine on the same test labels;
+    # the example ranker (IDs + context) with each score as its feature, and without
     python benchmarks/discriminative_bench.py quality --config CONFIG --set train.init_bundle=BUNDLE --seeds 0 1 2
 
-Writes JSON under benchmarks/results/ (discriminative_latency.json, discriminative_quality.json).
+Writes JSON under --results-dir (default benchmarks/results/: discriminative_latency.json,
+discriminative_quality.json); `markdown` prints either as the table BENCHMARKS.md holds.
+
+Quality, what each row is (all on the same later-period test labels of a seed, feature_gen/data/labels.py):
+    generative_cosine   the init bundle's user-item cosine (the similarity feature), before any click training
+    late, early         the click head's logit after discriminative training (L = L_gen + L_bce + lambda L_next)
+    late_next0          late fusion with next_weight 0 (no L_next)
+    ranker+<score>      the example TF ranker (IDs + hour/weekday) with that score as its one extra feature
+    ranker_ids_only     the same ranker without it
+The ranker trains on the validation requests' labels (scores out of sample: the heads train on the
+train split) and is judged on the test requests, as every other row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from feature_gen.config import load_config, parse_override
@@ -60,22 +75,110 @@ def latency(cfg, history: int, candidates: int, repeats: int) -> dict:
     return out
 
 
-def quality(cfg, seeds: list[int], out_dir: Path) -> dict:
-    from trainer.discriminative import train_discriminative
+VARIANTS = {"late": {}, "late_next0": {"next_weight": 0.0}, "early": {"fusion": "early"}}
 
-    variants = {"late": {}, "late_next0": {"next_weight": 0.0}, "early": {"fusion": "early"}}
+
+def _ranker_split(req, scores: np.ndarray, split: str):
+    """A ranker TrainingSet of some requests' candidates with `scores` [n] as the one HLLM feature."""
+    import pandas as pd
+
+    from ranker_integration.training_set import TrainingSet
+
+    real = req.labels >= 0
+    per_row = real.sum(axis=1)
+    frame = pd.DataFrame({"user_id": np.repeat(req.users, per_row).astype(str),
+                          "item_id": req.candidates[real].astype(str), "timestamp": np.repeat(req.at, per_row),
+                          "label": req.labels[real].astype(np.int8), "split": split})
+    return TrainingSet(frame, {"score": np.asarray(scores, np.float32).reshape(-1, 1)}, "discriminative-bench")
+
+
+def _score_feature_config():
+    from ranker_integration.feature_config import FeatureConfig, FeatureSpec
+
+    # one scalar per (user, candidate) row, fed as is: the variant's score
+    return FeatureConfig(bundle_version="any", features=[FeatureSpec(
+        name="score", source="view", view="discriminative_bench", field="score", entity="user", dtype="float32",
+        dimension=1, default=0.0, description="the variant's user-candidate score")])
+
+
+def ranker_with_scores(cfg, valid, test, scores: dict[str, tuple[np.ndarray, np.ndarray]], seed: int) -> list[dict]:
+    """AUC / GAUC of the example ranker trained on `valid`'s labels and judged on `test`'s, once per
+    score (name -> (valid scores, test scores)) as its feature, and once with IDs and context only."""
+    from ranker_integration.ranker import train_ranker
+
+    fc = _score_feature_config()
+    out = []
+    runs = [(f"ranker+{name}", v, t, True) for name, (v, t) in scores.items()]
+    runs.append(("ranker_ids_only", *next(iter(scores.values())), False))
+    for name, v, t, use in runs:
+        r = train_ranker(_ranker_split(valid, v, "train"), _ranker_split(test, t, "test"), fc, cfg.ranker,
+                         use_hllm=use, seed=seed)
+        out.append({"variant": name, "seed": seed, "test": {"auc": r.auc, "gauc": r.gauc},
+                    "train_rows": r.train_rows, "seconds": round(r.train_seconds, 1)})
+    return out
+
+
+def _mean_sd(values: list[float]) -> dict:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {"per_seed": values, "mean": statistics.fmean(finite) if finite else float("nan"),
+            "sd": statistics.stdev(finite) if len(finite) > 1 else 0.0}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """variant -> {"auc": {per_seed, mean, sd}, "gauc": ...}, in the order the variants first appear."""
+    table = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        mine = sorted((r for r in runs if r["variant"] == name), key=lambda r: r["seed"])
+        table[name] = {m: _mean_sd([r["test"][m] for r in mine]) for m in ("auc", "gauc")}
+        table[name]["seeds"] = [r["seed"] for r in mine]
+    return table
+
+
+def quality(cfg, seeds: list[int], out_dir: Path) -> dict:
+    from trainer.discriminative import score_requests
+
     runs = []
     for seed in seeds:
-        for name, loss in variants.items():
+        scores, start = {}, None
+        for name, loss in VARIANTS.items():
             run_cfg = cfg.model_copy(update={"seed": seed, "loss": cfg.loss.model_copy(update=loss)})
-            r = train_discriminative(run_cfg, out_dir / f"{name}-seed{seed}", freeze=False)
+            r = train_discriminative_run(run_cfg, out_dir / f"{name}-seed{seed}")
+            valid, test = r.requests["valid"], r.requests["test"]
+            if start is None:  # the labels of a seed are the same for every variant: one generative baseline
+                start = r
+                runs.append({"variant": "generative_cosine", "seed": seed, "test": r.start_cosine})
+                scores["generative_cosine"] = (r.start_scores["valid"], r.start_scores["test"])
+            bs = run_cfg.train.batch_size
+            scores[name] = (score_requests(r.recommender, valid, bs), score_requests(r.recommender, test, bs))
             runs.append({"variant": name, "seed": seed, "test": r.test, "valid": r.valid,
-                         "generative_cosine": r.start_cosine, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 1)})
-    return {"runs": runs}
+                         "trained_user_llm_cosine": r.test_cosine, "best_epoch": r.best_epoch,
+                         "seconds": round(r.seconds, 1)})
+            r.recommender = None  # free the model before the next variant
+        runs += ranker_with_scores(cfg, start.requests["valid"], start.requests["test"], scores, seed)
+    return {"runs": runs, "table": summarise(runs)}
+
+
+def train_discriminative_run(cfg, run_dir: Path):
+    from trainer.discriminative import train_discriminative
+
+    return train_discriminative(cfg, run_dir, freeze=False)
+
+
+def quality_markdown(r: dict) -> str:
+    """The AUC / GAUC table of discriminative_quality.json: mean ± sd over seeds, per-seed values."""
+    lines = ["| scorer | test AUC | test GAUC | per seed AUC | per seed GAUC |", "|---|---|---|---|---|"]
+    for name, row in r["table"].items():
+        cells = [f"{row[m]['mean']:.4f} ± {row[m]['sd']:.4f}" for m in ("auc", "gauc")]
+        seeds = [", ".join(f"{v:.4f}" for v in row[m]["per_seed"]) for m in ("auc", "gauc")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {seeds[0]} | {seeds[1]} |")
+    return "\n".join(lines) + (f"\n\nSeeds {r['seeds']}; load average {r['load_average_1m']:.1f}.\n\n"
+                               f"Command: `{r['command']}`")
 
 
 def markdown(r: dict) -> str:
-    """The latency table of benchmarks/results/discriminative_latency.json (what BENCHMARKS.md prints)."""
+    """The table of a results file this benchmark wrote (latency or quality), as BENCHMARKS.md prints it."""
+    if "table" in r:
+        return quality_markdown(r)
     return (
         "| config | candidates | history | late fusion median ms | early fusion median ms | early / late |\n"
         "|---|---|---|---|---|---|\n"
@@ -86,7 +189,8 @@ def markdown(r: dict) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["latency", "quality"])
     parser.add_argument("--config", required=True)
@@ -96,8 +200,9 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out-dir", default="runs/discriminative_bench")
-    args = parser.parse_args()
+    parser.add_argument("--out-dir", default="runs/discriminative_bench", help="training runs (checkpoints, resumable)")
+    parser.add_argument("--results-dir", default=str(RESULTS), help="where the results JSON is written")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, dict(parse_override(o) for o in args.overrides))
     cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"objective": "discriminative"})})
@@ -106,9 +211,13 @@ def main() -> None:
                   "threads": args.threads, "load_average_1m": os.getloadavg()[0],
                   **latency(cfg, args.history, args.candidates, args.repeats)}
     else:
-        result = {"config": args.config, "overrides": args.overrides, **quality(cfg, args.seeds, Path(args.out_dir))}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"discriminative_{args.what}.json"
+        result = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
+                  "command": "python benchmarks/discriminative_bench.py " + shlex.join(argv),
+                  **quality(cfg, args.seeds, Path(args.out_dir))}
+        result["load_average_1m"] = os.getloadavg()[0]
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"discriminative_{args.what}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

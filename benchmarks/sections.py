@@ -16,7 +16,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 # results files whose printer is not the module of the same name
-PRINTERS = {"materialize": "benchmarks.materialize_bench", "discriminative_latency": "benchmarks.discriminative_bench"}
+PRINTERS = {"materialize": "benchmarks.materialize_bench", "discriminative_latency": "benchmarks.discriminative_bench",
+            "discriminative_quality": "benchmarks.discriminative_bench"}
 
 
 def section(name: str) -> str:

@@ -95,10 +95,10 @@ def cmd_train(args) -> int:
     from trainer.train import run_training
 
     cfg = _load(args)
-    if cfg.loss.objective == "discriminative":  # labelled requests, not windows: trainer/discriminative.py
+    if cfg.loss.objective == "discriminative":  # the same loop on labelled requests: trainer/discriminative.py
         from trainer.discriminative import train_discriminative
 
-        train_discriminative(cfg)
+        train_discriminative(cfg, resume=not args.no_resume)
         return 0
     run_training(cfg, resume=not args.no_resume)
     return 0

@@ -271,6 +271,7 @@ def step_stream(run: DemoRun) -> None:
 
 def step_ranker(run: DemoRun) -> None:
     from feature_gen.store.feature_store import open_store
+    from ranker_integration.click_head import click_head_for
     from ranker_integration.ranker import export_ranker, load_ranker, train_ranker
     from ranker_integration.serving import RequestScorer
     from ranker_integration.training_set import build_training_set, make_labels
@@ -282,7 +283,8 @@ def step_ranker(run: DemoRun) -> None:
         cut, end = run.facts["cut"], int(labels["timestamp"].max())
         cutoffs = snapshot_cutoffs(cut, end, rcfg.snapshot_interval_s)  # the Spark job's snapshot covers `cut`
         added = backfill_user_snapshots(run.facts["bundle"], run.facts["interactions"], cutoffs, run.cfg.store, progress=True)
-        ts = build_training_set(labels, run.cfg.store, version, run.facts["fc"])
+        head = click_head_for(run.facts["fc"], run.facts["bundle"])  # None unless the contract has click_score
+        ts = build_training_set(labels, run.cfg.store, version, run.facts["fc"], click_head=head)
         train, test = ts.split("train"), ts.split("test")
         print(f"   {len(train.frame)} training rows, {len(test.frame)} test rows ({rcfg.labels}, "
               f"{rcfg.negatives_per_positive} negatives per positive); {added} snapshot rows backfilled")
@@ -294,7 +296,7 @@ def step_ranker(run: DemoRun) -> None:
                   f"(train {r.train_seconds:.1f} s)")
         best = results["with HLLM features"]
         saved = export_ranker(best, Path(rcfg.output_dir) / "saved_model")
-        scorer = RequestScorer(load_ranker(saved), open_store(run.cfg.store), run.facts["fc"])
+        scorer = RequestScorer(load_ranker(saved), open_store(run.cfg.store), run.facts["fc"], click_head=head)
         rng = np.random.default_rng(0)
         catalogue = run.facts["items"]["item_id"].astype(str).to_numpy()
         users = run.facts["stream_users"]

@@ -1,6 +1,7 @@
 """Request-time scoring: read the HLLM features online, assemble them by the feature config, score.
 
-    scorer = RequestScorer(load_ranker("outputs/ranker/saved_model"), open_store(cfg.store), fc)
+    scorer = RequestScorer(load_ranker("outputs/ranker/saved_model"), open_store(cfg.store), fc,
+                           click_head=click_head_for(fc, bundle_dir))   # None unless fc has click_score
     scored = scorer.score("42", ["1", "50", "181"])          # now = the request time
     scored.scores, scored.user_found, scored.items_found, scored.read_ms, scored.score_ms
 
@@ -19,7 +20,7 @@ ValueError naming it (as a string it would read the row of a user called "None")
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 
 from feature_gen.store.online_io import OnlineIO
 from feature_gen.store.schema import ITEM_ID, USER_ID
+from ranker_integration.click_head import check_click_head
 from ranker_integration.feature_config import ANY_VERSION, FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
 from ranker_integration.ranker import SavedRanker, model_inputs
@@ -44,6 +46,7 @@ class ScoredRequest:
     items_found: np.ndarray  # [n] bool
     read_ms: float  # online feature reads
     score_ms: float  # assembly + model
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n, dim], what the ranker read
 
 
 def read_online_features(store: HLLMFeatureStore, user_id, item_ids: Sequence, bundle_version: str, item_dim: int,
@@ -81,13 +84,16 @@ def read_online_features(store: HLLMFeatureStore, user_id, item_ids: Sequence, b
 
 class RequestScorer:
     """The one request-time scoring path: online reads (read_online_features) -> assemble_features ->
-    the ranker."""
+    the ranker. `click_head`: the bundle's late-fusion head (ranker_integration/click_head.py) when the
+    config has a late_fusion feature (click_score), the same one the training set was built with."""
 
-    def __init__(self, ranker: SavedRanker, store: HLLMFeatureStore, fc: FeatureConfig):
+    def __init__(self, ranker: SavedRanker, store: HLLMFeatureStore, fc: FeatureConfig, click_head=None):
         if fc.bundle_version not in (ANY_VERSION, ranker.bundle_version):
             raise ValueError(f"feature config is pinned to {fc.bundle_version}, the ranker was trained on "
                              f"{ranker.bundle_version}")
-        self.ranker, self.store, self.fc = ranker, store, fc
+        if ranker.use_hllm:
+            check_click_head(fc, click_head, ranker.bundle_version, "RequestScorer")
+        self.ranker, self.store, self.fc, self.click_head = ranker, store, fc, click_head
         self.item_dim = int(ranker.meta["dense_dims"].get("item_embedding", 0))
         self.online = OnlineIO(store)
 
@@ -105,11 +111,12 @@ class RequestScorer:
                                         self.online)
             read_ms = (time.perf_counter() - started) * 1e3
             user_ok, items_ok = bool(n and rows.user_found[0]), rows.item_found
-            features = assemble_features(self.fc, self.item_dim, rows)
+            features = assemble_features(self.fc, self.item_dim, rows, self.click_head)
         t = time.perf_counter()
         frame = pd.DataFrame({USER_ID: [str(user_id)] * n, ITEM_ID: ids, "timestamp": np.full(n, now, dtype=np.int64)})
         scores = self.ranker.score(model_inputs(frame, features, self.fc, self.ranker.use_hllm))
-        return ScoredRequest(str(user_id), ids, scores, user_ok, items_ok, read_ms, (time.perf_counter() - t) * 1e3)
+        return ScoredRequest(str(user_id), ids, scores, user_ok, items_ok, read_ms, (time.perf_counter() - t) * 1e3,
+                             features)
 
 
 def _refuse_missing_ids(user_id, item_ids: Sequence) -> None:

@@ -2,6 +2,8 @@
 
     labels = make_labels(items, interactions, cfg.ranker, seed)       # user_id, item_id, timestamp, label, split
     ts = build_training_set(labels, cfg.store, version, fc)           # + one column per feature
+    # a contract with click_score (late_fusion): the bundle's head, the same call as serving
+    ts = build_training_set(labels, cfg.store, version, fc, click_head=click_head_for(fc, bundle_dir))
 
 Labels: feature_gen/data/labels.py, the labelling the discriminative trainer uses too: interactions
 after the `history_quantile` of all event times (the features may see everything before), as events
@@ -31,6 +33,7 @@ from feature_gen.config import RankerConfig, StoreConfig
 from feature_gen.data.labels import LABEL_COLUMNS, LabelError, label_candidates
 from feature_gen.store.offline_store import ITEM_EMBEDDING, USER_EMBEDDING, read_version
 from feature_gen.store.schema import EMBEDDING, EVENT_TIMESTAMP, ITEM_ID, LAST_EVENT_TS, SEQ_LEN, USER_ID
+from ranker_integration.click_head import check_click_head
 from ranker_integration.feature_config import FeatureConfig
 from ranker_integration.feature_values import FeatureRows, assemble_features
 
@@ -79,13 +82,17 @@ def point_in_time_user_rows(labels: pd.DataFrame, users: pd.DataFrame) -> pd.Dat
     return joined.sort_values("_row").reset_index(drop=True)
 
 
-def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: str, fc: FeatureConfig) -> TrainingSet:
-    """Join every label with bundle `version`'s offline features, point in time (see module doc)."""
+def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: str, fc: FeatureConfig,
+                       click_head=None) -> TrainingSet:
+    """Join every label with bundle `version`'s offline features, point in time (see module doc).
+    `click_head` (ranker_integration/click_head.py, bundle `version`'s) computes a late_fusion feature
+    such as click_score; ClickHeadError before any read when the config needs it and it is missing."""
     missing = [c for c in LABEL_COLUMNS if c not in labels]
     if missing:
         raise TrainingSetError(f"labels: column(s) {', '.join(missing)} missing")
     if fc.bundle_version not in ("any", version):
         raise TrainingSetError(f"feature config is pinned to {fc.bundle_version}; the training set reads {version}")
+    check_click_head(fc, click_head, version, "build_training_set")
     users = read_version(store_cfg.offline_root, USER_EMBEDDING, version)
     items = read_version(store_cfg.offline_root, ITEM_EMBEDDING, version)
     items = items.assign(item_id=items[ITEM_ID].astype(str)).drop_duplicates(ITEM_ID, keep="last")
@@ -115,7 +122,7 @@ def build_training_set(labels: pd.DataFrame, store_cfg: StoreConfig, version: st
         item_found=item_found,
     )
     frame = labels[list(LABEL_COLUMNS)].assign(user_feature_ts=rows.user_last_event_ts)
-    return TrainingSet(frame, assemble_features(fc, item_dim, rows), version)
+    return TrainingSet(frame, assemble_features(fc, item_dim, rows, click_head), version)
 
 
 def _event_seconds(frame: pd.DataFrame) -> np.ndarray:

@@ -143,3 +143,39 @@ def test_a_request_with_nothing_online_scores_every_candidate_with_its_defaults(
         scorer.score(None, ["i0"], now_ts=now)
     with pytest.raises(ValueError, match="item_ids: 1 missing id.*position 1"):
         scorer.score("u5", ["i0", None], now_ts=now)
+
+
+def test_click_score_is_the_same_in_the_training_set_and_at_request_time(world, trained, tmp_path):
+    """Issue 24: a contract with click_score computes it with the bundle's late-fusion head through one
+    function on both sides; the value for the same user and item is the same offline and online."""
+    import torch
+
+    from feature_gen.model.losses import LateFusionHead
+    from ranker_integration.click_head import ClickHead, ClickHeadError
+    from ranker_integration.ranker import export_ranker, load_ranker
+    from ranker_integration.serving import RequestScorer
+
+    store = world["store"]
+    fc = load_feature_config(SHIPPED.with_name("feature_config_discriminative.yaml"))
+    torch.manual_seed(0)
+    module = LateFusionHead(DIM, 16)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    head = ClickHead(module.eval(), VERSION)
+    ranker = load_ranker(export_ranker(trained[True], tmp_path / "saved_model"))
+    with pytest.raises(ClickHeadError, match=r"RequestScorer: feature click_score \(function late_fusion\) needs"):
+        RequestScorer(ranker, store, fc)
+    store.push_user_embeddings(world["user_rows"].assign(bundle_version=VERSION))
+    store.push_item_embeddings(world["item_rows"].assign(bundle_version=VERSION))
+    now = T0 + 40 * 86_400
+    candidates = ["i0", "i1", "i2", "i3"]
+    online = RequestScorer(ranker, store, fc, click_head=head).score("u7", candidates, now_ts=now).features["click_score"]
+    labels = pd.DataFrame({"user_id": "u7", "item_id": candidates, "timestamp": now, "label": 0, "split": "test"})
+    offline = build_training_set(labels, world["cfg"], VERSION, fc, click_head=head).features["click_score"]
+    np.testing.assert_array_equal(online, offline)
+    # and it is the head's logit for that user and item, not the default
+    users = np.stack(world["user_rows"]["embedding"].to_numpy())[[7] * 4]
+    items = np.stack(world["item_rows"]["embedding"].to_numpy())[:4]
+    np.testing.assert_allclose(online[:, 0], head(users, items), rtol=1e-6)
+    assert np.ptp(online[:, 0]) > 0

@@ -1,11 +1,14 @@
 """The discriminative objective (issue 24): click BCE over labelled candidates with late or early
 fusion, plus the generative terms, L = gen_weight * L_gen + bce_weight * L_bce + next_weight * L_next,
-trained with DeepSpeed in stage 2 (frozen Item LLM, cached catalogue). Read top to bottom:
+trained in stage 2 (frozen Item LLM, cached catalogue) by the one training loop (trainer/loop.py).
+Read top to bottom:
 
     labels   = label_candidates(items, interactions, cfg.ranker)       # the ranker's labelling, one implementation
     requests = click_requests(...)     # one per (user, time): history strictly before it, its candidates, labels
-    for each epoch: batches of requests -> ClickModel.losses -> DeepSpeed backward/step
-        validation AUC / GAUC (newest share of the train split) -> keep the best weights, stop early
+    trainer.loop.train(DiscriminativeRecommender, examples=ClickExamples(train requests),
+                       selection=ClickSelection(valid, test requests))
+        # the loop's DeepSpeed steps, checkpoints/resume, NaN guard, early stopping, throughput;
+        # selection on validation GAUC (AUC breaks ties) over the newest share of the train split
     -> test AUC / GAUC of the selected weights and of the generative cosine on the same labels
     -> freeze into a bundle with the click head (manifest fusion_head)
 
@@ -15,16 +18,14 @@ history; L_bce the click BCE of the fusion's logits (late: the User LLM once per
 batch's candidates in one call); L_next the same InfoNCE on the user embedding (the last position, what
 the feature store serves) against each liked candidate. next_weight 0 drops L_next (not computed).
 
-This module runs beside the generative loop (trainer/loop.py) rather than through it: the loop trains
-on windows of sequences, and a click step needs labelled requests. It shares its pieces (DeepSpeed
-config, catalogue encoding, bundle) so the two stay one trainer.
+The loop sees a recommender like any other (trainer/recommenders.py `Recommender`): the batches are
+labelled requests instead of windows (`ClickExamples`), and the metric it selects on is the click
+GAUC instead of NDCG@10 (`ClickSelection`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from feature_gen.config import ConfigError, HLLMConfig
 from feature_gen.data.contract import ITEM_ID, check_known_items, load_files, validate_interactions, validate_items
 from feature_gen.data.labels import LabelError, label_candidates, point_in_time_histories
 from feature_gen.data.sequences import build_interaction_data
 from feature_gen.evaluation.click_metrics import auc, gauc
-from feature_gen.inference.encoders import embed_token_ids
 from feature_gen.model.hllm import HLLM
 from feature_gen.model.losses import EarlyFusionScorer, LateFusionHead, click_bce, info_nce, total_loss
+from trainer.recommenders import HLLMRecommender, StepOutput, catalogue_token_ids
 
 # the newest share of the train split's requests (by time) is the validation set the head is selected on
 VALID_FRACTION = 0.2
@@ -117,62 +117,73 @@ def click_requests(labels: pd.DataFrame, interactions: pd.DataFrame, item_index:
 # ---------------------------------------------------------------------------------------- the model
 
 
-class ClickModel(nn.Module):
-    """What DeepSpeed trains in stage 2: the HLLM's User LLM, logit scale and click head over a
-    frozen catalogue table (the Item LLM is not a submodule: it does not train and is not sharded)."""
+class DiscriminativeRecommender(HLLMRecommender):
+    """Stage 2 of HLLMRecommender (frozen Item LLM, cached catalogue `cached_items` [N+1, D]) whose
+    training step is the discriminative objective on a batch of labelled requests (`as_batch`):
 
-    def __init__(self, hllm: HLLM, table: torch.Tensor):
-        super().__init__()
-        self.user_llm = hllm.user_llm
-        self.logit_scale = hllm.logit_scale
-        self.late_head = hllm.late_head
-        self.early_scorer = hllm.early_scorer
+        history [B, L], history_ts [B, L], at [B], candidates [B, C] (internal ids, 0 = padding),
+        labels [B, C] (1 click, 0 not, -1 padding)  ->  StepOutput(L, stats)
+
+    The click head is the HLLM's (`hllm.late_head` or `hllm.early_scorer`), so it trains, is selected
+    and is frozen into the bundle with the User LLM."""
+
+    def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, padding_side: str = "right"):
+        super().__init__(hllm, catalogue_tokens, pad_id, stage=2, padding_side=padding_side)
         self.cfg = hllm.cfg
-        self.register_buffer("table", table, persistent=False)  # [N+1, D], row 0 padding
 
-    def placed(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch on the model's device (the table buffer moved with the module to DeepSpeed's)."""
-        return {k: v.to(self.table.device) for k, v in batch.items()}
+    def set_objective(self, objective) -> None:
+        raise RuntimeError("the discriminative recommender owns its objective (cfg.loss); train it with "
+                           "trainer.loop.train(..., examples=ClickExamples, selection=ClickSelection)")
+
+    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch where the catalogue table lives (a batch is built on the CPU)."""
+        device = self.cached_items.device
+        return {k: v.to(device) for k, v in batch.items()}
 
     def _inputs(self, batch: dict[str, torch.Tensor]):
-        batch = self.placed(batch)
+        table = self.cached_items  # [N+1, D], row 0 padding
         hist = batch["history"]
         mask = (hist > 0).long()
-        return self.table[hist], mask, batch["history_ts"], self.table[batch["candidates"]]
+        ts = batch["history_ts"] if self.user_model.time_embedding is not None else None
+        return table[hist], mask, ts, table[batch["candidates"]]
+
+    def _fusion_logits(self, user: torch.Tensor | None, embs, mask, ts, cands, at) -> torch.Tensor:
+        """[B, C] logits of the configured fusion; `user` [B, D] is the late head's input."""
+        if self.hllm.late_head is not None:
+            return self.hllm.late_head(user, cands)
+        return self.hllm.early_scorer(embs, mask, cands, ts, at if ts is not None else None)
 
     def click_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[R, C] logits of the configured fusion."""
-        batch = self.placed(batch)
+        """[B, C] logits of the configured fusion (late: the User LLM once per request)."""
+        batch = self._on_device(batch)
         embs, mask, ts, cands = self._inputs(batch)
-        ts_arg = ts if self.user_llm.time_embedding is not None else None
-        if self.late_head is not None:
-            user = self.user_llm(embs, mask, ts_arg).user_embedding  # once per request
-            return self.late_head(user, cands)
-        at = batch["at"] if ts_arg is not None else None
-        return self.early_scorer(embs, mask, cands, ts_arg, at)
+        user = self.user_model(embs, mask, ts).user_embedding if self.hllm.late_head is not None else None
+        return self._fusion_logits(user, embs, mask, ts, cands, batch["at"])
+
+    def user_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, D] the served user embedding of each request (the User LLM's last position)."""
+        embs, mask, ts, _ = self._inputs(self._on_device(batch))
+        return self.user_model(embs, mask, ts).user_embedding
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The terms of L on one batch: gen, bce, next (absent when its weight is 0) and total."""
         cfg = self.cfg.loss
-        batch = self.placed(batch)
+        table = self.cached_items
+        batch = self._on_device(batch)
         embs, mask, ts, cands = self._inputs(batch)
-        ts_arg = ts if self.user_llm.time_embedding is not None else None
-        out = self.user_llm(embs, mask, ts_arg)
+        out = self.user_model(embs, mask, ts)
         scale = self.logit_scale()
-        negatives, negative_ids = self.table[1:], torch.arange(1, self.table.size(0), device=self.table.device)
+        negatives, negative_ids = table[1:], torch.arange(1, table.size(0), device=table.device)
         parts: dict[str, torch.Tensor] = {}
         if cfg.gen_weight > 0:  # next item at every history position, full catalogue
             hist = batch["history"]
             nxt = (hist[:, 1:] > 0) & (hist[:, :-1] > 0)
             if nxt.any():
-                parts["gen"] = info_nce(out.predictions[:, :-1][nxt], self.table[hist[:, 1:][nxt]], negatives, scale,
+                parts["gen"] = info_nce(out.predictions[:, :-1][nxt], table[hist[:, 1:][nxt]], negatives, scale,
                                         positive_ids=hist[:, 1:][nxt], negative_ids=negative_ids,
                                         threshold=cfg.nce_threshold).loss
         real = batch["labels"] >= 0
-        if self.late_head is not None:
-            logits = self.late_head(out.user_embedding, cands)
-        else:
-            at = batch["at"] if ts_arg is not None else None
-            logits = self.early_scorer(embs, mask, cands, ts_arg, at)
+        logits = self._fusion_logits(out.user_embedding, embs, mask, ts, cands, batch["at"])
         parts["bce"] = click_bce(logits, batch["labels"].clamp(min=0), real)
         if cfg.next_weight > 0:  # the served user embedding against each liked candidate
             liked = batch["labels"] == 1
@@ -183,6 +194,17 @@ class ClickModel(nn.Module):
                                          threshold=cfg.nce_threshold).loss
         parts["total"] = total_loss(cfg, gen=parts.get("gen"), bce=parts["bce"], next_item=parts.get("next"))
         return parts
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> StepOutput:
+        parts = self.losses(batch)
+        lengths = (batch["history"] > 0).sum(dim=1)  # [B]
+        n_cand = (batch["labels"] >= 0).sum(dim=1)  # [B]
+        positions = int(lengths.sum())  # the User LLM pass over each history
+        if self.hllm.early_scorer is not None:  # + one pass per candidate over history + candidate
+            positions += int(((lengths + 1) * n_cand).sum())
+        stats = {"positions": positions, "item_tokens": 0, "candidates": int(n_cand.sum()),
+                 **{f"loss_{k}": round(v.item(), 6) for k, v in parts.items() if k != "total"}}
+        return StepOutput(parts["total"], stats)
 
 
 def as_batch(req: ClickRequests, rows: np.ndarray | slice) -> dict[str, torch.Tensor]:
@@ -196,23 +218,33 @@ def as_batch(req: ClickRequests, rows: np.ndarray | slice) -> dict[str, torch.Te
             "labels": torch.from_numpy(lab[:, :c_width])}
 
 
+@dataclass
+class ClickExamples:
+    """The loop's batch hook (trainer.loop.TrainingExamples): one example per labelled request."""
+
+    requests: ClickRequests
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def batch(self, rows: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
+        return as_batch(self.requests, rows)
+
+
 @torch.no_grad()
-def score_requests(model: ClickModel, req: ClickRequests, batch_size: int, kind: str = "fusion") -> np.ndarray:
+def score_requests(model: DiscriminativeRecommender, req: ClickRequests, batch_size: int, kind: str = "fusion") -> np.ndarray:
     """Scores of every real candidate, flattened row-major ([n_candidates]); `kind` 'fusion' = the head's
     logit, 'cosine' = the generative user-item cosine (the bundle's similarity feature)."""
     was = model.training
     model.eval()
     scores = []
     for start in range(0, len(req), batch_size):
-        rows = slice(start, start + batch_size)
-        b = as_batch(req, rows)
+        b = as_batch(req, slice(start, start + batch_size))
         if kind == "fusion":
             s = model.click_logits(b)
         else:
-            embs, mask, ts, cands = model._inputs(b)
-            ts_arg = ts if model.user_llm.time_embedding is not None else None
-            user = model.user_llm(embs, mask, ts_arg).user_embedding
-            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), cands, dim=-1)
+            user = model.user_embeddings(b)
+            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), model.cached_items[b["candidates"].to(user.device)], dim=-1)
         scores.append(s[(b["labels"] >= 0).to(s.device)].float().cpu().numpy())
     model.train(was)
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
@@ -223,6 +255,26 @@ def click_metrics(req: ClickRequests, scores: np.ndarray) -> dict[str, float]:
     y = req.labels[real]
     users = np.repeat(req.users, real.sum(axis=1))
     return {"auc": auc(y, scores), "gauc": gauc(users, y, scores), "candidates": int(real.sum())}
+
+
+@dataclass
+class ClickSelection:
+    """The loop's selection hook (trainer.loop.Selection): AUC / GAUC of the head's logits on the
+    validation or test requests; selected on GAUC, AUC breaking ties (NaN, e.g. one class only, ranks last)."""
+
+    valid: ClickRequests
+    test: ClickRequests
+    batch_size: int
+
+    def evaluate(self, model, which: str) -> dict[str, float]:
+        req = getattr(self, which)
+        return click_metrics(req, score_requests(model, req, self.batch_size))
+
+    def key(self, values: dict[str, float]) -> tuple[float, ...]:
+        return (float(np.nan_to_num(values["gauc"], nan=-1.0)), float(np.nan_to_num(values["auc"], nan=-1.0)))
+
+    def describe(self, values: dict[str, float]) -> str:
+        return f"valid auc {values['auc']:.4f} gauc {values['gauc']:.4f}"
 
 
 # ------------------------------------------------------------------------------------- the training
@@ -239,18 +291,28 @@ class DiscriminativeResult:
     start_cosine: dict[str, float] = field(default_factory=dict)  # the starting weights' cosine (generative baseline)
     bundle: Path | None = None
     seconds: float = 0.0
+    # the selected model and the labelled requests it was judged on ("train", "valid", "test"), for a
+    # caller that scores them further (benchmarks/discriminative_bench.py feeds them to the ranker)
+    recommender: DiscriminativeRecommender | None = field(default=None, repr=False)
+    requests: dict[str, ClickRequests] = field(default_factory=dict, repr=False)
+    start_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the start's cosine, valid / test
 
 
 def load_labelled_data(cfg: HLLMConfig):
     """(InteractionData, interactions with ratings, labels) for cfg.data and cfg.ranker's labelling."""
     from feature_gen.data.movielens import LOADERS
 
+    # read as feature_gen/data/sequences.py load_interaction_data reads (encoding, timestamp unit, column
+    # mapping), keeping the interactions themselves: the labels need their ratings
     if cfg.data.source == "files":
-        items, inter = load_files(cfg.data.items_path, cfg.data.interactions_path, cfg.item_text)
+        from feature_gen.data.formats import read_mapped
+
+        items, inter = load_files(cfg.data.items_path, cfg.data.interactions_path, cfg.item_text,
+                                  cfg.data.encoding, cfg.data.timestamp_unit, read=lambda path: read_mapped(path, cfg.data))
     else:
         items, inter = LOADERS[cfg.data.source]()
         items = validate_items(items, cfg.data.source, cfg.item_text)
-        inter = validate_interactions(inter, cfg.data.source)
+        inter = validate_interactions(inter, cfg.data.source, cfg.data.timestamp_unit)
         check_known_items(inter, items[ITEM_ID], cfg.data.source)
     data = build_interaction_data(items, inter, cfg.item_text, cfg.data.min_user_interactions)
     known = inter[inter[ITEM_ID].isin(set(data.items[ITEM_ID]))]  # items the Item LLM could embed
@@ -262,9 +324,8 @@ def load_labelled_data(cfg: HLLMConfig):
 
 
 def build_click_model(cfg: HLLMConfig, data):
-    """(HLLM with the configured head, tokenizer, the config to freeze, base models, catalogue table)."""
-    from feature_gen.model.hllm import build_hllm
-    from trainer.recommenders import catalogue_token_ids
+    """(DiscriminativeRecommender with the configured head, tokenizer, the config to freeze, base models)."""
+    from feature_gen.model.hllm import build_item_llm, build_user_llm
 
     if cfg.train.init_bundle:
         from feature_gen.model.bundle import load_bundle
@@ -285,14 +346,13 @@ def build_click_model(cfg: HLLMConfig, data):
             p.requires_grad_(True)
         bases = bundle.manifest.get("base_models", {})
     else:
-        hllm, tok = build_hllm(cfg)
-        save_cfg, bases = cfg, {}
-    for p in hllm.item_llm.parameters():
-        p.requires_grad_(False)
+        item_llm, tok, item_desc = build_item_llm(cfg)
+        user_llm, user_desc = build_user_llm(cfg, item_llm.hidden_size)
+        hllm, save_cfg, bases = HLLM(item_llm, user_llm, cfg), cfg, {"item": item_desc, "user": user_desc}
     tokens = catalogue_token_ids(data.items, cfg.item_text, tok)
-    vectors = embed_token_ids(hllm.item_llm.eval(), tokens, tok.pad_token_id, padding_side=cfg.item_llm.padding_side)
-    table = torch.cat([torch.zeros(1, vectors.shape[1]), torch.from_numpy(vectors)])
-    return hllm, tok, save_cfg, bases, table
+    # stage 2: the recommender freezes the Item LLM and caches the catalogue through the inference path
+    rec = DiscriminativeRecommender(hllm, tokens, tok.pad_token_id, cfg.item_llm.padding_side)
+    return rec, tok, save_cfg, bases
 
 
 def split_requests(req: ClickRequests):
@@ -305,81 +365,50 @@ def split_requests(req: ClickRequests):
     return req.subset(rest[:-n_valid]), req.subset(rest[-n_valid:]), req.subset(test_rows)
 
 
-def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, freeze: bool | None = None) -> DiscriminativeResult:
-    """Train the configured fusion; select on validation GAUC (AUC breaks ties); freeze a bundle."""
-    import deepspeed
-
-    from trainer.deepspeed_setup import build_deepspeed_config, ensure_single_process_env
+def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, freeze: bool | None = None,
+                         resume: bool = True) -> DiscriminativeResult:
+    """Train the configured fusion in the one loop (trainer/loop.py: checkpoints and resume, NaN guard,
+    early stopping, throughput); select on validation GAUC (AUC breaks ties); freeze a bundle."""
+    from trainer.loop import train
+    from trainer.progress import TrainingProgress
 
     started = time.perf_counter()
     check_discriminative(cfg)
     t = cfg.train
     run_dir = Path(run_dir or t.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     data, inter, labels = load_labelled_data(cfg)
     req_all = click_requests(labels, inter, data.item_index(), cfg.data.max_seq_len)
     train_req, valid_req, test_req = split_requests(req_all)
-    hllm, tok, save_cfg, bases, table = build_click_model(cfg, data)
-    model = ClickModel(hllm, table)
+    rec, tok, save_cfg, bases = build_click_model(cfg, data)
     # the starting point's user-item cosine on the same test labels: from a generative init_bundle, the
     # similarity feature the discriminative head is meant to beat
-    start_cosine = click_metrics(test_req, score_requests(model, test_req, t.batch_size, kind="cosine"))
-
-    ensure_single_process_env()
-    steps_per_epoch = math.ceil(len(train_req) / t.batch_size)
-    total = t.max_steps or steps_per_epoch * t.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params,
-                                           config=build_deepspeed_config(cfg, total))
-    model = engine.module
-    log_path = run_dir / "metrics.jsonl"
-    log_path.unlink(missing_ok=True)
-    best, best_key, best_epoch, bad, history, step = None, (-1.0, -1.0), -1, 0, [], 0
-    for epoch in range(t.epochs):
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_req))
-        model.train()
-        for start in range(0, len(order), t.batch_size):
-            parts = model.losses(as_batch(train_req, order[start:start + t.batch_size]))
-            if not torch.isfinite(parts["total"]):
-                raise RuntimeError(f"step {step}: loss is {parts['total'].item()}")
-            engine.backward(parts["total"])
-            engine.step()
-            step += 1
-            if step % 20 == 0:
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": step, **{k: round(v.item(), 5) for k, v in parts.items()}}) + "\n")
-            if t.max_steps and step >= t.max_steps:
-                break
-        valid = click_metrics(valid_req, score_requests(model, valid_req, t.batch_size))
-        history.append({"epoch": epoch, "step": step, **valid})
-        print(f"epoch {epoch} step {step}: valid auc {valid['auc']:.4f} gauc {valid['gauc']:.4f}", flush=True)
-        key = (np.nan_to_num(valid["gauc"], nan=-1.0), np.nan_to_num(valid["auc"], nan=-1.0))
-        if key > best_key:
-            best_key, best_epoch, bad = key, epoch, 0
-            best = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            bad += 1
-            if bad >= t.early_stopping_patience:
-                break
-        if t.max_steps and step >= t.max_steps:
-            break
-    model.load_state_dict(best)
-    valid = history[best_epoch]
-    test = click_metrics(test_req, score_requests(model, test_req, t.batch_size))
-    cosine = click_metrics(test_req, score_requests(model, test_req, t.batch_size, kind="cosine"))
-    result = DiscriminativeResult(run_dir, best_epoch, valid, test, cosine, history, start_cosine=start_cosine)
+    start_scores = {name: score_requests(rec, req, t.batch_size, kind="cosine")
+                    for name, req in (("valid", valid_req), ("test", test_req))}
+    start_cosine = click_metrics(test_req, start_scores["test"])
+    progress = TrainingProgress(f"train discriminative ({cfg.loss.fusion} fusion) stage 2")
+    try:
+        loop = train(rec, None, data.num_items, cfg, run_dir, max_seq_len=cfg.data.max_seq_len, resume=resume,
+                     examples=ClickExamples(train_req), selection=ClickSelection(valid_req, test_req, t.batch_size),
+                     on_step=progress)
+    finally:
+        progress.close()
+    # the loop leaves the selected weights in `rec`: the trained User LLM's cosine on the same labels
+    cosine = click_metrics(test_req, score_requests(rec, test_req, t.batch_size, kind="cosine"))
+    result = DiscriminativeResult(run_dir, loop.state.best_epoch, loop.valid, loop.test, cosine, loop.state.history,
+                                  start_cosine=start_cosine, recommender=rec, start_scores=start_scores,
+                                  requests={"train": train_req, "valid": valid_req, "test": test_req})
     if t.freeze_bundle if freeze is None else freeze:
         from feature_gen.model.bundle import save_bundle
 
-        result.bundle = save_bundle(hllm.eval(), tok, save_cfg, run_dir / "bundles", data_fingerprint=data.fingerprint,
+        result.bundle = save_bundle(rec.hllm.eval(), tok, save_cfg, run_dir / "bundles", data_fingerprint=data.fingerprint,
                                     metrics={"stage": 2, "objective": "discriminative", "fusion": cfg.loss.fusion,
-                                             "valid": valid, "test": test, "test_cosine": cosine,
-                                             "best_epoch": best_epoch}, base_models=bases)
+                                             "valid": loop.valid, "test": loop.test, "test_cosine": cosine,
+                                             "best_epoch": result.best_epoch}, base_models=bases)
     result.seconds = time.perf_counter() - started
-    (run_dir / "result.json").write_text(json.dumps(
-        {"best_epoch": best_epoch, "valid": valid, "test": test, "test_cosine": cosine, "start_cosine": start_cosine,
-         "history": history,
-         "bundle": str(result.bundle) if result.bundle else None, "seconds": round(result.seconds, 1),
-         "requests": {"train": len(train_req), "valid": len(valid_req), "test": len(test_req)}}, indent=2))
+    summary = json.loads((run_dir / "result.json").read_text())  # the loop's: valid, test, throughput, history
+    summary |= {"test_cosine": cosine, "start_cosine": start_cosine,
+                "bundle": str(result.bundle) if result.bundle else None, "seconds": round(result.seconds, 1),
+                "requests": {"train": len(train_req), "valid": len(valid_req), "test": len(test_req)}}
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return result

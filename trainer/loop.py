@@ -6,6 +6,8 @@
         trainer/recommenders.py) -> DeepSpeed backward per micro-batch, step on the last (clipping inside)
         -> log loss, tokens/s, FLOP/s; checkpoint every N steps
     evaluate on validation (full ranking, NDCG@10) -> keep the best weights, stop early
+    (hooks: `examples` replaces the windows, `selection` the metric; the discriminative objective
+    trains on labelled requests and is selected on click GAUC, trainer/discriminative.py)
         (a run from a bundle evaluates its starting weights first: epoch 0 can be selected)
     -> test metrics for the selected weights only -> stage 3: freeze into a bundle
 
@@ -32,7 +34,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -54,6 +56,24 @@ from trainer.deepspeed_setup import full_parameters, whole_state_dict
 from trainer.recommenders import Recommender, count_parameters, numpy_seed_for
 
 
+class Selection(Protocol):
+    """The selection-metric hook: what the loop evaluates after each epoch and selects the weights on.
+    Default: full ranking of the split's next items, NDCG@10 (`RankingSelection`); the discriminative
+    objective selects on validation GAUC (trainer/discriminative.py)."""
+
+    def evaluate(self, model, which: str) -> dict[str, float]: ...  # which: "valid" | "test"
+    def key(self, values: dict[str, float]) -> tuple[float, ...]: ...  # larger is better, compared as a tuple
+    def describe(self, values: dict[str, float]) -> str: ...  # one line for the progress print
+
+
+class TrainingExamples(Protocol):
+    """The batch hook: `len()` examples, and the batch of some of them that `training_step` reads.
+    Default: windows of the split's training sequences (the generative objective's batches)."""
+
+    def __len__(self) -> int: ...
+    def batch(self, rows: np.ndarray, epoch: int): ...
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the run stopped and the last good checkpoint is kept."""
 
@@ -63,7 +83,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_ndcg: float = -1.0
+    best_key: tuple = (-1.0,)  # Selection.key of the best validation so far
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)  # per-epoch validation metrics
@@ -118,6 +138,23 @@ def evaluate(recommender: Recommender, eval_set: EvalSet, cfg: HLLMConfig, max_s
     return evaluate_vectors(users.vectors, table.float().cpu(), eval_set, cfg, similarity=cfg.loss.similarity)
 
 
+@dataclass
+class RankingSelection:
+    """The generative default: full ranking of the split's held-out next items, selected on NDCG@10."""
+
+    split: LeaveOneOutSplit
+    cfg: HLLMConfig
+
+    def evaluate(self, model, which: str) -> dict[str, float]:
+        return evaluate(model, getattr(self.split, which), self.cfg, self.cfg.data.max_seq_len).values
+
+    def key(self, values: dict[str, float]) -> tuple[float, ...]:
+        return (values["ndcg@10"],)
+
+    def describe(self, values: dict[str, float]) -> str:
+        return f"valid ndcg@10 {values['ndcg@10']:.4f} recall@10 {values['recall@10']:.4f}"
+
+
 def _log(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -151,12 +188,16 @@ def train(
     resume: bool = True,
     on_step=None,
     never_sample: np.ndarray | None = None,
+    examples: TrainingExamples | None = None,
+    selection: Selection | None = None,
 ) -> TrainResult:
     """Train `recommender` with DeepSpeed; returns metrics of the selected (best-validation) weights.
 
     `state.step` and `train.max_steps` count optimizer steps (`train.gradient_accumulation_steps`
     micro-batches each). The objective (`cfg.loss`) is checked before anything starts: a field the
-    trainer cannot honour raises ConfigError naming it."""
+    trainer cannot honour raises ConfigError naming it. `examples` and `selection` replace the split's
+    windows and the ranking selection (`split` may then be None): a recommender that owns its objective
+    (the discriminative one) trains on its own batches and is selected on its own metric."""
     import deepspeed
 
     from trainer.deepspeed_setup import build_deepspeed_config, ensure_single_process_env
@@ -168,22 +209,26 @@ def train(
     ensure_single_process_env()
     torch.manual_seed(cfg.seed)
 
-    trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
-    chosen = training_users(len(trainable_users), cfg.seed, t_cfg.train_user_fraction)
-    seqs = [split.train[trainable_users[i]] for i in chosen]
-    tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
-    # popularity (sampled / in-batch logQ): each item's count in the histories trained on
-    counts = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *seqs]).astype(np.int64), minlength=num_items + 1)
-    if t_cfg.windows == "all":
-        seqs, tss = history_windows(seqs, tss, max_seq_len)
-    # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
-    never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
-    negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
-                                id_model=cfg.train.model == "sasrec")
-    objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
-    recommender.set_objective(objective)
+    selection = selection or RankingSelection(split, cfg)
+    objective, negatives = None, None  # a recommender given its own `examples` owns its objective
+    if examples is None:
+        trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
+        chosen = training_users(len(trainable_users), cfg.seed, t_cfg.train_user_fraction)
+        seqs = [split.train[trainable_users[i]] for i in chosen]
+        tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
+        # popularity (sampled / in-batch logQ): each item's count in the histories trained on
+        counts = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *seqs]).astype(np.int64), minlength=num_items + 1)
+        if t_cfg.windows == "all":
+            seqs, tss = history_windows(seqs, tss, max_seq_len)
+        # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
+        never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
+        negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
+                                    id_model=cfg.train.model == "sasrec")
+        objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
+        recommender.set_objective(objective)
+        examples = _Windows(seqs, tss, max_seq_len, t_cfg.windows, cfg.seed)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    micro_batches_per_epoch = math.ceil(math.ceil(len(seqs) / world) / t_cfg.batch_size)
+    micro_batches_per_epoch = math.ceil(math.ceil(len(examples) / world) / t_cfg.batch_size)
     accumulation = build_deepspeed_config(cfg, 1, world)["gradient_accumulation_steps"]  # the trainer's or the JSON's
     total_steps = t_cfg.max_steps or math.ceil(micro_batches_per_epoch / accumulation) * t_cfg.epochs
     ds_config = build_deepspeed_config(cfg, total_steps, world)
@@ -203,7 +248,9 @@ def train(
     if resume and (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
-        if objective.cache is not None:
+        if "best_ndcg" in (client or {}):  # a checkpoint written before the selection hook
+            state.best_key = (client["best_ndcg"],)
+        if objective is not None and objective.cache is not None:
             objective.cache.load_state((client or {}).get("catalogue_cache"))
         if writer:
             _truncate_log(log_path, state.step)
@@ -217,21 +264,20 @@ def train(
 
     def checkpoint() -> None:
         client = state.as_client_state()
-        if objective.cache is not None:
+        if objective is not None and objective.cache is not None:
             client["catalogue_cache"] = objective.cache.state()
         engine.save_checkpoint(str(ckpt_dir), tag=f"step{state.step}", client_state=client)
         for old in sorted(ckpt_dir.glob("step*"), key=lambda p: int(p.name[4:]))[:-2]:
             shutil.rmtree(old, ignore_errors=True)  # keep the two newest
 
-    def select(metrics: RankingMetrics) -> None:
+    def select(values: dict[str, float]) -> None:
         """Record a validation result; keep the weights if they are the best so far."""
-        ndcg = metrics.values["ndcg@10"]
-        state.history.append({"epoch": state.epoch, "step": state.step, **metrics.values})
-        log({"step": state.step, "epoch": state.epoch, "valid": metrics.values})
-        say(f"epoch {state.epoch} step {state.step}: valid ndcg@10 {ndcg:.4f} recall@10 "
-            f"{metrics.values['recall@10']:.4f}", flush=True)
-        if ndcg > state.best_ndcg:
-            state.best_ndcg, state.best_epoch, state.bad_epochs = ndcg, state.epoch, 0
+        key = tuple(selection.key(values))
+        state.history.append({"epoch": state.epoch, "step": state.step, **values})
+        log({"step": state.step, "epoch": state.epoch, "valid": values})
+        say(f"epoch {state.epoch} step {state.step}: {selection.describe(values)}", flush=True)
+        if key > tuple(state.best_key):
+            state.best_key, state.best_epoch, state.bad_epochs = key, state.epoch, 0
             best_path.parent.mkdir(parents=True, exist_ok=True)
             state_now = whole_state_dict(model)  # every rank (ZeRO-3 gathers), rank 0 writes
             if engine.global_rank == 0:
@@ -243,7 +289,7 @@ def train(
     # starts: epoch 0 is a candidate, so a stage that only makes validation worse selects its start
     # instead of its least bad epoch.
     if cfg.train.init_bundle and state.step == 0 and not state.history:
-        select(evaluate(model, split.valid, cfg, cfg.data.max_seq_len))
+        select(selection.evaluate(model, "valid"))
 
     item_params, user_params = model.compute_params()
     bf16 = bool(ds_config["bf16"]["enabled"])
@@ -253,10 +299,7 @@ def train(
     train_seconds = 0.0
     stop = False
     while state.epoch < t_cfg.epochs and not stop:
-        epoch_seqs, epoch_tss = seqs, tss
-        if t_cfg.windows == "random":  # depends on (seed, epoch) only, so a resumed epoch sees the same windows
-            epoch_seqs, epoch_tss = random_windows(seqs, tss, max_seq_len, np.random.default_rng([cfg.seed, state.epoch, 1]))
-        order = numpy_seed_for(cfg.seed, state.epoch).permutation(len(seqs))
+        order = numpy_seed_for(cfg.seed, state.epoch).permutation(len(examples))
         order = order[engine.global_rank :: engine.world_size]  # data parallel: each rank its share
         batches = [order[i : i + t_cfg.batch_size] for i in range(0, len(order), t_cfg.batch_size)]
         model.train()
@@ -269,8 +312,9 @@ def train(
                 # DeepSpeed reduces gradients and steps the optimizer on the boundary; set here rather than
                 # counted by DeepSpeed, so that an epoch's short last step is a boundary too
                 engine.set_gradient_accumulation_boundary(last)
-                window = training_windows([epoch_seqs[r] for r in rows], [epoch_tss[r] for r in rows], max_seq_len)
-                out = model.training_step(window.to(engine.device), state.step)
+                batch = examples.batch(rows, state.epoch)
+                # a TrainingBatch is placed here; a recommender with its own batches (dicts) places them itself
+                out = model.training_step(batch.to(engine.device) if hasattr(batch, "to") else batch, state.step)
                 loss = out.loss
                 # The mean over ranks: what is logged, and what every rank checks, so that a NaN on one rank
                 # stops all of them at the same step instead of leaving the others waiting in a collective.
@@ -318,7 +362,7 @@ def train(
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.epoch % t_cfg.eval_every_epochs == 0 or stop or state.epoch == t_cfg.epochs:
-                select(evaluate(model, split.valid, cfg, cfg.data.max_seq_len))
+                select(selection.evaluate(model, "valid"))
                 if state.bad_epochs >= t_cfg.early_stopping_patience:
                     say(f"early stop: no validation gain for {state.bad_epochs} evaluations", flush=True)
                     stop = True
@@ -327,8 +371,8 @@ def train(
     if best_path.is_file():
         with full_parameters(model):  # ZeRO-3: loaded on rank 0, re-sharded to every rank on exit
             model.load_state_dict(load_file(str(best_path)), strict=False)
-    valid = evaluate(model, split.valid, cfg, cfg.data.max_seq_len)
-    test = evaluate(model, split.test, cfg, cfg.data.max_seq_len)
+    valid = selection.evaluate(model, "valid")
+    test = selection.evaluate(model, "test")
     # forward + backward ~ 6 FLOP per parameter per token (matmul parameters only; lookups are free)
     flops = 6.0 * (item_params * tokens_done + user_params * positions_done)
     throughput = {
@@ -346,9 +390,29 @@ def train(
     throughput["fraction_of_matmul_peak"] = throughput["achieved_flops"] / peak
     if writer:
         (run_dir / "result.json").write_text(json.dumps(
-            {"seed": cfg.seed, "negatives": negatives, "best_epoch": state.best_epoch, "valid": valid.values, "test": test.values, "throughput": throughput,
+            {"seed": cfg.seed, "negatives": negatives, "best_epoch": state.best_epoch, "valid": valid, "test": test, "throughput": throughput,
              "history": state.history}, indent=2))
-    return TrainResult(run_dir=run_dir, state=state, valid=valid.values, test=test.values, throughput=throughput)
+    return TrainResult(run_dir=run_dir, state=state, valid=valid, test=test, throughput=throughput)
+
+
+class _Windows:
+    """The generative batches: windows of the training sequences (`train.windows`), one example each."""
+
+    def __init__(self, seqs, tss, max_seq_len: int, mode: str, seed: int):
+        self.seqs, self.tss, self.max_seq_len, self.mode, self.seed = seqs, tss, max_seq_len, mode, seed
+        self._epoch, self._epoch_seqs = None, (seqs, tss)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def batch(self, rows: np.ndarray, epoch: int):
+        if self.mode == "random" and epoch != self._epoch:
+            # depends on (seed, epoch) only, so a resumed epoch sees the same windows
+            self._epoch = epoch
+            self._epoch_seqs = random_windows(self.seqs, self.tss, self.max_seq_len,
+                                              np.random.default_rng([self.seed, epoch, 1]))
+        seqs, tss = self._epoch_seqs
+        return training_windows([seqs[r] for r in rows], [tss[r] for r in rows], self.max_seq_len)
 
 
 def _grad_norm(model) -> float:

@@ -8,9 +8,10 @@
 HLLM (either stage) and the SASRec baseline implement it over the same step (`_SequenceStep`):
 encode each distinct item of the step once (inputs, targets, sampled negatives), run the user model,
 assemble the candidates the objective asks for (feature_gen/model/losses.py: full catalogue, sampled,
-in-batch, or stage 1's catalogue cache) and score every real position against them. A later
-discriminative objective gets its place in HLLMRecommender.training_step, next to the generative one
-(HLLM.losses already combines L_gen + L_bce + lambda * L_next); `check_objective` refuses it until then.
+in-batch, or stage 1's catalogue cache) and score every real position against them. The
+discriminative objective is a stage-2 HLLMRecommender too (trainer/discriminative.py
+`DiscriminativeRecommender`): its training_step reads labelled requests instead of windows, and the
+loop selects it on click GAUC through its selection hook.
 """
 
 from __future__ import annotations

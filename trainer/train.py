@@ -150,10 +150,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)
-        if cfg.loss.objective == "discriminative":  # labelled requests, not windows: its own loop
+        if cfg.loss.objective == "discriminative":  # the same loop on labelled requests, selected on GAUC
             from trainer.discriminative import train_discriminative
 
-            train_discriminative(cfg)
+            train_discriminative(cfg, resume=not args.no_resume)
         else:
             run_training(cfg, resume=not args.no_resume)
     except ConfigError as exc:
