@@ -254,6 +254,7 @@ def step_stream(run: DemoRun) -> None:
             finally:
                 loop.stop.set()
                 thread.join(timeout=60)
+                producer.close(timeout=10)  # before the broker stops: an open client logs ERRORs as it goes
             fresh = np.asarray(m.freshness_samples, dtype=np.float64)
             users = events["user_id"].astype(str).unique().tolist()
             rows = store.user_embeddings(users)
