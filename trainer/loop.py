@@ -130,7 +130,8 @@ def evaluate(recommender: Recommender, eval_set: EvalSet, cfg: HLLMConfig, max_s
     recommender.eval()
     with full_parameters(recommender):  # ZeRO-3: item_table reads ID/heads weights directly
         table = recommender.item_table()  # [N+1, D], what the User model reads
-        user_dtype = next(recommender.user_model.parameters()).dtype  # bf16 under train.precision bf16
+        first = next(recommender.user_model.parameters(), None)  # a parameter-free user model (pooling) has none
+        user_dtype = first.dtype if first is not None else table.dtype  # bf16 under train.precision bf16
         users = embed_users(recommender.user_model, table.to(user_dtype), eval_set.histories,
                             eval_set.history_timestamps, max_seq_len)  # inputs follow the model's device
     recommender.train(was_training)
