@@ -81,6 +81,9 @@ def collect(args) -> Path:
                        if re.fullmatch(rf"{re.escape(args.dataset)}-seed\d+\.json", p.name))
         if files:
             runs["recbole-sasrec (peer)"] = summarise([peer_run(p) for p in files])
+    for path in args.peer_partial:  # a run still training: its best checkpoint so far, evaluated
+        r = peer_run(Path(path))
+        runs[f"recbole-sasrec (peer, seed {r['seed']}, best of epochs 0-{r['epochs_run'] - 1}, still training)"] = summarise([r])
     doc = {"suite": args.suite, "dataset": args.dataset, "command": args.command, "note": args.note,
            "loadavg": list(os.getloadavg()), "runs": runs}
     path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
@@ -126,6 +129,8 @@ def main(argv=None) -> int:
     c.add_argument("--dataset", required=True)
     c.add_argument("--run", action="append", default=[], metavar="NAME=DIR[,DIR...]")
     c.add_argument("--peer", help="folder of the peer's <dataset>-seed<N>.json results")
+    c.add_argument("--peer-partial", action="append", default=[], metavar="JSON",
+                   help="a peer result written by recbole_sasrec.py --resume --epochs N on a run still training")
     c.add_argument("--command", required=True, help="the command that produced the runs")
     c.add_argument("--note", default="")
     args = parser.parse_args(argv)
