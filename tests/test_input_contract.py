@@ -245,6 +245,30 @@ def test_case5_parquet_logs_keep_integer_ids_exact(tmp_path):
     assert skipped == ["log: row 2: item_id is empty"]
 
 
+def test_case5_produce_events_reads_a_mapped_jsonl_log_as_training_does(tmp_path):
+    """The replay reads a team's log as training and the Spark jobs read it (formats.read_mapped):
+    JSON lines, their column names, ISO-8601 times; the messages equal those of the contract's CSV."""
+    import pandas as pd
+
+    from feature_gen.config import DataConfig
+    from feature_gen.streaming.produce import EventLogError, read_event_log, user_messages
+
+    plain = tmp_path / "events.csv"
+    plain.write_text(f"user_id,item_id,timestamp\n0042,007,{T0}\nu2,10,{T0 + 61}\n")
+    theirs = tmp_path / "events.jsonl"
+    iso = [pd.Timestamp(t, unit="s", tz="UTC").tz_convert("Asia/Tokyo").isoformat() for t in (T0, T0 + 61)]
+    theirs.write_text("".join(json.dumps({"uid": u, "sku": i, "when": w}) + "\n"
+                              for u, i, w in zip(["0042", "u2"], ["007", "10"], iso)))
+    mapped = DataConfig(columns={"user_id": "uid", "item_id": "sku", "timestamp": "when"}, timestamp_format="iso8601")
+    want = list(user_messages(read_event_log(plain), skipped=[]))
+    assert list(user_messages(read_event_log(theirs, "user", mapped), skipped=[])) == want
+    with pytest.raises(EventLogError, match=r"events.jsonl: user event log lacks column\(s\) user_id, item_id, timestamp"):
+        read_event_log(theirs)  # without the mapping, the file's own names
+    (tmp_path / "events.xlsx").write_text("x")
+    with pytest.raises(EventLogError, match="unsupported format '.xlsx'"):
+        read_event_log(tmp_path / "events.xlsx")
+
+
 def test_case6_item_token_budget_beyond_the_position_table_is_refused_at_build_time():
     from feature_gen.model.hllm import build_item_llm
     from feature_gen.model.item_text import tokenize_item_texts, pad_token_ids

@@ -1,9 +1,10 @@
 """`hllm produce-events`: replay an event log (Parquet or CSV) into Kafka, for demos, replays and benchmarks.
 
 User logs need columns user_id, item_id, timestamp (event_type optional, default --event-type); item
-logs need item_id plus the text fields (timestamp optional, default now). The log is read under the
-input contract (feature_gen/data/contract.py): ids are strings (`007` stays `007`), only an empty cell
-is missing, `data.encoding` decodes CSV. A row the consumer would dead-letter (a blank id, bytes
+logs need item_id plus the text fields (timestamp optional, default now). The log is read as training
+and the Spark jobs read files (feature_gen/data/formats.py, then the input contract): .parquet, .csv,
+.tsv or .jsonl, `data.columns` mapping, `data.timestamp_format: iso8601`, ids as strings (`007` stays
+`007`), only an empty cell missing, `data.encoding` decoding CSV. A row the consumer would dead-letter (a blank id, bytes
 invalid in the encoding, a timestamp that is not plausible in `stream.timestamp_unit`) is reported,
 one line naming file, row and field, and skipped; the others are sent in file order, keyed by user_id
 (item_id), optionally paced to `rate` events per second.
@@ -21,7 +22,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from feature_gen.data.contract import REPLACEMENT_CHAR, DataError, check_timestamp, read_table, whole_number
+from feature_gen.config import DataConfig
+from feature_gen.data.contract import REPLACEMENT_CHAR, DataError, check_timestamp, whole_number
+from feature_gen.data.formats import FormatError, read_mapped
 from feature_gen.streaming.events import user_event_json
 
 USER_LOG_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -31,13 +34,17 @@ class EventLogError(DataError):
     """An event log that cannot be replayed; the message names the file and the column."""
 
 
-def read_event_log(path: str | Path, kind: str = "user", encoding: str = "utf-8") -> pd.DataFrame:
+def read_event_log(path: str | Path, kind: str = "user", data: DataConfig | None = None) -> pd.DataFrame:
+    """The log at `path` in the contract's columns, read by `read_mapped` as every other reader reads a
+    file (`data`: columns, encoding, timestamp format; defaults when None). ISO-8601 times come back as
+    Unix seconds. EventLogError names the file and the missing column(s)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EventLogError(f"{path}: event log not found")
-    if path.suffix.lower() not in (".parquet", ".csv", ".tsv"):
-        raise EventLogError(f"{path}: expected a .parquet, .csv or .tsv file")
-    frame = read_table(path, encoding)
+    try:
+        frame = read_mapped(path, data or DataConfig())
+    except FormatError as exc:
+        raise EventLogError(str(exc)) from exc
     needed = USER_LOG_COLUMNS if kind == "user" else ("item_id",)
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -147,9 +154,12 @@ def run_produce_events(cfg, path: str, kind: str = "user", rate: float | None = 
     """`hllm produce-events`: replay `path` into the configured user (or item) topic."""
     from feature_gen.streaming.clients import make_producer
 
-    frame = read_event_log(path, kind, cfg.data.encoding)
+    frame = read_event_log(path, kind, cfg.data)
     skipped: list[str] = []
     unit = cfg.stream.timestamp_unit
+    if cfg.data.timestamp_format == "iso8601" and "timestamp" in frame.columns and unit == "milliseconds":
+        # ISO text was read as Unix seconds; the topic carries the unit its consumer reads
+        frame["timestamp"] = frame["timestamp"] * 1000
     messages = (user_messages(frame, event_type, unit, skipped, str(path)) if kind == "user"
                 else item_messages(frame, unit, skipped, str(path)))
     topic = topic or (cfg.stream.user_events_topic if kind == "user" else cfg.stream.item_events_topic)
