@@ -64,6 +64,13 @@ def _bundle(name: str) -> Path:
     return save_bundle(model.eval(), tok, cfg, ROOT / "bundles", base_models={"config": config})
 
 
+# The backlog's events start at 1.7e9 s (2023-11); the paced ones after them, and in the past: the input
+# contract refuses events later than the reader's clock (plus skew), so a constant in the future (the
+# 1.8e9 = 2027-01 this once was) turns every paced event into a dead letter and the wait into a timeout.
+BACKLOG_START_TS = 1_700_000_000
+PACED_START_TS = 1_750_000_000
+
+
 def _events(users: int, items: int, n: int, seed: int, start_ts: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     user = rng.integers(0, users, n)
@@ -177,7 +184,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
             })
 
         # 1. sustained: a backlog drained as fast as the consumer goes
-        backlog = _events(users, num_items, events, seed=0, start_ts=1_700_000_000)
+        backlog = _events(users, num_items, events, seed=0, start_ts=BACKLOG_START_TS)
         send_paced(make_producer(s), s.user_events_topic, user_messages(backlog))
         loop = build_user_loop(cfg, threading.Event(), encoders, store)
         if path == "feast":
@@ -203,7 +210,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
             if sustained < 1.25 * rate:  # at capacity there is only backlog to measure: pace at half of it
                 rate = max(1.0, round(sustained / 2))
             n_paced = int(rate * seconds)
-            paced = _events(users, num_items, n_paced, seed=1, start_ts=1_800_000_000)
+            paced = _events(users, num_items, n_paced, seed=1, start_ts=PACED_START_TS)
             log_path = work / "paced.parquet"
             paced.to_parquet(log_path)
             config_path = work / "stream.yaml"
@@ -229,7 +236,7 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
         # every paced user's embedding is readable and reflects a paced event
         last_users = sorted(set(paced["user_id"].tolist()))
         readable = store.user_embeddings(last_users)
-        stale = int((readable.last_event_ts < 1_800_000_000).sum())
+        stale = int((readable.last_event_ts < PACED_START_TS).sum())
     if redis_proc is not None:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)

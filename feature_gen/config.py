@@ -96,6 +96,11 @@ class ItemTextConfig(_Section):
 
 class ItemLLMConfig(BaseModelConfig):
     pooling: Literal["item_token", "mean"] = "item_token"
+    # Subtract the catalogue's mean item embedding, fitted once before training from the initial Item
+    # LLM and stored in the bundle (feature_gen/model/item_llm.py). Turn it on for a frozen, mean-pooled
+    # Item LLM (stage 2 without stage 1): its raw embeddings share one dominant direction and cosine
+    # scores over them have almost no range.
+    center: bool = False
     padding_side: Literal["right", "left"] = "right"
 
 

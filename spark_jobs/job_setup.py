@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from feature_gen.config import HLLMConfig, config_from_dict, load_config, parse_override, set_dotted
 from feature_gen.store.offline_store import PARTITION_PREFIX, STAGING_DIR, check_version
@@ -165,6 +168,45 @@ def driver_bundle_with_spark(spark, uri: str, ship: bool) -> DriverBundle:
     if ship or local_path(uri) is None:
         ship_bundle(spark, uri)
     return DriverBundle(uri, local_dir, manifest)
+
+
+def run_job(job: str, args, input_path: str, run: Callable[..., int],
+            check_bundle: Callable[[DriverBundle], None] | None = None) -> int:
+    """The frame of both entry points: config and bundle checked before a Spark session exists where
+    they can be (a bad bundle costs no session), the session, a remote bundle fetched through it, Spark's
+    progress, and `run(spark, args, cfg, bundle, started) -> exit code`. What the operator must fix (a
+    bad config or bundle, an input that cannot be read at all) is one line on stderr and exit 2, no trace;
+    anything else is a bug and propagates. `check_bundle` refuses a bundle by raising."""
+    try:
+        cfg = job_config(args)
+        bundle = driver_bundle_before_spark(args.bundle)  # None: a remote URI, fetched once Spark is up
+        if bundle is not None and check_bundle is not None:
+            check_bundle(bundle)
+    except Exception as exc:
+        print(f"{job}: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    spark = spark_session(f"hllm {job}" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
+    try:
+        from spark_jobs.progress import job_progress
+
+        try:
+            bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
+            if check_bundle is not None:
+                check_bundle(bundle)
+        except Exception as exc:
+            print(f"{job}: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        with job_progress(spark, job):
+            return run(spark, args, cfg, bundle, started)
+    except Exception as exc:
+        line = unreadable_input_line(exc, input_path)
+        if line is None:
+            raise
+        print(f"{job}: {line}", file=sys.stderr)  # one line: the input is the operator's to fix
+        return 2
+    finally:
+        spark.stop()
 
 
 def inference_options(cfg: HLLMConfig) -> InferenceOptions:

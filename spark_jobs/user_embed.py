@@ -24,41 +24,14 @@ from feature_gen.store.schema import ITEM_ID, USER_ID, with_spark_event_timestam
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spark_jobs.job_setup import driver_bundle_before_spark, job_arguments, job_config, spark_session
+    from spark_jobs.job_setup import job_arguments, run_job
 
     args = job_arguments(__doc__.splitlines()[0], "--interactions", "interactions: Parquet, CSV or JSON lines").parse_args(argv)
-    try:
-        cfg = job_config(args)
-        bundle = driver_bundle_before_spark(args.bundle)  # None: a remote URI, fetched once Spark is up
-    except Exception as exc:  # config and bundle problems are the operator's to fix: one line, no trace
-        print(f"user_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    spark = spark_session("hllm user_embed" + (f" {bundle.manifest['version']}" if bundle else ""), cfg, args.master)
-    try:
-        from spark_jobs.job_setup import driver_bundle_with_spark
-        from spark_jobs.progress import job_progress
-
-        try:
-            bundle = driver_bundle_with_spark(spark, args.bundle, args.ship_bundle)
-        except Exception as exc:
-            print(f"user_embed: {args.bundle}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
-        with job_progress(spark, "user_embed"):
-            return _run(spark, args, cfg, bundle.manifest, started)
-    except Exception as exc:
-        from spark_jobs.job_setup import unreadable_input_line
-
-        line = unreadable_input_line(exc, args.interactions)
-        if line is None:
-            raise
-        print(f"user_embed: {line}", file=sys.stderr)  # one line: the input is the operator's to fix
-        return 2
-    finally:
-        spark.stop()
+    return run_job("user_embed", args, args.interactions, _run)
 
 
-def _run(spark, args, cfg, manifest, started) -> int:
+def _run(spark, args, cfg, bundle, started) -> int:
+    manifest = bundle.manifest
     from pyspark.sql import functions as F
 
     from spark_jobs.job_setup import inference_options, read_input, spark_settings_line, table_paths

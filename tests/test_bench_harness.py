@@ -22,3 +22,15 @@ def test_write_result_makes_folders_and_writes_readable_json(tmp_path):
     path = write_result({"rows": 3, "dtype": np.dtype("float32")}, tmp_path / "a" / "b.json")
     assert json.loads(path.read_text()) == {"rows": 3, "dtype": "float32"}
     assert path.read_text().endswith("}\n")
+
+
+def test_stream_bench_events_pass_the_input_contract_they_are_measured_through():
+    """The paced events once started at 1.8e9 s (2027-01): once the clock passed 2026-11 the contract
+    refused them as future events, every one went to the dead letters, and the bench waited 600 s."""
+    from benchmarks.stream_bench import BACKLOG_START_TS, PACED_START_TS, _events
+    from feature_gen.data.contract import check_timestamp, plausible_window
+
+    lo, hi = plausible_window()
+    backlog, paced = _events(50, 20, 1000, seed=0, start_ts=BACKLOG_START_TS), _events(50, 20, 100_000, seed=1, start_ts=PACED_START_TS)
+    assert lo <= backlog.timestamp.min() and backlog.timestamp.max() < paced.timestamp.min() and paced.timestamp.max() <= hi
+    assert check_timestamp(int(paced.timestamp.max())).reason is None

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -17,38 +16,14 @@ from trainer.discriminative import (
 )
 from trainer.recommenders import Recommender
 
-TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
-
-
-def toy_rated(folder: Path, num_items=30, num_users=40, length=12, ratings=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    items = pd.DataFrame({"item_id": np.arange(1, num_items + 1),
-                          "title": [f"item number {i}" for i in range(1, num_items + 1)],
-                          "tags": [["even" if i % 2 == 0 else "odd"] for i in range(1, num_items + 1)]})
-    rows = []
-    for u in range(num_users):
-        start = int(rng.integers(num_items))
-        for t in range(length):
-            item = (start + t) % num_items + 1
-            row = {"user_id": f"u{u}", "item_id": item, "timestamp": 1_700_000_000 + 60 * t + int(rng.integers(30))}
-            if ratings:
-                row["rating"] = 5.0 if item % 2 == 0 else 1.0
-            rows.append(row)
-    # a user whose every event is in the labelled period: the first has no history (cold start)
-    rows += [{"user_id": "cold", "item_id": i, "timestamp": 1_700_000_600 + i, **({"rating": 5.0} if ratings else {})}
-             for i in (2, 4, 6)]
-    items.to_parquet(folder / "items.parquet")
-    pd.DataFrame(rows).to_parquet(folder / "inter.parquet")
-    return folder / "items.parquet", folder / "inter.parquet"
-
+from tests.toys import TINY, cycle_walks
 
 def disc_config(tmp_path: Path, fusion="late", ratings=True, **sections):
     return config_from_dict(disc_raw(tmp_path, fusion, ratings, **sections))
 
 
 def disc_raw(tmp_path: Path, fusion="late", ratings=True, **sections) -> dict:
-    items, inter = toy_rated(tmp_path / "data", ratings=ratings)
+    items, inter = cycle_walks(tmp_path / "data", num_users=40, rated=True, ratings=ratings)
     raw = {
         "seed": 3,
         "data": {"source": "files", "items_path": str(items), "interactions_path": str(inter), "max_seq_len": 8},

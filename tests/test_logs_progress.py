@@ -52,7 +52,7 @@ def test_setup_logging_keeps_third_party_at_warning_unless_debug():
 
 @pytest.mark.integration
 def test_training_reports_progress_with_its_total_and_warns_when_max_steps_skips_selection(tmp_path, caplog, monkeypatch):
-    from tests.test_trainer import toy_config
+    from tests.toys import toy_config
     from trainer.train import run_training
 
     monkeypatch.setenv("HLLM_PROGRESS_SECONDS", "0")
@@ -83,7 +83,7 @@ def test_consumer_status_line_counts_only_batches_with_events(caplog):
 
 
 def test_catalogue_caching_reports_items_done_of_the_catalogue(tmp_path, tiny_bundle, caplog, monkeypatch):
-    from tests.test_trainer import toy_config
+    from tests.toys import toy_config
     from trainer.train import build_recommender
     from feature_gen.data.sequences import load_interaction_data
 

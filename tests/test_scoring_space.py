@@ -12,7 +12,7 @@ from feature_gen.data.sequences import leave_one_out, load_interaction_data
 from feature_gen.evaluation import protocol
 from feature_gen.inference.encoders import embed_users
 from feature_gen.model.user_llm import UserLLMOutput, last_real_index
-from tests.test_trainer import toy_data
+from tests.toys import cycle_walks
 
 
 class MeanUser(nn.Module):
@@ -39,7 +39,7 @@ class TableRecommender(nn.Module):
 
 @pytest.fixture
 def toy(tmp_path):
-    items, inter = toy_data(tmp_path, num_items=40, num_users=50, length=15)
+    items, inter = cycle_walks(tmp_path, num_items=40, num_users=50, length=15)
     cfg = config_from_dict({"data": {"source": "files", "items_path": str(items), "interactions_path": str(inter),
                                      "max_seq_len": 8}, "eval": {"ks": [1, 5, 10]}})
     data = load_interaction_data(cfg.data, cfg.item_text)

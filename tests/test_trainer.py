@@ -9,64 +9,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from feature_gen.model.bundle import load_bundle
-from feature_gen.config import ConfigError, config_from_dict
+from feature_gen.config import ConfigError
 from feature_gen.inference.encoders import embed_catalogue
 from trainer.loop import TrainingDiverged
 from trainer.train import build_recommender, run_training
 
+from tests.toys import TINY, losses, toy_config
+
 REPO = Path(__file__).resolve().parent.parent
-TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
-
-
-def toy_data(folder: Path, num_items: int = 30, num_users: int = 60, length: int = 12) -> tuple[Path, Path]:
-    """A learnable catalogue: each user walks the item cycle 1 -> 2 -> ... from a random start, so
-    the next item is a function of the current one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    items = pd.DataFrame({"item_id": np.arange(1, num_items + 1),
-                          "title": [f"item number {i}" for i in range(1, num_items + 1)],
-                          "tags": [["even" if i % 2 == 0 else "odd"] for i in range(1, num_items + 1)]})
-    rows = []
-    for u in range(num_users):
-        start = int(rng.integers(num_items))
-        for t in range(length):
-            rows.append({"user_id": f"u{u}", "item_id": (start + t) % num_items + 1, "timestamp": 1_700_000_000 + 60 * t})
-    items_path, inter_path = folder / "items.parquet", folder / "interactions.parquet"
-    items.to_parquet(items_path)
-    pd.DataFrame(rows).to_parquet(inter_path)
-    return items_path, inter_path
-
-
-def toy_config(tmp_path: Path, **train):
-    items, inter = toy_data(tmp_path)
-    raw = {
-        "seed": 3,
-        "data": {"source": "files", "items_path": str(items), "interactions_path": str(inter), "max_seq_len": 8},
-        "item_text": {"prompt": "", "max_item_tokens": 32},
-        "item_llm": {"source": "tiny_random", "tiny": TINY},
-        "user_llm": {"source": "tiny_random", "tiny": {**TINY, "seed": 1}},
-        # random tiny Llamas give near-identical item embeddings at init: the 0.99 mask would drop every negative
-        "loss": {"temperature_init": 0.1, "nce_threshold": 1.0},
-        "eval": {"ks": [1, 5, 10]},
-        "train": {"output_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 16, "lr": 3e-3,
-                  "warmup_steps": 2, "stage1_max_seq_len": 8, "checkpoint_every_steps": 2, **train},
-    }
-    return config_from_dict(raw)
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            assert rec["step"] not in out, f"step {rec['step']} logged twice"
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def test_sasrec_learns_the_toy_cycle(tmp_path):

@@ -30,7 +30,7 @@ from feature_gen.config import ConfigError
 from feature_gen.data.sequences import TrainingBatch, leave_one_out, load_interaction_data, training_windows
 from feature_gen.model.bundle import load_bundle
 from feature_gen.model.losses import GenerativeObjective, check_objective
-from tests.test_trainer import losses, toy_config
+from tests.toys import losses, toy_config
 from trainer.deepspeed_setup import build_deepspeed_config, use_bf16
 from trainer.train import build_recommender
 

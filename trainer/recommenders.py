@@ -16,6 +16,7 @@ loop selects it on click GAUC through its selection hook.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -32,6 +33,8 @@ from feature_gen.model.losses import Candidates, GenerativeObjective, InfoNCERes
 from feature_gen.model.hllm import HLLM
 from feature_gen.model.user_llm import UserLLMOutput, last_real_index
 from trainer.deepspeed_setup import full_numel, full_parameters
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,15 +143,33 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             for p in hllm.item_llm.parameters():
                 p.requires_grad_(False)
             self.cache_items()
+        elif hllm.item_llm.needs_center:
+            self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
+
+    def _embed_catalogue(self, what: str) -> torch.Tensor:
+        """[N, D] float32 every item through the Item LLM's inference path (row order = internal ids 1..N)."""
+        from feature_gen.logs import Progress
+
+        with Progress(len(self.catalogue_tokens) - 1, what, "items") as bar:
+            vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
+                                      padding_side=self.padding_side, progress=bar)
+        return torch.from_numpy(vectors)
+
+    def _fit_center(self, raw: torch.Tensor) -> torch.Tensor:
+        """Fit the Item LLM's center on the catalogue's raw embeddings [N, D]; return them centered."""
+        center = self.hllm.item_llm.fit_center(raw).to(raw.device)
+        log.info("item_llm.center: fitted on %d catalogue items (norm of the mean %.2f, mean item norm "
+                 "%.2f before, %.2f after)", raw.size(0), float(center.norm()), float(raw.norm(dim=1).mean()),
+                 float((raw - center).norm(dim=1).mean()))
+        return raw - center
 
     @torch.no_grad()
     def cache_items(self) -> torch.Tensor:
-        """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path)."""
-        from feature_gen.logs import Progress
-
-        with Progress(len(self.catalogue_tokens) - 1, "caching the catalogue", "items") as bar:
-            vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
-                                      padding_side=self.padding_side, progress=bar)
+        """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path); a
+        centering Item LLM not fitted yet is fitted on these vectors first."""
+        vectors = self._embed_catalogue("caching the catalogue")
+        if self.hllm.item_llm.needs_center:
+            vectors = self._fit_center(vectors)
         self.cached_items = padded_item_table(vectors).to(self.device)  # a buffer: it moves with the module
         return self.cached_items
 

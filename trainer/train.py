@@ -46,6 +46,9 @@ def build_recommender(cfg: HLLMConfig, data):
         if bundle.cfg.user_llm.use_timestamps != cfg.user_llm.use_timestamps:
             raise ConfigError(f"user_llm.use_timestamps: {cfg.user_llm.use_timestamps} but init_bundle was "
                               f"trained with {bundle.cfg.user_llm.use_timestamps}")
+        if bundle.cfg.item_llm.center != cfg.item_llm.center:
+            raise ConfigError(f"item_llm.center: {cfg.item_llm.center} but init_bundle was trained with "
+                              f"{bundle.cfg.item_llm.center}")
         bases = bundle.manifest.get("base_models", {})
     else:
         from feature_gen.model.hllm import build_item_llm, build_user_llm
