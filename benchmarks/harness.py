@@ -30,3 +30,28 @@ def write_result(result: dict, path: str | Path | None) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
+
+
+def seed_online_state(state, encoders, num_items: int, users: int, history: int) -> float:
+    """What a consumer benchmark starts from: `num_items` synthetic items embedded by `encoders` and
+    written online, and users u0..u{users-1} each with a full history of `history` random items (what
+    user_embed.py leaves behind, so every event costs a User LLM pass over a whole window, not over the
+    one or two items seen so far). Returns the seconds the item embeddings took (encode + write)."""
+    import numpy as np
+
+    from feature_gen.model.item_text import build_item_text
+    from feature_gen.streaming.recent_items import RecentSequence
+
+    texts = [build_item_text({"title": f"movie number {i}", "tags": ["drama", f"tag{i % 7}"],
+                              "description": f"the story of item {i}"}, encoders.text_cfg) for i in range(num_items)]
+    t0 = time.perf_counter()
+    state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_texts(texts))
+    item_seconds = time.perf_counter() - t0
+    rng = np.random.default_rng(2)
+    for start in range(0, users, 500):
+        state.write_sequences({
+            f"u{u}": RecentSequence(rng.integers(0, num_items, history).astype(str).tolist(),
+                                    list(range(1_600_000_000, 1_600_000_000 + history)))
+            for u in range(start, min(users, start + 500))
+        })
+    return item_seconds

@@ -28,9 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
-from benchmarks.harness import wait_until, write_result
+from benchmarks.harness import seed_online_state, wait_until, write_result
 
 COMMAND = ".venv/bin/python -m benchmarks.scaling_bench"
 ROOT = Path("outputs/bench/scaling")
@@ -86,13 +85,11 @@ def run(members: tuple[int, ...] = (1, 2, 4), events: int = 8000, users: int = 2
 
     from benchmarks.stream_bench import MODELS, _bundle, _events
     from feature_gen.config import HLLMConfig
-    from feature_gen.model.item_text import build_item_text
     from feature_gen.store.feature_store import open_store
     from feature_gen.streaming.clients import create_topics, make_producer
     from feature_gen.inference.encoders import load_encoders
     from feature_gen.streaming.online_state import OnlineState
     from feature_gen.streaming.produce import send_paced, user_messages
-    from feature_gen.streaming.recent_items import RecentSequence
     from hllm.local_broker import LocalBroker
     from tests.redis_fixture import start_redis
 
@@ -117,17 +114,8 @@ def run(members: tuple[int, ...] = (1, 2, 4), events: int = 8000, users: int = 2
             config_path.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             store = open_store(cfg.store)
             state = OnlineState(store, encoders.version)
-            texts = [build_item_text({"title": f"movie number {i}", "tags": ["drama", f"tag{i % 7}"],
-                                      "description": f"the story of item {i}"}, encoders.text_cfg) for i in range(num_items)]
-            state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_texts(texts))
             history = max(s.max_recent_items, encoders.max_seq_len)
-            rng = np.random.default_rng(2)
-            for start in range(0, users, 500):
-                state.write_sequences({
-                    f"u{u}": RecentSequence(rng.integers(0, num_items, history).astype(str).tolist(),
-                                            list(range(1_600_000_000, 1_600_000_000 + history)))
-                    for u in range(start, min(users, start + 500))
-                })
+            seed_online_state(state, encoders, num_items, users, history)
             create_topics(s, {s.dead_letter_topic: 1})
             for k, n in enumerate(members):
                 topic, group = f"scale-{n}", f"scale-group-{n}"

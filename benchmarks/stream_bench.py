@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import wait_until, write_result
+from benchmarks.harness import seed_online_state, wait_until, write_result
 import pandas as pd
 
 COMMAND = ".venv/bin/python -m benchmarks.stream_bench"
@@ -126,13 +126,11 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
 
     from feature_gen.config import HLLMConfig
     from feature_gen.store.feature_store import open_store
-    from feature_gen.model.item_text import build_item_text
     from hllm.local_broker import LocalBroker
     from feature_gen.streaming.clients import create_topics, make_producer
     from feature_gen.inference.encoders import load_encoders
     from feature_gen.streaming.online_state import OnlineState
     from feature_gen.streaming.produce import send_paced, user_messages
-    from feature_gen.streaming.recent_items import RecentSequence
     from feature_gen.streaming.refresh import build_user_loop
 
     _, _, threads, num_items, batch = MODELS[name]
@@ -166,22 +164,9 @@ def _bench_model(name: str, events: int, users: int, rate: float, seconds: float
         s = cfg.stream
         create_topics(s, {s.user_events_topic: 4, s.dead_letter_topic: 1})
         store = open_store(cfg.store)
-        texts = [build_item_text({"title": f"movie number {i}", "tags": ["drama", f"tag{i % 7}"],
-                                  "description": f"the story of item {i}"}, encoders.text_cfg) for i in range(num_items)]
         state = OnlineState(store, encoders.version)
-        t0 = time.perf_counter()
-        state.write_item_embeddings([str(i) for i in range(num_items)], encoders.embed_texts(texts))
-        item_seconds = time.perf_counter() - t0
-        # steady state: every user already has a full history (what user_embed.py leaves behind), so
-        # each event costs a User LLM pass over max_seq_len items, not over the one or two seen so far
         history = max(s.max_recent_items, encoders.max_seq_len)
-        rng = np.random.default_rng(2)
-        for start in range(0, users, 500):
-            state.write_sequences({
-                f"u{u}": RecentSequence(rng.integers(0, num_items, history).astype(str).tolist(),
-                                        list(range(1_600_000_000, 1_600_000_000 + history)))
-                for u in range(start, min(users, start + 500))
-            })
+        item_seconds = seed_online_state(state, encoders, num_items, users, history)
 
         # 1. sustained: a backlog drained as fast as the consumer goes
         backlog = _events(users, num_items, events, seed=0, start_ts=BACKLOG_START_TS)
