@@ -5,7 +5,8 @@
     # quality: for each seed, late fusion, late with next_weight 0, early fusion, each from the same
     # generative stage-2 bundle (train.init_bundle); the bundle's own user-item cosine on the same test labels;
     # the example ranker (IDs + context) with each score as its feature, and without
-    python benchmarks/discriminative_bench.py quality --config CONFIG --set train.init_bundle=BUNDLE --seeds 0 1 2
+    python benchmarks/discriminative_bench.py quality --config CONFIG --set train.init_bundle=BUNDLE \
+        --set loss.next_weight=0.5 --seeds 0 1 2
 
 Writes JSON under --results-dir (default benchmarks/results/: discriminative_latency.json,
 discriminative_quality.json); `markdown` prints either as the table BENCHMARKS.md holds.
@@ -135,8 +136,15 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def quality(cfg, seeds: list[int], out_dir: Path) -> dict:
+    from feature_gen.config import ConfigError
     from trainer.discriminative import score_requests
 
+    # The late and early rows train with the config's lambda; only late_next0 sets it to 0. With lambda 0
+    # in the config (its default) "late" would silently be the same run as late_next0.
+    if cfg.loss.next_weight <= 0:
+        raise ConfigError(f"loss.next_weight: the late and early rows train L = L_gen + L_bce + lambda L_next with "
+                          f"lambda = loss.next_weight and the late_next0 row with 0; got {cfg.loss.next_weight}, "
+                          f"which makes late the same run as late_next0 (e.g. --set loss.next_weight=0.5)")
     runs = []
     for seed in seeds:
         scores, start = {}, None

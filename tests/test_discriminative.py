@@ -112,6 +112,14 @@ def test_bad_discriminative_input_fails_before_training_naming_the_field(tmp_pat
         train_discriminative(disc_config(tmp_path, loss={"bce_weight": 0.0}))
 
 
+def test_quality_runner_refuses_a_lambda_that_makes_late_the_same_run_as_late_next0(tmp_path):
+    from benchmarks.discriminative_bench import quality
+
+    with pytest.raises(ConfigError, match=r"loss.next_weight: .*got 0.0"):
+        quality(disc_config(tmp_path, loss={"next_weight": 0.0}), [0], tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_quality_runner_writes_every_row_per_seed_with_mean_sd_and_its_command(tmp_path):
     """benchmarks/discriminative_bench.py quality end to end on the toy data: (a) the generative cosine,
     (b) late, (c) early, (d) late with lambda 0, (e) the ranker with each as its feature (and without),
