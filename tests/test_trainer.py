@@ -197,7 +197,14 @@ def test_kill_and_resume_continues_the_loss_curve(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in dist_vars}
     env["PYTHONUNBUFFERED"] = "1"
     output = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "trainer" / "train.py"), "--config", str(cfg_path)],
+    # The toy run's 12 steps take ~0.2 s, less than the poll below needs to see 5 of them and kill: on a
+    # slow CI machine the run finished before the kill (and the test failed). Each metrics line is held
+    # back 0.15 s, so the kill lands mid-run, after a step has trained (and maybe checkpointed) but
+    # before its line is logged: the resumed run must replay that step, not repeat it.
+    slowed = ("import runpy, sys, time; import trainer.loop as loop; write = loop._log; "
+              "loop._log = lambda path, record: (time.sleep(0.15), write(path, record)); "
+              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", slowed, str(REPO / "trainer" / "train.py"), "--config", str(cfg_path)],
                             cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
     log = Path(cfg.train.output_dir) / "metrics.jsonl"
     deadline = time.time() + 240
