@@ -137,7 +137,6 @@ def summarise(runs: list[dict]) -> dict:
 
 def quality(cfg, seeds: list[int], out_dir: Path) -> dict:
     from feature_gen.config import ConfigError
-    from trainer.discriminative import score_requests
 
     # The late and early rows train with the config's lambda; only late_next0 sets it to 0. With lambda 0
     # in the config (its default) "late" would silently be the same run as late_next0.
@@ -151,13 +150,11 @@ def quality(cfg, seeds: list[int], out_dir: Path) -> dict:
         for name, loss in VARIANTS.items():
             run_cfg = cfg.model_copy(update={"seed": seed, "loss": cfg.loss.model_copy(update=loss)})
             r = train_discriminative_run(run_cfg, out_dir / f"{name}-seed{seed}")
-            valid, test = r.requests["valid"], r.requests["test"]
             if start is None:  # the labels of a seed are the same for every variant: one generative baseline
                 start = r
                 runs.append({"variant": "generative_cosine", "seed": seed, "test": r.start_cosine})
                 scores["generative_cosine"] = (r.start_scores["valid"], r.start_scores["test"])
-            bs = run_cfg.train.batch_size
-            scores[name] = (score_requests(r.recommender, valid, bs), score_requests(r.recommender, test, bs))
+            scores[name] = (r.scores["valid"], r.scores["test"])  # the selected head's, as the loop scored them
             runs.append({"variant": name, "seed": seed, "test": r.test, "valid": r.valid,
                          "trained_user_llm_cosine": r.test_cosine, "best_epoch": r.best_epoch,
                          "seconds": round(r.seconds, 1)})

@@ -90,6 +90,13 @@ def test_late_fusion_trains_selects_and_freezes_a_bundle_with_its_head(tmp_path)
     assert bundle.manifest["fusion_head"] == {"fusion": "late", "item_dim": 32, "hidden": 32}
     assert bundle.manifest["metrics"]["test"]["auc"] == pytest.approx(result.test["auc"])
     assert (result.run_dir / "result.json").is_file()
+    # the scores handed to callers (the ranker rows of the bench) are the selected head's, as judged
+    from trainer.discriminative import click_metrics, score_requests
+
+    for which in ("valid", "test"):
+        rescored = score_requests(result.recommender, result.requests[which], cfg.train.batch_size)
+        np.testing.assert_allclose(result.scores[which], rescored, rtol=1e-5, atol=1e-6)
+    assert click_metrics(result.requests["test"], result.scores["test"])["auc"] == pytest.approx(result.test["auc"])
 
 
 def test_early_fusion_trains_from_a_generative_bundle(tmp_path, tiny_bundle):

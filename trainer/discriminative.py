@@ -265,10 +265,15 @@ class ClickSelection:
     valid: ClickRequests
     test: ClickRequests
     batch_size: int
+    # which -> the scores of the last evaluation. The loop's last two calls are valid then test on the
+    # selected weights, so after it they are the selected model's: a caller reuses them rather than
+    # scoring again (early fusion pays one User LLM pass per candidate).
+    last_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def evaluate(self, model, which: str) -> dict[str, float]:
         req = getattr(self, which)
-        return click_metrics(req, score_requests(model, req, self.batch_size))
+        self.last_scores[which] = score_requests(model, req, self.batch_size)
+        return click_metrics(req, self.last_scores[which])
 
     def key(self, values: dict[str, float]) -> tuple[float, ...]:
         return (float(np.nan_to_num(values["gauc"], nan=-1.0)), float(np.nan_to_num(values["auc"], nan=-1.0)))
@@ -296,6 +301,7 @@ class DiscriminativeResult:
     recommender: DiscriminativeRecommender | None = field(default=None, repr=False)
     requests: dict[str, ClickRequests] = field(default_factory=dict, repr=False)
     start_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the start's cosine, valid / test
+    scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # the selected head's, valid / test
 
 
 def load_labelled_data(cfg: HLLMConfig):
@@ -387,16 +393,17 @@ def train_discriminative(cfg: HLLMConfig, run_dir: str | Path | None = None, fre
                     for name, req in (("valid", valid_req), ("test", test_req))}
     start_cosine = click_metrics(test_req, start_scores["test"])
     progress = TrainingProgress(f"train discriminative ({cfg.loss.fusion} fusion) stage 2")
+    selection = ClickSelection(valid_req, test_req, t.batch_size)
     try:
         loop = train(rec, None, data.num_items, cfg, run_dir, max_seq_len=cfg.data.max_seq_len, resume=resume,
-                     examples=ClickExamples(train_req), selection=ClickSelection(valid_req, test_req, t.batch_size),
-                     on_step=progress)
+                     examples=ClickExamples(train_req), selection=selection, on_step=progress)
     finally:
         progress.close()
     # the loop leaves the selected weights in `rec`: the trained User LLM's cosine on the same labels
     cosine = click_metrics(test_req, score_requests(rec, test_req, t.batch_size, kind="cosine"))
     result = DiscriminativeResult(run_dir, loop.state.best_epoch, loop.valid, loop.test, cosine, loop.state.history,
                                   start_cosine=start_cosine, recommender=rec, start_scores=start_scores,
+                                  scores=dict(selection.last_scores),
                                   requests={"train": train_req, "valid": valid_req, "test": test_req})
     if t.freeze_bundle if freeze is None else freeze:
         from feature_gen.model.bundle import save_bundle
