@@ -114,9 +114,14 @@ def test_fast_reads_equal_get_online_features(store):
     _assert_same_users(user, store.user_embeddings(["ra"]))
     np.testing.assert_array_equal(items.vectors[0], vectors[99])
 
-    recent, users = io.user_state(["ra", "unknown"])
+    recent, stored = io.user_state(["ra", "unknown"])
     _assert_same_recent(recent, store.recent_items(["ra", "unknown"]))
-    _assert_same_users(users, store.user_embeddings(["ra", "unknown"]))
+    plain = store.user_embeddings(["ra", "unknown"])
+    assert stored.user_ids == plain.user_ids and stored.found.tolist() == plain.found.tolist() == [True, False]
+    assert stored.bundle_versions == plain.bundle_versions and stored.last_event_ts.tolist() == plain.last_event_ts.tolist()
+    # a read names only features its view has
+    with pytest.raises(FeatureStoreError, match="user_embedding: no feature"):
+        io.fetch([("user_embedding", ["ra"], ("embeding",))])
     # empty asks are fine and cost nothing
     empty_user, empty_items = io.request_rows("ra", [])
     assert empty_items.item_ids == [] and empty_items.vectors.shape[0] == 0 and empty_user.found.tolist() == [True]

@@ -2,7 +2,7 @@
 
     io = OnlineIO(store)                                     # store: feature_store.HLLMFeatureStore
     io.write({USER_RECENT_ITEMS: recent_item_rows(...), USER_EMBEDDING: user_embedding_rows(...)})
-    recent, users = io.user_state(["u1", "u2"])              # sequences + embeddings, one round trip
+    recent, stored = io.user_state(["u1", "u2"])             # sequences + embeddings' versions, one round trip
     user, items = io.request_rows("u1", ["i1", ..., "i100"]) # 1 user + n items, one round trip
 
 Same views, same values, same results as the plain Feast API (HLLMFeatureStore.push_* and
@@ -22,7 +22,10 @@ Feast's per-call plumbing, not its contract:
   its partition. Whether an embedding is *newer by events* is the caller's rule (streaming's
   OnlineState applies `only_newer_events` from the state the batch already read).
 - **reads**: Redis: one pipeline of HMGETs over every (view, entity) asked for; SQLite: the provider's
-  `online_read`, one SELECT per view. Embeddings are decoded with numpy from the stored bytes.
+  `online_read`, one SELECT per view. Embeddings are decoded with numpy from the stored bytes. A read
+  asks only for the features its caller uses: the consumer's read of a user's stored embedding takes its
+  version and last_event_ts, not its vector (reading and decoding the vector was a fifth of the store's
+  time in a refresh batch).
 
 Ids are strings in the store; any id is converted with `str()`.
 """
@@ -112,6 +115,20 @@ class _Fetched:
 
     ids: list[str]
     values: list[dict[str, bytes | None] | None]  # None: no row for that entity
+
+
+@dataclass
+class StoredVersions:
+    """Of users' stored embeddings, what the "only newer events" rule compares (no vectors are read)."""
+
+    user_ids: list[str]
+    last_event_ts: np.ndarray  # [n] int64 unix seconds (-1 where none is stored)
+    bundle_versions: list[str | None]
+    found: np.ndarray  # [n] bool
+
+
+# what a refresh reads of a user's stored embedding: enough to decide whether a new one is newer
+_VERSION_FEATURES = ("last_event_ts", "bundle_version")
 
 
 class OnlineIO:
@@ -211,32 +228,39 @@ class OnlineIO:
 
     # ------------------------------------------------------------------ reads
 
-    def fetch(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[_Fetched]:
-        """Raw rows of several (view, ids) requests: one pipeline on Redis, one SELECT per view on SQLite."""
-        requests = [(view, [str(i) for i in ids]) for view, ids in requests]
+    def fetch(self, requests: Sequence[tuple]) -> list[_Fetched]:
+        """Raw rows of several requests, each (view, ids) or (view, ids, features) to read only those
+        features of the view: one pipeline on Redis, one SELECT per view on SQLite."""
+        asked = []
+        for view, ids, *features in requests:
+            features = tuple(features[0]) if features else VIEW_FEATURES[view]
+            unknown = set(features) - set(VIEW_FEATURES[view])
+            if unknown:
+                raise FeatureStoreError(f"{view}: no feature(s) {sorted(unknown)} (it has {', '.join(VIEW_FEATURES[view])})")
+            asked.append((view, [str(i) for i in ids], features))
         if self.is_redis:
-            return self._fetch_redis(requests)
+            return self._fetch_redis(asked)
         out = []
-        for view, ids in requests:
+        for view, ids, features in asked:
             if not ids:
                 out.append(_Fetched(ids, []))
                 continue
             keys = [self._entity_key(view, i) for i in ids]
-            got = self.provider.online_read(self.config, self.views[view], keys, list(VIEW_FEATURES[view]))
+            got = self.provider.online_read(self.config, self.views[view], keys, list(features))
             out.append(_Fetched(ids, [
                 None if values is None else {f: (values[f].SerializeToString() if f in values else None)
-                                              for f in VIEW_FEATURES[view]}
+                                              for f in features}
                 for _, values in got
             ]))
         return out
 
-    def _fetch_redis(self, requests: list[tuple[str, list[str]]]) -> list[_Fetched]:
+    def _fetch_redis(self, requests: list[tuple[str, list[str], tuple[str, ...]]]) -> list[_Fetched]:
         # Views of one entity live in one hash (Feast's layout), so a user's sequence and embedding
         # come back from one HMGET: one command per key, however many views ask for it.
         fields_of: dict[bytes, list] = {}
         slots = []  # per request, per id: (key, offset of its fields in that key's HMGET)
-        for view, ids in requests:
-            fields = [self._field[(view, f)] for f in VIEW_FEATURES[view]]
+        for view, ids, features in requests:
+            fields = [self._field[(view, f)] for f in features]
             view_slots = []
             for i in ids:
                 key = self._redis_key(view, i)
@@ -251,8 +275,7 @@ class OnlineIO:
                     pipe.hmget(key, fields)
                 replies = dict(zip(fields_of, pipe.execute()))
         out = []
-        for (view, ids), view_slots in zip(requests, slots):
-            features = VIEW_FEATURES[view]
+        for (view, ids, features), view_slots in zip(requests, slots):
             rows = []
             for key, start in view_slots:
                 row = {f: (v or None) for f, v in zip(features, replies[key][start:start + len(features)])}
@@ -271,11 +294,14 @@ class OnlineIO:
     def recent_items(self, user_ids: Iterable) -> RecentItems:
         return recent_rows(self.fetch([(USER_RECENT_ITEMS, list(user_ids))])[0])
 
-    def user_state(self, user_ids: Sequence) -> tuple[RecentItems, UserEmbeddingRows]:
-        """Users' recent-item sequences and current embeddings, read together (one round trip on Redis)."""
+    def user_state(self, user_ids: Sequence) -> tuple[RecentItems, StoredVersions]:
+        """Users' recent-item sequences and their stored embeddings' version and last_event_ts, read
+        together (one round trip on Redis): what a refresh needs before it writes."""
         ids = [str(u) for u in user_ids]
-        recent, users = self.fetch([(USER_RECENT_ITEMS, ids), (USER_EMBEDDING, ids)])
-        return recent_rows(recent), user_rows(users)
+        recent, users = self.fetch([(USER_RECENT_ITEMS, ids), (USER_EMBEDDING, ids, _VERSION_FEATURES)])
+        return recent_rows(recent), StoredVersions(ids, _ints(_column(users, "last_event_ts")),
+                                                   _column(users, "bundle_version"),
+                                                   np.array([row is not None for row in users.values], dtype=bool))
 
     def request_rows(self, user_id, item_ids: Sequence) -> tuple[UserEmbeddingRows, ItemEmbeddings]:
         """One request's user embedding and candidate item embeddings (one round trip on Redis)."""
