@@ -226,6 +226,23 @@ def test_kill_and_resume_continues_the_loss_curve(tmp_path):
     assert resumed.state.step == max(ref_curve)
 
 
+def test_a_resumed_run_that_had_stopped_trains_no_further(tmp_path):
+    """Early stopping and max_steps are part of the checkpointed state: resuming a run that stopped
+    (here: no validation gain at lr ~0 with patience 1) adds no step and selects the same epoch."""
+    cfg = toy_config(tmp_path, epochs=6, eval_every_epochs=1, early_stopping_patience=1, lr=1e-12,
+                     freeze_bundle=False, windows="last")
+    first = run_training(cfg, resume=False)
+    assert first.state.bad_epochs >= 1 and first.state.epoch < 6, "the run should have stopped early"
+    curve = losses(first.run_dir)
+    again = run_training(cfg, resume=True)
+    assert losses(again.run_dir) == curve and again.state.step == first.state.step
+    assert again.state.best_epoch == first.state.best_epoch and again.valid == first.valid
+
+    capped = toy_config(tmp_path / "capped", epochs=6, max_steps=3, freeze_bundle=False, windows="last")
+    assert run_training(capped, resume=False).state.step == 3
+    assert run_training(capped, resume=True).state.step == 3
+
+
 def test_deepspeed_launcher_runs_two_data_parallel_ranks(tmp_path):
     """`deepspeed --num_gpus 2 trainer/train.py --config X` on CPU (gloo): each rank takes half of the
     users, rank 0 alone writes the log and the bundle, and the bundle loads."""

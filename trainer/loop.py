@@ -298,7 +298,12 @@ def train(
     peak = matmul_peak_flops(8192 if on_gpu else 1024, device=engine.device, dtype=torch.bfloat16 if bf16 else torch.float32)
     tokens_done = positions_done = 0
     train_seconds = 0.0
-    stop = False
+    # A resumed run that had already stopped (patience spent, or max_steps reached) trains no further:
+    # the stop is part of its state, not re-decided after one more epoch.
+    stop = state.bad_epochs >= t_cfg.early_stopping_patience or bool(t_cfg.max_steps and state.step >= t_cfg.max_steps)
+    if stop and resume:
+        say(f"the checkpoint's run had stopped (step {state.step}, {state.bad_epochs} evaluations without gain): "
+            "nothing left to train", flush=True)
     while state.epoch < t_cfg.epochs and not stop:
         order = numpy_seed_for(cfg.seed, state.epoch).permutation(len(examples))
         order = order[engine.global_rank :: engine.world_size]  # data parallel: each rank its share
