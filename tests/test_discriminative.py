@@ -16,7 +16,7 @@ from trainer.discriminative import (
 )
 from trainer.recommenders import Recommender
 
-from tests.toys import TINY, cycle_walks
+from tests.toys import TINY, agree_with_bundle, cycle_walks
 
 def disc_config(tmp_path: Path, fusion="late", ratings=True, **sections):
     return config_from_dict(disc_raw(tmp_path, fusion, ratings, **sections))
@@ -100,7 +100,7 @@ def test_late_fusion_trains_selects_and_freezes_a_bundle_with_its_head(tmp_path)
 
 
 def test_early_fusion_trains_from_a_generative_bundle(tmp_path, tiny_bundle):
-    cfg = disc_config(tmp_path, fusion="early", train={"epochs": 1, "max_steps": 3, "init_bundle": str(tiny_bundle)})
+    cfg = agree_with_bundle(disc_config(tmp_path, fusion="early", train={"epochs": 1, "max_steps": 3}), tiny_bundle)
     result = train_discriminative(cfg)
     bundle = load_bundle(result.bundle)
     assert bundle.manifest["fusion_head"] == {"fusion": "early", "item_dim": 64}  # the init bundle's width

@@ -105,8 +105,10 @@ def test_a_centered_bundle_carries_its_center_to_stage2_and_to_onnx(tmp_path):
     torch.testing.assert_close(rec.cached_items[1:], served, atol=1e-5, rtol=1e-5)
 
     # and a config that disagrees with the bundle names the field
-    with pytest.raises(ConfigError, match="item_llm.center"):
-        build_recommender(toy_config(tmp_path, stage=2, init_bundle=str(result.bundle)), data)
+    uncentered = toy_config(tmp_path, stage=2, init_bundle=str(result.bundle))
+    uncentered = uncentered.model_copy(update={"item_llm": uncentered.item_llm.model_copy(update={"pooling": "mean"})})
+    with pytest.raises(ConfigError, match="^item_llm.center: False but"):
+        build_recommender(uncentered, data)
 
     export_bundle(result.bundle)
     encoders = load_onnx_encoders(result.bundle)

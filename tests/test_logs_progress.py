@@ -83,14 +83,13 @@ def test_consumer_status_line_counts_only_batches_with_events(caplog):
 
 
 def test_catalogue_caching_reports_items_done_of_the_catalogue(tmp_path, tiny_bundle, caplog, monkeypatch):
-    from tests.toys import toy_config
+    from tests.toys import agree_with_bundle, toy_config
     from trainer.train import build_recommender
     from feature_gen.data.sequences import load_interaction_data
 
     monkeypatch.setenv("HLLM_PROGRESS_SECONDS", "3600")
     caplog.set_level(logging.INFO, logger="hllm.progress")
-    cfg = toy_config(tmp_path, stage=2, init_bundle=str(tiny_bundle))
-    cfg.user_llm.use_timestamps = True
+    cfg = agree_with_bundle(toy_config(tmp_path, stage=2), tiny_bundle)
     data = load_interaction_data(cfg.data, cfg.item_text)
     build_recommender(cfg, data)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("caching the catalogue")]

@@ -68,6 +68,23 @@ def toy_config(tmp_path: Path, **train) -> HLLMConfig:
     return config_from_dict(raw)
 
 
+def agree_with_bundle(cfg: HLLMConfig, bundle_path) -> HLLMConfig:
+    """`cfg` starting from the bundle at `bundle_path`, with the fields a run must share with its
+    init_bundle (trainer/init_bundle.MUST_AGREE: item text, pooling, centering, timestamps) taken from it."""
+    from feature_gen.model.bundle import bundle_config
+    from trainer.init_bundle import MUST_AGREE
+
+    raw, theirs = cfg.model_dump(), bundle_config(bundle_path).model_dump()
+    raw["train"]["init_bundle"] = str(bundle_path)
+    for dotted in MUST_AGREE:
+        *path, last = dotted.split(".")
+        mine, src = raw, theirs
+        for part in path:
+            mine, src = mine[part], src[part]
+        mine[last] = src[last]
+    return config_from_dict(raw)
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     """step -> training loss from a run's metrics.jsonl (a step logged twice is an error)."""
     out = {}

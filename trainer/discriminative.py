@@ -334,9 +334,9 @@ def build_click_model(cfg: HLLMConfig, data):
     from feature_gen.model.hllm import build_item_llm, build_user_llm
 
     if cfg.train.init_bundle:
-        from feature_gen.model.bundle import load_bundle
+        from trainer.init_bundle import load_init_bundle
 
-        bundle = load_bundle(cfg.train.init_bundle)
+        bundle = load_init_bundle(cfg)
         # the bundle's backbones, the run's objective: a generative bundle gains a fresh head
         save_cfg = bundle.cfg.model_copy(update={"loss": cfg.loss})
         hllm, tok = bundle.model, bundle.tokenizer
@@ -348,8 +348,6 @@ def build_click_model(cfg: HLLMConfig, data):
         if cfg.loss.fusion == "early" and hllm.early_scorer is None:
             hllm.early_scorer = EarlyFusionScorer(hllm.user_llm, dim)
         hllm.cfg = save_cfg
-        for p in hllm.parameters():
-            p.requires_grad_(True)
         bases = bundle.manifest.get("base_models", {})
     else:
         item_llm, tok, item_desc = build_item_llm(cfg)

@@ -37,18 +37,10 @@ def build_recommender(cfg: HLLMConfig, data):
                                 t.sasrec_ffn)
         return rec, None, {"item": "id-embedding", "user": f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"}
     if t.init_bundle:
-        from feature_gen.model.bundle import load_bundle
+        from trainer.init_bundle import load_init_bundle
 
-        bundle = load_bundle(t.init_bundle)
+        bundle = load_init_bundle(cfg)
         hllm, tokenizer = bundle.model, bundle.tokenizer
-        for p in hllm.parameters():
-            p.requires_grad_(True)
-        if bundle.cfg.user_llm.use_timestamps != cfg.user_llm.use_timestamps:
-            raise ConfigError(f"user_llm.use_timestamps: {cfg.user_llm.use_timestamps} but init_bundle was "
-                              f"trained with {bundle.cfg.user_llm.use_timestamps}")
-        if bundle.cfg.item_llm.center != cfg.item_llm.center:
-            raise ConfigError(f"item_llm.center: {cfg.item_llm.center} but init_bundle was trained with "
-                              f"{bundle.cfg.item_llm.center}")
         bases = bundle.manifest.get("base_models", {})
     else:
         from feature_gen.model.hllm import build_item_llm, build_user_llm
