@@ -101,6 +101,11 @@ class ItemLLMConfig(BaseModelConfig):
     # Item LLM (stage 2 without stage 1): its raw embeddings share one dominant direction and cosine
     # scores over them have almost no range.
     center: bool = False
+    # A trainable map after pooling and centering (feature_gen/model/item_llm.py): item embedding =
+    # adapter(pooled - center), identity at first. With a frozen Item LLM (stage 2) it is the only
+    # item-side weight that trains, on the cached catalogue: "linear" (UniSRec's parametric whitening)
+    # or "mlp" (residual, two layers). It is part of the Item LLM: export, Spark and serving apply it.
+    adapter: Literal["none", "linear", "mlp"] = "none"
     padding_side: Literal["right", "left"] = "right"
 
 

@@ -18,7 +18,7 @@ from feature_gen.inference.encoders import embed_catalogue
 from trainer.loop import TrainingDiverged
 from trainer.train import build_recommender, run_training
 
-from tests.toys import TINY, losses, toy_config
+from tests.toys import TINY, agree_with_bundle, losses, toy_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,9 +47,7 @@ def test_hllm_stage1_loss_goes_down_and_freezes_a_bundle(tmp_path):
 
 
 def test_stage2_cache_equals_a_fresh_computation(tmp_path, tiny_bundle):
-    cfg = toy_config(tmp_path, stage=2, init_bundle=str(tiny_bundle))
-    frozen = load_bundle(tiny_bundle).cfg
-    cfg = cfg.model_copy(update={"item_text": frozen.item_text, "user_llm": frozen.user_llm})
+    cfg = agree_with_bundle(toy_config(tmp_path, stage=2), tiny_bundle)
     from feature_gen.data.sequences import load_interaction_data
 
     data = load_interaction_data(cfg.data, cfg.item_text)

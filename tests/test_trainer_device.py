@@ -30,7 +30,7 @@ from feature_gen.config import ConfigError
 from feature_gen.data.sequences import TrainingBatch, leave_one_out, load_interaction_data, training_windows
 from feature_gen.model.bundle import load_bundle
 from feature_gen.model.losses import GenerativeObjective, check_objective
-from tests.toys import losses, toy_config
+from tests.toys import agree_with_bundle, losses, toy_config
 from trainer.deepspeed_setup import build_deepspeed_config, use_bf16
 from trainer.train import build_recommender
 
@@ -105,11 +105,9 @@ def test_a_step_makes_every_tensor_on_the_model_device(tmp_path, tiny_bundle, ca
         cfg = toy_config(tmp_path, model="sasrec", dropout=0.0)
         cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss)})
     else:
-        cfg = toy_config(tmp_path, stage=2, init_bundle=str(tiny_bundle), text_plus_id="text_plus_id" in case)
-        frozen = load_bundle(tiny_bundle).cfg
+        cfg = agree_with_bundle(toy_config(tmp_path, stage=2, text_plus_id="text_plus_id" in case), tiny_bundle)
         loss = {"negatives": "sampled", "num_negatives": 8, "logq_correction": True} if "sampled" in case else {}
-        cfg = cfg.model_copy(update={"item_text": frozen.item_text, "user_llm": frozen.user_llm,
-                                     "loss": cfg.loss.model_copy(update=loss)})
+        cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss)})
     rec, split = _recommender(cfg, sasrec=case.startswith("sasrec"))
     handles = place_checks(rec)
     batch = training_windows(split.train[:6], split.train_timestamps[:6], 8)

@@ -70,13 +70,14 @@ def toy_config(tmp_path: Path, **train) -> HLLMConfig:
 
 def agree_with_bundle(cfg: HLLMConfig, bundle_path) -> HLLMConfig:
     """`cfg` starting from the bundle at `bundle_path`, with the fields a run must share with its
-    init_bundle (trainer/init_bundle.MUST_AGREE: item text, pooling, centering, timestamps) taken from it."""
+    init_bundle (trainer/init_bundle.MUST_AGREE: item text, pooling, centering, timestamps; and its item adapter)
+    taken from it."""
     from feature_gen.model.bundle import bundle_config
-    from trainer.init_bundle import MUST_AGREE
+    from trainer.init_bundle import ADAPTER, MUST_AGREE
 
     raw, theirs = cfg.model_dump(), bundle_config(bundle_path).model_dump()
     raw["train"]["init_bundle"] = str(bundle_path)
-    for dotted in MUST_AGREE:
+    for dotted in (*MUST_AGREE, ADAPTER):
         *path, last = dotted.split(".")
         mine, src = raw, theirs
         for part in path:

@@ -118,7 +118,8 @@ def click_requests(labels: pd.DataFrame, interactions: pd.DataFrame, item_index:
 
 
 class DiscriminativeRecommender(HLLMRecommender):
-    """Stage 2 of HLLMRecommender (frozen Item LLM, cached catalogue `cached_items` [N+1, D]) whose
+    """Stage 2 of HLLMRecommender (frozen Item LLM, cached catalogue; items read through `catalogue()`
+    [N+1, D], which applies the Item LLM's adapter when it has one) whose
     training step is the discriminative objective on a batch of labelled requests (`as_batch`):
 
         history [B, L], history_ts [B, L], at [B], candidates [B, C] (internal ids, 0 = padding),
@@ -140,8 +141,8 @@ class DiscriminativeRecommender(HLLMRecommender):
         device = self.cached_items.device
         return {k: v.to(device) for k, v in batch.items()}
 
-    def _inputs(self, batch: dict[str, torch.Tensor]):
-        table = self.cached_items  # [N+1, D], row 0 padding
+    def _inputs(self, batch: dict[str, torch.Tensor], table: torch.Tensor | None = None):
+        table = self.catalogue() if table is None else table  # [N+1, D], row 0 padding
         hist = batch["history"]
         mask = (hist > 0).long()
         ts = batch["history_ts"] if self.user_model.time_embedding is not None else None
@@ -168,9 +169,9 @@ class DiscriminativeRecommender(HLLMRecommender):
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The terms of L on one batch: gen, bce, next (absent when its weight is 0) and total."""
         cfg = self.cfg.loss
-        table = self.cached_items
+        table = self.catalogue()  # [N+1, D] (through the adapter, with its gradient)
         batch = self._on_device(batch)
-        embs, mask, ts, cands = self._inputs(batch)
+        embs, mask, ts, cands = self._inputs(batch, table)
         out = self.user_model(embs, mask, ts)
         scale = self.logit_scale()
         negatives, negative_ids = table[1:], torch.arange(1, table.size(0), device=table.device)
@@ -244,7 +245,7 @@ def score_requests(model: DiscriminativeRecommender, req: ClickRequests, batch_s
             s = model.click_logits(b)
         else:
             user = model.user_embeddings(b)
-            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), model.cached_items[b["candidates"].to(user.device)], dim=-1)
+            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), model.catalogue()[b["candidates"].to(user.device)], dim=-1)
         scores.append(s[(b["labels"] >= 0).to(s.device)].float().cpu().numpy())
     model.train(was)
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)

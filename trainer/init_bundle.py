@@ -20,6 +20,9 @@ MUST_AGREE = (
     "user_llm.use_timestamps",
     "user_llm.num_time_buckets",
 )
+# may differ only one way: a run adds a fresh adapter to a bundle trained without one (identity at
+# first, so the bundle's embeddings are where training starts); any other difference is refused
+ADAPTER = "item_llm.adapter"
 
 
 def _field(cfg: HLLMConfig, dotted: str):
@@ -47,16 +50,23 @@ def check_bundle_agrees(cfg: HLLMConfig, bundle_cfg: HLLMConfig, source: str) ->
             if mine != theirs[name]:
                 raise ConfigError(f"{name}: {mine!r} but the init_bundle {source} was trained with {theirs[name]!r}; "
                                   "set it to the bundle's value (or train from the base models)")
+    mine, theirs = _field(cfg, ADAPTER), _field(bundle_cfg, ADAPTER)
+    if mine != theirs and theirs != "none":
+        raise ConfigError(f"{ADAPTER}: {mine!r} but the init_bundle {source} was trained with {theirs!r}; set it "
+                          f"to {theirs!r} (a run may add an adapter to a bundle without one, not replace or drop one)")
 
 
 def load_init_bundle(cfg: HLLMConfig):
     """The bundle at cfg.train.init_bundle, checked against `cfg`, with every weight trainable again
-    (the trainer decides per stage what it freezes). Raises ConfigError (a field disagrees) or
+    (the trainer decides per stage what it freezes) and, where `cfg` asks for an item adapter the
+    bundle lacks, a fresh one. Raises ConfigError (a field disagrees) or
     BundleError (not a readable bundle)."""
     from feature_gen.model.bundle import load_bundle
 
     bundle = load_bundle(cfg.train.init_bundle)
     check_bundle_agrees(cfg, bundle.cfg, str(cfg.train.init_bundle))
+    if bundle.model.item_llm.adapter is None and cfg.item_llm.adapter != "none":
+        bundle.model.item_llm.add_adapter(cfg.item_llm.adapter)
     for p in bundle.model.parameters():
         p.requires_grad_(True)
     return bundle

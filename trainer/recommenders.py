@@ -31,6 +31,7 @@ from feature_gen.model.positions import real_position_ids
 from feature_gen.model.item_text import pad_token_ids
 from feature_gen.model.losses import Candidates, GenerativeObjective, InfoNCEResult, LogitScale
 from feature_gen.model.hllm import HLLM
+from feature_gen.model.item_llm import ItemFeatures
 from feature_gen.model.user_llm import UserLLMOutput, last_real_index
 from trainer.deepspeed_setup import full_numel, full_parameters
 
@@ -140,18 +141,20 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                 self.id_embedding.weight[0].zero_()
         self.register_buffer("cached_items", torch.zeros(0, dim), persistent=False)
         if stage == 2:
-            for p in hllm.item_llm.parameters():
+            # the backbone and [ITEM] token freeze; an adapter (item_llm.adapter) keeps training
+            for p in hllm.item_llm.frozen_parameters():
                 p.requires_grad_(False)
             self.cache_items()
         elif hllm.item_llm.needs_center:
             self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
 
     def _embed_catalogue(self, what: str) -> torch.Tensor:
-        """[N, D] float32 every item through the Item LLM's inference path (row order = internal ids 1..N)."""
+        """[N, D] float32 every item's features (the Item LLM's frozen part, before any adapter) through
+        the inference path (row order = internal ids 1..N)."""
         from feature_gen.logs import Progress
 
         with Progress(len(self.catalogue_tokens) - 1, what, "items") as bar:
-            vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,
+            vectors = embed_token_ids(ItemFeatures(self.hllm.item_llm), self.catalogue_tokens[1:], self.pad_id,
                                       padding_side=self.padding_side, progress=bar)
         return torch.from_numpy(vectors)
 
@@ -165,8 +168,9 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     @torch.no_grad()
     def cache_items(self) -> torch.Tensor:
-        """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path); a
-        centering Item LLM not fitted yet is fitted on these vectors first."""
+        """Stage 2: embed the whole catalogue once with the frozen Item LLM (the inference path, up to
+        the adapter, which trains and is applied per step); a centering Item LLM not fitted yet is
+        fitted on these vectors first."""
         vectors = self._embed_catalogue("caching the catalogue")
         if self.hllm.item_llm.needs_center:
             vectors = self._fit_center(vectors)
@@ -193,6 +197,14 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                                enc.candidates, batch.inputs.timestamps, objective=self.objective)
         return StepOutput(out.total, self._stats(enc, out.gen))
 
+    def _adapted(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Stage 2: the Item LLM's adapter on cached features [M, D] of items `ids` [M]; the padding
+        id 0 stays a zero row (an adapter's bias would move it)."""
+        item_llm = self.hllm.item_llm
+        if item_llm.adapter is None:
+            return features
+        return item_llm.adapt(features) * (ids > 0).unsqueeze(-1).to(features.dtype)
+
     def text_tokens(self, ids: torch.Tensor) -> int:
         return sum(len(self.catalogue_tokens[i]) + 1 for i in ids.tolist())  # +1: the [ITEM] slot
 
@@ -206,7 +218,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
         if self.stage == 2:
-            text = self.cached_items[ids]
+            text = self._adapted(self.cached_items[ids], ids)
         else:
             tokens = [self.catalogue_tokens[i] for i in ids.tolist()]
             chunks = batches_by_length([len(t) for t in tokens], self.length_chunk)
@@ -223,7 +235,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     @torch.no_grad()
     def item_table(self) -> torch.Tensor:
         if self.stage == 2:
-            table = self.cached_items.clone()
+            table = self._adapted(self.cached_items, torch.arange(self.cached_items.size(0), device=self.cached_items.device))
+            table = table.clone() if table is self.cached_items else table
         else:
             was_training = self.training
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,

@@ -136,7 +136,8 @@ def build_item_llm(cfg: HLLMConfig, with_tokenizer: bool = True):
     """(ItemLLM, tokenizer or None, description) from cfg.item_llm."""
     backbone = _load_section_backbone("item_llm", cfg.item_llm, with_tokenizer)
     check_position_budget(cfg.item_text.max_item_tokens, backbone.model.config, cfg.item_llm.pooling, backbone.description)
-    item_llm = ItemLLM(backbone.model, pooling=cfg.item_llm.pooling, center=cfg.item_llm.center)
+    item_llm = ItemLLM(backbone.model, pooling=cfg.item_llm.pooling, center=cfg.item_llm.center,
+                       adapter=cfg.item_llm.adapter)
     return item_llm, backbone.tokenizer, backbone.description
 
 
