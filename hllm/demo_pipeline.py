@@ -316,17 +316,20 @@ def step_ranker(run: DemoRun) -> None:
         note.append(f"SavedModel {saved}; request of 100 candidates p50 {np.percentile(lat, 50):.1f} ms")
 
 
-def rank_scorers(user_vectors, table, split, num_users: int, num_items: int, cfg: HLLMConfig) -> pd.DataFrame:
+def rank_scorers(user_vectors, table, split, num_users: int, num_items: int, cfg: HLLMConfig,
+                 content_table=None) -> pd.DataFrame:
     """Test-split metrics (rows: scorers) of the model's user vectors [U, D] against the item table
     [N+1, D] beside the reference scorers, every one through the one evaluation protocol: the model
     in the space it is trained on (cosine, the trainer's model selection), reference scorers in the
-    one their vectors are built for."""
+    one their vectors are built for. `content_table` [N+1, D]: the frozen Item LLM's vectors for the
+    content kNN row when they differ from `table` (an Item LLM with a trained adapter); default `table`."""
+    content = table if content_table is None else content_table
     from feature_gen.evaluation import reference_scorers
     from feature_gen.evaluation.protocol import evaluate_vectors
 
     scorers = {
         "HLLM (trained User LLM)": (user_vectors, table, "cosine"),
-        "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(table, split.test.histories), table, "cosine"),
+        "content kNN (frozen Item LLM)": (reference_scorers.content_user_vectors(content, split.test.histories), content, "cosine"),
         "popularity": (*reference_scorers.popularity_vectors(split.train, num_users, num_items), "dot"),
         "random": (*reference_scorers.random_vectors(num_users, num_items), "dot"),
     }
@@ -354,8 +357,18 @@ def step_evaluate(run: DemoRun) -> None:
         encoders = load_encoders(run.facts["bundle"], "torch")
         with _elapsed_bar("   user embeddings (test histories)"):
             users = encoders.embed_users(table, split.test.histories, split.test.history_timestamps)
+        content = None
+        if getattr(encoders.item, "adapter", None) is not None:
+            # the stored item vectors include the trained adapter; content kNN is the frozen part alone
+            from feature_gen.inference.encoders import embed_catalogue
+            from feature_gen.model.item_llm import ItemFeatures
+
+            with _elapsed_bar("   content vectors (Item LLM without its adapter)"):
+                content = embed_catalogue(ItemFeatures(encoders.item), encoders.tokenizer, data.items, cfg.item_text,
+                                          padding_side=cfg.item_llm.padding_side)
         with _elapsed_bar("   ranking the catalogue"):
-            frame = rank_scorers(torch.from_numpy(users.vectors), table, split, data.num_users, data.num_items, cfg)
+            frame = rank_scorers(torch.from_numpy(users.vectors), table, split, data.num_users, data.num_items, cfg,
+                                 content_table=content)
         run.facts.update(recall=frame, ks=cfg.eval.ks, eval_users=data.num_users, item_table=table, catalogue=data.items)
         print(frame[[c for c in frame.columns if c.endswith(("@10", "@50", "@200"))]].to_string(float_format=lambda v: f"{v:.4f}"))
         note.append(f"HLLM recall@10 {frame.loc['HLLM (trained User LLM)', 'recall@10']:.4f}, "

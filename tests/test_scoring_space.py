@@ -9,7 +9,7 @@ from torch import nn
 
 from feature_gen.config import config_from_dict
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
-from feature_gen.evaluation import protocol
+from feature_gen.evaluation import protocol, reference_scorers
 from feature_gen.inference.encoders import embed_users
 from feature_gen.model.user_llm import UserLLMOutput, last_real_index
 from tests.toys import cycle_walks
@@ -73,3 +73,14 @@ def test_trainer_demo_and_cli_rank_identical_vectors_identically(toy, monkeypatc
     # and the test can fail: ranking the model's vectors by dot product gives other ranks here
     by_dot = protocol.evaluate_vectors(users.vectors, table, split.test, cfg, similarity="dot")
     assert not np.array_equal(by_dot.ranks, trainer_metrics.ranks)
+
+    # the content row scores the table it is given for content (the Item LLM without a trained adapter)
+    other = table.clone()
+    other[1:] = torch.flip(other[1:], dims=[0])
+    split_content = demo_pipeline.rank_scorers(torch.from_numpy(users.vectors), table, split, data.num_users,
+                                               data.num_items, cfg, content_table=other)
+    assert split_content.loc["HLLM (trained User LLM)"].to_dict() == trainer_metrics.values
+    expected = protocol.evaluate_vectors(reference_scorers.content_user_vectors(other, split.test.histories), other,
+                                         split.test, cfg, "cosine").values
+    assert split_content.loc["content kNN (frozen Item LLM)"].to_dict() == expected
+    assert expected != demo.loc["content kNN (frozen Item LLM)"].to_dict()
