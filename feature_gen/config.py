@@ -223,6 +223,11 @@ class TrainConfig(_Section):
     windows: Literal["last", "all", "random"] = Field(
         "all", description="train on each user's most recent window only, on every window of the history, "
                            "or on one randomly placed window per user, drawn afresh each epoch")
+    window_stride: Optional[int] = Field(
+        None, gt=0, description="windows: all: items between the ends of consecutive windows of a history "
+                                "(None: max_seq_len, each target in one chunk). Smaller gives every target "
+                                "at least max_seq_len - stride + 1 items of context for max_seq_len / stride "
+                                "times the compute; 1 = RecBole's one prefix per target")
     output_dir: str = "runs/hllm"
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -427,6 +432,15 @@ class HLLMConfig(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     ranker: RankerConfig = Field(default_factory=RankerConfig)
 
+    @model_validator(mode="after")
+    def _window_stride_fits(self) -> "HLLMConfig":
+        stride = self.train.window_stride
+        if stride is not None and self.train.windows != "all":
+            raise ValueError(f"train.window_stride applies to train.windows: all (got windows: {self.train.windows})")
+        if stride is not None and stride > self.data.max_seq_len:
+            raise ValueError(f"train.window_stride {stride} exceeds data.max_seq_len {self.data.max_seq_len}")
+        return self
+
 
 def _describe(error: dict[str, Any]) -> str:
     """One validation error as `dotted.path: what was expected; got X`."""
@@ -443,6 +457,8 @@ def _describe(error: dict[str, Any]) -> str:
         msg = msg[len("Value error, "):]
     if kind in ("missing",):
         return f"{path}: required field is missing"
+    if not error["loc"]:  # a check across sections: its message names the fields
+        return msg
     return f"{path}: {msg}; got {got!r}" if not isinstance(got, dict) else f"{path}: {msg}"
 
 

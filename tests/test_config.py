@@ -33,6 +33,8 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"data": {"source": "files"}}, "data: source 'files' needs both `items_path` and `interactions_path`"),
         ({"item_llm": {"source": "folder"}}, "item_llm: source 'folder' needs `path`"),
         ({"user_llm": {"tiny": {"hidden_size": 30, "num_heads": 4}}}, "user_llm.tiny: hidden_size 30 is not divisible"),
+        ({"data": {"max_seq_len": 20}, "train": {"window_stride": 30}}, "x.yaml: train.window_stride 30 exceeds data.max_seq_len 20"),
+        ({"train": {"windows": "last", "window_stride": 5}}, "x.yaml: train.window_stride applies to train.windows: all"),
     ],
 )
 def test_bad_field_is_one_line_naming_it(raw, expected):

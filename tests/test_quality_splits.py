@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from feature_gen.config import ItemTextConfig
 from feature_gen.data.sequences import (
@@ -10,6 +11,7 @@ from feature_gen.data.sequences import (
     history_windows,
     leave_one_out,
     random_windows,
+    training_windows,
 )
 from trainer.loop import training_users
 
@@ -25,14 +27,45 @@ def _data(num_users=40, num_items=50, length=15):
 def test_history_windows_cover_every_transition_once():
     seq = np.arange(1, 24)  # 23 items -> 22 transitions
     ts = seq * 10
-    seqs, tss = history_windows([seq], [ts], max_seq_len=5)
+    seqs, tss, trained = history_windows([seq], [ts], max_seq_len=5)
     transitions = [(int(w[i]), int(w[i + 1])) for w in seqs for i in range(len(w) - 1)]
     assert sorted(transitions) == [(i, i + 1) for i in range(1, 23)]
+    assert trained == [len(w) - 1 for w in seqs]  # the default stride trains every target of a window
     assert all(len(w) <= 6 for w in seqs)
     assert seqs[0].tolist() == [18, 19, 20, 21, 22, 23]  # most recent first
     for w, t in zip(seqs, tss):
         assert (t == w * 10).all()
-    assert history_windows([np.array([5])], [np.array([1])], 5) == ([], [])
+    assert history_windows([np.array([5])], [np.array([1])], 5) == ([], [], [])
+
+
+def _trained_targets(seqs, trained, max_seq_len):
+    """(target, items of context) of every target the windows train, read from the padded batch."""
+    batch = training_windows(seqs, [s * 10 for s in seqs], max_seq_len, trained)
+    out = []
+    for row in range(len(seqs)):
+        for col in range(max_seq_len):
+            if int(batch.targets[row, col]) > 0:
+                out.append((int(batch.targets[row, col]), int(batch.inputs.attention_mask[row, : col + 1].sum())))
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 5])
+def test_window_stride_trains_every_target_once_with_at_least_L_minus_stride_context(stride):
+    seq = np.arange(1, 24)  # targets 2..23
+    seqs, _, trained = history_windows([seq], [seq * 10], max_seq_len=5, stride=stride)
+    got = _trained_targets(seqs, trained, 5)
+    assert sorted(t for t, _ in got) == list(range(2, 24))  # each target exactly once
+    for target, context in got:  # context: the items before the target in its window
+        assert context >= min(target - 1, 5 - stride + 1)  # its whole history, or L - stride + 1 items
+    assert min(c for t, c in got if t > 6) == 5 - stride + 1  # the bound is reached
+    if stride == 1:  # one window per target with full context: RecBole's prefixes
+        assert all(c == min(t - 1, 5) for t, c in got)
+        assert len(seqs) == 23 - 5
+
+
+def test_window_stride_outside_1_to_max_seq_len_is_refused():
+    with pytest.raises(ValueError, match="stride"):
+        history_windows([np.arange(1, 9)], [np.arange(1, 9)], max_seq_len=5, stride=6)
 
 
 def test_random_windows_are_full_length_contiguous_and_reach_every_transition():

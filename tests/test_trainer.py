@@ -33,6 +33,23 @@ def test_sasrec_learns_the_toy_cycle(tmp_path):
     assert result.test["recall@5"] > 0.5  # the cycle is learnable; chance is ~5/20
 
 
+def test_window_stride_trains_the_same_targets_in_more_windows(tmp_path):
+    """train.window_stride: an epoch trains every target once whatever the stride (the positions the
+    step log counts), in more windows (steps) as the stride shrinks."""
+    def epoch(name, **train):
+        cfg = toy_config(tmp_path / name, model="sasrec", epochs=1, batch_size=4, freeze_bundle=False,
+                         eval_every_epochs=1, **train)
+        cfg.data.max_seq_len = 3  # 10 training items a user: 3 windows of 3 targets at the default stride
+        run_training(cfg, resume=False)
+        rows = [json.loads(line) for line in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "loss" in r]
+        return len(steps), sum(r["positions"] for r in steps)
+
+    chunked, strided = epoch("chunked"), epoch("strided", window_stride=1)
+    assert strided[1] == chunked[1] > 0  # the same targets, each once
+    assert strided[0] >= 2 * chunked[0]  # one window per target: 7 a user instead of 3
+
+
 def test_hllm_stage1_loss_goes_down_and_freezes_a_bundle(tmp_path):
     cfg = toy_config(tmp_path, epochs=12, eval_every_epochs=4)
     result = run_training(cfg, resume=False)

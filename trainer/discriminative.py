@@ -154,16 +154,17 @@ class DiscriminativeRecommender(HLLMRecommender):
             return self.hllm.late_head(user, cands)
         return self.hllm.early_scorer(embs, mask, cands, ts, at if ts is not None else None)
 
-    def click_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, C] logits of the configured fusion (late: the User LLM once per request)."""
+    def click_logits(self, batch: dict[str, torch.Tensor], table: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, C] logits of the configured fusion (late: the User LLM once per request); `table` [N+1, D]
+        is `catalogue()` when a caller scoring many batches computed it once."""
         batch = self._on_device(batch)
-        embs, mask, ts, cands = self._inputs(batch)
+        embs, mask, ts, cands = self._inputs(batch, table)
         user = self.user_model(embs, mask, ts).user_embedding if self.hllm.late_head is not None else None
         return self._fusion_logits(user, embs, mask, ts, cands, batch["at"])
 
-    def user_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def user_embeddings(self, batch: dict[str, torch.Tensor], table: torch.Tensor | None = None) -> torch.Tensor:
         """[B, D] the served user embedding of each request (the User LLM's last position)."""
-        embs, mask, ts, _ = self._inputs(self._on_device(batch))
+        embs, mask, ts, _ = self._inputs(self._on_device(batch), table)
         return self.user_model(embs, mask, ts).user_embedding
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -239,13 +240,14 @@ def score_requests(model: DiscriminativeRecommender, req: ClickRequests, batch_s
     was = model.training
     model.eval()
     scores = []
+    table = model.catalogue()  # [N+1, D], once per pass (the adapter over the whole catalogue)
     for start in range(0, len(req), batch_size):
         b = as_batch(req, slice(start, start + batch_size))
         if kind == "fusion":
-            s = model.click_logits(b)
+            s = model.click_logits(b, table)
         else:
-            user = model.user_embeddings(b)
-            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), model.catalogue()[b["candidates"].to(user.device)], dim=-1)
+            user = model.user_embeddings(b, table)
+            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), table[b["candidates"].to(user.device)], dim=-1)
         scores.append(s[(b["labels"] >= 0).to(s.device)].float().cpu().numpy())
     model.train(was)
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)

@@ -219,15 +219,17 @@ def train(
         tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
         # popularity (sampled / in-batch logQ): each item's count in the histories trained on
         counts = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *seqs]).astype(np.int64), minlength=num_items + 1)
+        trained = None
         if t_cfg.windows == "all":
-            seqs, tss = history_windows(seqs, tss, max_seq_len)
+            stride = min(t_cfg.window_stride or max_seq_len, max_seq_len)  # stage 1 trains shorter windows
+            seqs, tss, trained = history_windows(seqs, tss, max_seq_len, stride)
         # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
         never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
         negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
                                     id_model=cfg.train.model == "sasrec")
         objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
         recommender.set_objective(objective)
-        examples = _Windows(seqs, tss, max_seq_len, t_cfg.windows, cfg.seed)
+        examples = _Windows(seqs, tss, max_seq_len, t_cfg.windows, cfg.seed, trained)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     micro_batches_per_epoch = math.ceil(math.ceil(len(examples) / world) / t_cfg.batch_size)
     accumulation = build_deepspeed_config(cfg, 1, world)["gradient_accumulation_steps"]  # the trainer's or the JSON's
@@ -404,8 +406,9 @@ def train(
 class _Windows:
     """The generative batches: windows of the training sequences (`train.windows`), one example each."""
 
-    def __init__(self, seqs, tss, max_seq_len: int, mode: str, seed: int):
+    def __init__(self, seqs, tss, max_seq_len: int, mode: str, seed: int, trained: list[int] | None = None):
         self.seqs, self.tss, self.max_seq_len, self.mode, self.seed = seqs, tss, max_seq_len, mode, seed
+        self.trained = trained  # `all`: targets each window trains (history_windows)
         self._epoch, self._epoch_seqs = None, (seqs, tss)
 
     def __len__(self) -> int:
@@ -418,7 +421,8 @@ class _Windows:
             self._epoch_seqs = random_windows(self.seqs, self.tss, self.max_seq_len,
                                               np.random.default_rng([self.seed, epoch, 1]))
         seqs, tss = self._epoch_seqs
-        return training_windows([seqs[r] for r in rows], [tss[r] for r in rows], self.max_seq_len)
+        trained = None if self.trained is None else [self.trained[r] for r in rows]
+        return training_windows([seqs[r] for r in rows], [tss[r] for r in rows], self.max_seq_len, trained)
 
 
 def _grad_norm(model) -> float:

@@ -233,10 +233,13 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         return text
 
     @torch.no_grad()
+    @torch.no_grad()
     def item_table(self) -> torch.Tensor:
         if self.stage == 2:
-            table = self._adapted(self.cached_items, torch.arange(self.cached_items.size(0), device=self.cached_items.device))
-            table = table.clone() if table is self.cached_items else table
+            table = self.cached_items.clone()  # a copy: the cache is this module's buffer
+            if self.hllm.item_llm.adapter is not None:
+                table = self.hllm.item_llm.adapt(table)
+                table[0] = 0  # padding stays a zero row (the adapter's bias would move it)
         else:
             was_training = self.training
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,

@@ -208,31 +208,49 @@ class TrainingBatch:
 
 
 def training_windows(
-    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int
+    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int,
+    trained: list[int] | None = None,
 ) -> TrainingBatch:
-    """Each user's most recent `max_seq_len + 1` training items as (inputs, next-item targets)."""
+    """Each sequence's most recent `max_seq_len + 1` items as (inputs, next-item targets); with
+    `trained`, only the last `trained[i]` targets of sequence i are kept (the rest are PAD: context
+    only, trained by another window, see `history_windows`)."""
     windows = [s[-(max_seq_len + 1):] for s in sequences]
     ts_windows = [t[-(max_seq_len + 1):] for t in timestamps]
     inputs = pad_sequences([w[:-1] for w in windows], [t[:-1] for t in ts_windows], max_seq_len, "left")
     targets = pad_sequences([w[1:] for w in windows], None, max_seq_len, "left").item_ids
+    if trained is not None:  # left padded: a window's targets end in the last column
+        keep = torch.arange(max_seq_len).unsqueeze(0) >= max_seq_len - torch.as_tensor(trained).unsqueeze(1)
+        targets = targets * keep
     return TrainingBatch(inputs=inputs, targets=targets)
 
 
 def history_windows(
-    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every training window of each history: chunks of `max_seq_len + 1` items cut from the most
-    recent end backwards, consecutive chunks sharing one item so every transition is trained once."""
-    seqs, tss = [], []
-    step = max_seq_len
+    sequences: list[np.ndarray], timestamps: list[np.ndarray], max_seq_len: int, stride: int | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Every training window of each history, cut from the most recent end backwards, and how many of
+    its last targets each window trains, so that every transition is trained exactly once.
+
+    Windows hold up to `max_seq_len + 1` items and their ends are `stride` items apart (default
+    `max_seq_len`: consecutive chunks sharing one item, the cheapest cover). A window trains only its
+    last `stride` targets (the one that reaches the start of the history trains all it holds), so a
+    smaller stride gives each target more context, at least `max_seq_len - stride + 1` items or its
+    whole history, for `max_seq_len / stride` times the compute; stride 1 is one window per target with full
+    context, RecBole's prefix augmentation. Returns (windows, their timestamps, targets to train [int])."""
+    step = max_seq_len if stride is None else stride
+    if not 1 <= step <= max_seq_len:
+        raise ValueError(f"history_windows: stride must be in [1, max_seq_len={max_seq_len}], got {step}")
+    seqs, tss, trained = [], [], []
     for seq, ts in zip(sequences, timestamps):
         end = len(seq)
         while end >= 2:
             start = max(0, end - (max_seq_len + 1))
             seqs.append(seq[start:end])
             tss.append(ts[start:end])
+            trained.append(end - 1 - start if start == 0 else min(step, end - 1 - start))
+            if start == 0:
+                break
             end -= step
-    return seqs, tss
+    return seqs, tss, trained
 
 
 def random_windows(
