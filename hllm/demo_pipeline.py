@@ -289,12 +289,16 @@ def step_ranker(run: DemoRun) -> None:
         train, test = ts.split("train"), ts.split("test")
         print(f"   {len(train.frame)} training rows, {len(test.frame)} test rows ({rcfg.labels}, "
               f"{rcfg.negatives_per_positive} negatives per positive); {added} snapshot rows backfilled")
+        fc = run.facts["fc"]
+        # the scalar HLLM features alone (cosine, sequence length, freshness): tells a ranker team what
+        # the embedding vectors add on top of them (benchmarks/results/ranker_inputs.json)
+        scalars = fc.model_copy(update={"features": [f for f in fc.features if f.dimension == 1]})
         results = {}
-        for use_hllm in (False, True):
-            r = train_ranker(train, test, run.facts["fc"], rcfg, use_hllm=use_hllm, seed=run.cfg.seed, verbose=2)
-            results["with HLLM features" if use_hllm else "IDs + context only"] = r
-            print(f"   {'with' if use_hllm else 'without'} HLLM features: AUC {r.auc:.4f}  GAUC {r.gauc:.4f} "
-                  f"(train {r.train_seconds:.1f} s)")
+        for name, variant, use_hllm in (("IDs + context only", fc, False), ("+ HLLM scalars, no vectors", scalars, True),
+                                        ("with HLLM features", fc, True)):
+            r = train_ranker(train, test, variant, rcfg, use_hllm=use_hllm, seed=run.cfg.seed, verbose=2)
+            results[name] = r
+            print(f"   {name}: AUC {r.auc:.4f}  GAUC {r.gauc:.4f} (train {r.train_seconds:.1f} s)")
         best = results["with HLLM features"]
         saved = export_ranker(best, Path(rcfg.output_dir) / "saved_model")
         scorer = RequestScorer(load_ranker(saved), open_store(run.cfg.store), run.facts["fc"], click_head=head)

@@ -196,7 +196,7 @@ def print_summary(run, report: Path, seconds: float) -> None:
     print(f"retrieval         recall@10  HLLM {recall.loc['HLLM (trained User LLM)', 'recall@10']:.4f}  "
           f"content {recall.loc['content kNN (frozen Item LLM)', 'recall@10']:.4f}  popularity {recall.loc['popularity', 'recall@10']:.4f}")
     for name, r in ranker.items():
-        print(f"ranker            {name:<20} AUC {r.auc:.4f}  GAUC {r.gauc:.4f}")
+        print(f"ranker            {name:<27} AUC {r.auc:.4f}  GAUC {r.gauc:.4f}")
     print(f"serving           100 candidates p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     print(f"freshness         p50 {np.percentile(fresh, 50):.2f} s  p99 {np.percentile(fresh, 99):.2f} s")
     print(f"report            {report}")

@@ -12,7 +12,8 @@ Inputs, all named, so a serving system can feed them from anywhere:
     <each HLLM feature>   float32 [B, d]  by the feature config; only with use_hllm
 
 Scalar HLLM features enter as log1p (a sequence length, an age in hours; -1 stays -1 for "unknown"),
-embeddings and the cosine score as they are. `model_inputs` makes these from a label frame and the
+the cosine score as it is; each embedding is L2-normalised and linearly projected to
+`ranker.embedding_projection_dim` (8) inside the model (None: the raw vector). `model_inputs` makes these from a label frame and the
 assembled features, and is what both training and `RequestScorer` call.
 
 DCN: x0 = concat(inputs); cross layers x_{l+1} = x0 * (W x_l + b) + x_l (explicit feature crosses, e.g.
@@ -108,7 +109,11 @@ def build_ranker(cfg: RankerConfig, dense_dims: dict[str, int]):
         parts.append(keras.layers.Flatten()(keras.layers.Embedding(size, width, name=f"{name}_embedding")(inputs[name])))
     for name, dim in dense_dims.items():
         inputs[name] = keras.Input(shape=(dim,), dtype="float32", name=name)
-        parts.append(inputs[name])
+        if dim > 1 and cfg.embedding_projection_dim:  # an embedding: unit length, then a learned projection
+            unit = keras.layers.UnitNormalization(name=f"{name}_unit")(inputs[name])  # a zero default stays zero
+            parts.append(keras.layers.Dense(cfg.embedding_projection_dim, name=f"{name}_projection")(unit))
+        else:
+            parts.append(inputs[name])
     x0 = keras.layers.Concatenate(name="features")(parts)
     x = x0
     if cfg.model == "dcn":

@@ -179,3 +179,19 @@ def test_click_score_is_the_same_in_the_training_set_and_at_request_time(world, 
     items = np.stack(world["item_rows"]["embedding"].to_numpy())[:4]
     np.testing.assert_allclose(online[:, 0], head(users, items), rtol=1e-6)
     assert np.ptp(online[:, 0]) > 0
+
+
+@pytest.mark.parametrize("projection, width", [(8, 16 + 16 + 4 + 3 + 2 * 8 + 1), (None, 16 + 16 + 4 + 3 + 2 * DIM + 1)])
+def test_embeddings_enter_the_ranker_unit_length_and_projected(projection, width):
+    """ranker.embedding_projection_dim: each embedding is L2-normalised and projected before the crosses
+    (None: the raw vector); scalars enter as they are. A zero (cold-start default) embedding stays zero."""
+    from ranker_integration.ranker import build_ranker
+
+    cfg = RankerConfig(embedding_projection_dim=projection)
+    model = build_ranker(cfg, {"user_embedding": DIM, "item_embedding": DIM, "user_item_score": 1})
+    assert model.get_layer("features").output.shape[-1] == width
+    if projection:
+        unit = model.get_layer("user_embedding_unit")
+        v = np.array([[3.0] * DIM, [0.0] * DIM], dtype=np.float32)
+        out = np.asarray(unit(v))
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), [1.0, 0.0], atol=1e-5)
