@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from its progress file (<out>/<dataset>-seed<k><tag>.progress.json): "
                          "RecBole's last saved (= best so far) checkpoint, its optimizer and early-stopping counter, "
-                         "and the epoch log up to that checkpoint")
+                         "and the epoch log up to that checkpoint; without a progress file the run starts from epoch 0, "
+                         "so one command both starts and continues a run")
     ap.add_argument("--sanity-popularity", action="store_true",
                     help="no training: rank by training-set popularity through the same evaluation hook "
                          "(the project's harness gives ML-100K test NDCG@10 0.0432, Recall@10 0.0838)")
@@ -279,7 +280,9 @@ def main() -> None:
     trainer.epoch_log = []
     resumed_from = None
     prior_wall = 0.0
-    if args.resume:
+    if args.resume and not progress_path.exists():
+        print(f"--resume: no {progress_path} yet, starting from epoch 0", flush=True)
+    elif args.resume:
         # RecBole saves only on a new best, so the run restarts after the best epoch: later epochs are
         # dropped from the log and trained again (their randomness differs from the interrupted run's).
         progress = json.loads(progress_path.read_text())

@@ -2,7 +2,7 @@
 # The peer baseline: RecBole 1.2.1 SASRec (full softmax) on the project's leave-one-out splits,
 # ML-100K then latest-small, seeds 0 1 2, one run at a time. See README.md here.
 #
-#   benchmarks/peer/run_peer.sh                 # everything (a finished run is skipped)
+#   benchmarks/peer/run_peer.sh                 # everything (a finished run is skipped, an interrupted one continues)
 #   SMOKE=1 benchmarks/peer/run_peer.sh         # 1 epoch on ML-100K seed 0, result tagged -smoke
 #
 # Environment: PEER_ROOT (outputs/peer: data/, results/, work/), RECBOLE_VENV (.venv-recbole),
@@ -50,7 +50,7 @@ run() {  # dataset seed epochs tag note
     echo ">> $(date -Is) RecBole SASRec $1 seed $2 (max $3 epochs), load $(cut -d' ' -f1-3 /proc/loadavg)"
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONWARNINGS=ignore \
         nice -n 19 "$RECBOLE_VENV/bin/python" "$REPO/benchmarks/peer/recbole_sasrec.py" \
-        --dataset "$1" --seed "$2" --epochs "$3" --tag="$4" --note "$5" \
+        --dataset "$1" --seed "$2" --epochs "$3" --tag="$4" --note "$5" --resume \
         --data "$PEER_ROOT/data" --work "$PEER_ROOT/work" --out "$PEER_ROOT/results"
 }
 
