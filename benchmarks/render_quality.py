@@ -3,6 +3,9 @@
     # collect finished runs (each a trainer run folder with result.json + metrics.jsonl) into one file
     python -m benchmarks.render_quality collect --suite sasrec-peer --dataset ml-100k \
         --run sasrec=runs/q/sasrec-s0,runs/q/sasrec-s1 --peer outputs/peer/results --command "..."
+    # add runs to a file whose earlier run folders are gone: its other rows are kept as they are
+    python -m benchmarks.render_quality collect --merge --suite sasrec-peer --dataset ml-100k \
+        --peer-partial outputs/peer/results/ml-100k-seed1-epoch20.json --command "..."
     # rewrite the marked section of BENCHMARKS.md from every benchmarks/results/quality-*.json
     python -m benchmarks.render_quality
 
@@ -69,7 +72,11 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def collect(args) -> Path:
-    runs = {}
+    path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
+    previous = json.loads(path.read_text()) if args.merge and path.is_file() else None
+    # --merge: the file's rows come first, as collected then (their run folders may be gone); a row
+    # collected again under the same name replaces its old one
+    runs = dict(previous["runs"]) if previous else {}
     for spec in args.run:
         name, folders = spec.split("=", 1)
         found = [trainer_run(Path(f)) for f in folders.split(",") if (Path(f) / "result.json").is_file()]
@@ -81,12 +88,12 @@ def collect(args) -> Path:
                        if re.fullmatch(rf"{re.escape(args.dataset)}-seed\d+\.json", p.name))
         if files:
             runs["recbole-sasrec (peer)"] = summarise([peer_run(p) for p in files])
-    for path in args.peer_partial:  # a run still training: its best checkpoint so far, evaluated
-        r = peer_run(Path(path))
+    for partial in args.peer_partial:  # a run still training: its best checkpoint so far, evaluated
+        r = peer_run(Path(partial))
         runs[f"recbole-sasrec (peer, seed {r['seed']}, best of epochs 0-{r['epochs_run'] - 1}, still training)"] = summarise([r])
-    doc = {"suite": args.suite, "dataset": args.dataset, "command": args.command, "note": args.note,
+    note = args.note or (previous or {}).get("note", "")
+    doc = {"suite": args.suite, "dataset": args.dataset, "command": args.command, "note": note,
            "loadavg": list(os.getloadavg()), "runs": runs}
-    path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"-> {path}")
@@ -131,6 +138,8 @@ def main(argv=None) -> int:
     c.add_argument("--peer", help="folder of the peer's <dataset>-seed<N>.json results")
     c.add_argument("--peer-partial", action="append", default=[], metavar="JSON",
                    help="a peer result written by recbole_sasrec.py --resume --epochs N on a run still training")
+    c.add_argument("--merge", action="store_true",
+                   help="keep the runs already in the results file (a run collected again replaces its row)")
     c.add_argument("--command", required=True, help="the command that produced the runs")
     c.add_argument("--note", default="")
     args = parser.parse_args(argv)
