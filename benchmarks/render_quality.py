@@ -71,28 +71,55 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+PARTIAL = "recbole-sasrec (peer, seed {seed}, best of epochs 0-{last}, still training)"
+
+
+def _partial_seed(name: str) -> int | None:
+    found = re.fullmatch(r"recbole-sasrec \(peer, seed (\d+), best of epochs 0-\d+, still training\)", name)
+    return int(found.group(1)) if found else None
+
+
+def _merge_row(runs: dict, name: str, new: list[dict]) -> None:
+    """Row `name` takes the runs `new`; under --merge a seed it already holds and `new` lacks is kept."""
+    seeds = {r["seed"] for r in new}
+    kept = [r for r in runs.get(name, {}).get("runs", []) if r["seed"] not in seeds]
+    runs[name] = summarise(sorted(kept + new, key=lambda r: (r["seed"] is None, r["seed"])))
+
+
 def collect(args) -> Path:
     path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
     previous = json.loads(path.read_text()) if args.merge and path.is_file() else None
-    # --merge: the file's rows come first, as collected then (their run folders may be gone); a row
-    # collected again under the same name replaces its old one
+    # --merge: the file's rows stay as collected then (their run folders may be gone, e.g. on a new
+    # machine); a seed collected again replaces that seed's run in its row, other seeds stay
     runs = dict(previous["runs"]) if previous else {}
     for spec in args.run:
         name, folders = spec.split("=", 1)
         found = [trainer_run(Path(f)) for f in folders.split(",") if (Path(f) / "result.json").is_file()]
         if found:
-            runs[name] = summarise(found)
+            _merge_row(runs, name, found)
+    finished: set[int] = set()
     if args.peer:
         # finished runs only: not -smoke / -epochN evaluations, not a run's .progress.json
         files = sorted(p for p in Path(args.peer).glob(f"{args.dataset}-seed*.json")
                        if re.fullmatch(rf"{re.escape(args.dataset)}-seed\d+\.json", p.name))
         if files:
-            runs["recbole-sasrec (peer)"] = summarise([peer_run(p) for p in files])
+            found = [peer_run(p) for p in files]
+            finished = {r["seed"] for r in found}
+            _merge_row(runs, "recbole-sasrec (peer)", found)
     for partial in args.peer_partial:  # a run still training: its best checkpoint so far, evaluated
         r = peer_run(Path(partial))
-        runs[f"recbole-sasrec (peer, seed {r['seed']}, best of epochs 0-{r['epochs_run'] - 1}, still training)"] = summarise([r])
+        if r["seed"] in finished:
+            continue
+        for name in [n for n in runs if _partial_seed(n) == r["seed"]]:
+            del runs[name]  # an earlier evaluation of the same run, at fewer epochs
+        runs[PARTIAL.format(seed=r["seed"], last=r["epochs_run"] - 1)] = summarise([r])
+    for name in [n for n in runs if _partial_seed(n) in finished]:
+        del runs[name]  # that run has finished: its final result replaces the evaluation in mid-run
     note = args.note or (previous or {}).get("note", "")
-    doc = {"suite": args.suite, "dataset": args.dataset, "command": args.command, "note": note,
+    command = args.command
+    if previous and previous.get("command") and previous["command"] != command and previous["command"] not in command:
+        command = f"{previous['command']}; then {command}"  # earlier rows keep their record
+    doc = {"suite": args.suite, "dataset": args.dataset, "command": command, "note": note,
            "loadavg": list(os.getloadavg()), "runs": runs}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -139,7 +166,8 @@ def main(argv=None) -> int:
     c.add_argument("--peer-partial", action="append", default=[], metavar="JSON",
                    help="a peer result written by recbole_sasrec.py --resume --epochs N on a run still training")
     c.add_argument("--merge", action="store_true",
-                   help="keep the runs already in the results file (a run collected again replaces its row)")
+                   help="keep the runs already in the results file: a seed collected again replaces that seed's run "
+                        "in its row, a peer's final result replaces its evaluations in mid-run")
     c.add_argument("--command", required=True, help="the command that produced the runs")
     c.add_argument("--note", default="")
     args = parser.parse_args(argv)

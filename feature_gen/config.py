@@ -227,7 +227,9 @@ class TrainConfig(_Section):
         None, gt=0, description="windows: all: items between the ends of consecutive windows of a history "
                                 "(None: max_seq_len, each target in one chunk). Smaller gives every target "
                                 "at least max_seq_len - stride + 1 items of context for max_seq_len / stride "
-                                "times the compute; 1 = RecBole's one prefix per target")
+                                "times the compute; 1 = RecBole's one prefix per target. Absolute: a stage "
+                                "whose windows are shorter (stage 1's stage1_max_seq_len) uses min(stride, its "
+                                "length); the discriminative objective builds its own examples and ignores it")
     output_dir: str = "runs/hllm"
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)

@@ -36,17 +36,50 @@ def _collect(*extra: str) -> dict:
     return json.loads((render_quality.RESULTS / "quality-s-d.json").read_text())
 
 
-def test_merge_keeps_earlier_rows_and_replaces_a_row_collected_again(results):
-    first = _collect("--peer-partial", str(_peer_result(results / "a.json", 1, 0.11)), "--note", "kept note")
-    assert list(first["runs"]) == ["recbole-sasrec (peer, seed 1, best of epochs 0-7, still training)"]
+def _trainer_run(folder: Path, seed: int, ndcg: float) -> str:
+    folder.mkdir(parents=True)
+    test = dict(METRICS, **{"ndcg@10": ndcg})
+    (folder / "result.json").write_text(json.dumps({
+        "seed": seed, "best_epoch": 1, "test": test, "valid": METRICS,
+        "history": [{"epoch": 1, "step": 2}]}))
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(
+        {"step": i, "epoch": 0, "loss": 1.0, "seconds": 1.0, "positions": 10}) for i in (1, 2)) + "\n")
+    return str(folder)
 
-    again = _collect("--merge", "--peer-partial", str(_peer_result(results / "b.json", 2, 0.09)))
-    assert [r["seeds"] for r in again["runs"].values()] == [[1], [2]]
-    assert again["note"] == "kept note"  # no --note: the file's note stays
 
-    replaced = _collect("--merge", "--peer-partial", str(_peer_result(results / "c.json", 2, 0.12)))
-    assert [r["mean"]["ndcg@10"] for r in replaced["runs"].values()] == [0.11, 0.12]
-    assert "0.1200" in (results / "BENCHMARKS.md").read_text()
+def test_merge_adds_a_seed_to_a_row_whose_other_seeds_are_gone(results):
+    first = _collect("--run", f"m={_trainer_run(results / 'r0', 0, 0.10)},{_trainer_run(results / 'r1', 1, 0.20)}",
+                     "--note", "kept note")
+    assert first["runs"]["m"]["seeds"] == [0, 1]
+    for seed in (0, 1):  # a new machine: the earlier run folders are gone
+        for f in (results / f"r{seed}").iterdir():
+            f.unlink()
+
+    merged = _collect("--merge", "--run", f"m={_trainer_run(results / 'r2', 2, 0.30)}")
+    assert merged["runs"]["m"]["seeds"] == [0, 1, 2]
+    assert merged["runs"]["m"]["mean"]["ndcg@10"] == pytest.approx(0.20)
+    assert merged["note"] == "kept note"  # no --note: the file's note stays
+
+    again = _collect("--merge", "--run", f"m={_trainer_run(results / 'r2b', 2, 0.60)}")  # seed 2 rerun
+    assert again["runs"]["m"]["seeds"] == [0, 1, 2]
+    assert again["runs"]["m"]["mean"]["ndcg@10"] == pytest.approx(0.30)
+    assert "0.3000" in (results / "BENCHMARKS.md").read_text()
+
+
+def test_merge_replaces_a_peer_evaluation_in_mid_run_by_a_later_one_then_by_the_final_result(results):
+    early = _collect("--peer-partial", str(_peer_result(results / "e.json", 1, 0.11)))
+    assert list(early["runs"]) == ["recbole-sasrec (peer, seed 1, best of epochs 0-7, still training)"]
+    later = _peer_result(results / "l.json", 1, 0.12)
+    later.write_text(later.read_text().replace('"epochs_run": 8', '"epochs_run": 20'))
+    assert list(_collect("--merge", "--peer-partial", str(later))["runs"]) == [
+        "recbole-sasrec (peer, seed 1, best of epochs 0-19, still training)"]
+
+    finished = results / "peer"
+    finished.mkdir()
+    _peer_result(finished / "d-seed1.json", 1, 0.13)
+    final = _collect("--merge", "--peer", str(finished))
+    assert list(final["runs"]) == ["recbole-sasrec (peer)"]
+    assert final["runs"]["recbole-sasrec (peer)"]["mean"]["ndcg@10"] == pytest.approx(0.13)
 
 
 def test_without_merge_the_file_holds_only_what_was_collected(results):

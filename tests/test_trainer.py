@@ -35,7 +35,8 @@ def test_sasrec_learns_the_toy_cycle(tmp_path):
 
 def test_window_stride_trains_the_same_targets_in_more_windows(tmp_path):
     """train.window_stride: an epoch trains every target once whatever the stride (the positions the
-    step log counts), in more windows (steps) as the stride shrinks."""
+    step log counts), in more windows (steps) as the stride shrinks; the User model's input positions
+    (what the FLOPs figure counts) exceed the targets once windows overlap."""
     def epoch(name, **train):
         cfg = toy_config(tmp_path / name, model="sasrec", epochs=1, batch_size=4, freeze_bundle=False,
                          eval_every_epochs=1, **train)
@@ -43,11 +44,13 @@ def test_window_stride_trains_the_same_targets_in_more_windows(tmp_path):
         run_training(cfg, resume=False)
         rows = [json.loads(line) for line in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in rows if "loss" in r]
-        return len(steps), sum(r["positions"] for r in steps)
+        return len(steps), sum(r["positions"] for r in steps), sum(r["input_positions"] for r in steps)
 
     chunked, strided = epoch("chunked"), epoch("strided", window_stride=1)
     assert strided[1] == chunked[1] > 0  # the same targets, each once
     assert strided[0] >= 2 * chunked[0]  # one window per target: 7 a user instead of 3
+    assert chunked[2] == chunked[1]  # chunks train every input position
+    assert strided[2] >= 2 * strided[1]  # 1 target per window of up to 3 inputs
 
 
 def test_hllm_stage1_loss_goes_down_and_freezes_a_bundle(tmp_path):

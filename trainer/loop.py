@@ -298,7 +298,7 @@ def train(
     bf16 = bool(ds_config["bf16"]["enabled"])
     on_gpu = engine.device.type == "cuda"
     peak = matmul_peak_flops(8192 if on_gpu else 1024, device=engine.device, dtype=torch.bfloat16 if bf16 else torch.float32)
-    tokens_done = positions_done = 0
+    tokens_done = positions_done = input_positions_done = 0
     train_seconds = 0.0
     # A resumed run that had already stopped (patience spent, or max_steps reached) trains no further:
     # the stop is part of its state, not re-decided after one more epoch.
@@ -343,12 +343,14 @@ def train(
                 engine.step()
                 step_loss += mean_loss.item() / len(group)
                 for key, value in out.stats.items():  # counts add up over micro-batches; ratios are the last one's
-                    stats[key] = stats.get(key, 0) + value if key in ("positions", "item_tokens") else value
+                    stats[key] = stats.get(key, 0) + value if key in ("positions", "input_positions", "item_tokens") else value
             dt = time.perf_counter() - t0
             train_seconds += dt
             text_tokens = stats["item_tokens"] if model.training_item_llm else 0
             tokens_done += text_tokens
             positions_done += stats["positions"]
+            # what the User model computed on; a recommender without the split (discriminative) counts it in positions
+            input_positions_done += stats.get("input_positions", stats["positions"])
             state.step += 1
             state.batch_in_epoch += len(group)
             log({"step": state.step, "epoch": state.epoch, "loss": round(step_loss, 6),
@@ -382,7 +384,7 @@ def train(
     valid = selection.evaluate(model, "valid")
     test = selection.evaluate(model, "test")
     # forward + backward ~ 6 FLOP per parameter per token (matmul parameters only; lookups are free)
-    flops = 6.0 * (item_params * tokens_done + user_params * positions_done)
+    flops = 6.0 * (item_params * tokens_done + user_params * input_positions_done)
     throughput = {
         "world_size": engine.world_size,  # figures below are rank 0's; the data-parallel total is x world_size
         "gradient_accumulation_steps": accumulation,
@@ -390,7 +392,8 @@ def train(
         "device": str(engine.device),
         "train_seconds": train_seconds,
         "item_tokens_per_s": tokens_done / train_seconds if train_seconds else 0.0,
-        "positions_per_s": positions_done / train_seconds if train_seconds else 0.0,
+        "positions_per_s": positions_done / train_seconds if train_seconds else 0.0,  # trained targets
+        "input_positions_per_s": input_positions_done / train_seconds if train_seconds else 0.0,
         "trainable_params": count_parameters(model),
         "achieved_flops": flops / train_seconds if train_seconds else 0.0,
         "matmul_peak_flops": peak,

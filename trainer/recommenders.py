@@ -63,7 +63,8 @@ class Recommender(Protocol):
 class _EncodedStep:
     item_embs: torch.Tensor  # [B, L, D] inputs
     target_embs: torch.Tensor  # [B, L, D]
-    target_mask: torch.Tensor  # [B, L] bool, a real next item exists
+    target_mask: torch.Tensor  # [B, L] bool, a real next item exists that this window trains
+    input_mask: torch.Tensor  # [B, L] bool, a real input item (the User model runs every one)
     candidates: Candidates
     real_ids: torch.Tensor  # [M] the distinct items encoded this step
 
@@ -105,7 +106,7 @@ class _SequenceStep:
         return _EncodedStep(
             item_embs=emb[inverse[:n_in]].view(*inputs.shape, -1),
             target_embs=emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1),
-            target_mask=target_mask, candidates=candidates, real_ids=unique[real],
+            target_mask=target_mask, input_mask=mask.bool(), candidates=candidates, real_ids=unique[real],
         )
 
     def _table_for_cache(self) -> torch.Tensor:
@@ -113,7 +114,10 @@ class _SequenceStep:
             return self.item_table().to(self.device)
 
     def _stats(self, enc: _EncodedStep, gen: InfoNCEResult) -> dict[str, float]:
-        return {"positions": int(enc.target_mask.sum()), "item_tokens": self.text_tokens(enc.real_ids),
+        # positions: next-item targets trained (RecBole's count); input_positions: positions the User model
+        # ran forward and backward, more than the targets when train.window_stride leaves context untrained
+        return {"positions": int(enc.target_mask.sum()), "input_positions": int(enc.input_mask.sum()),
+                "item_tokens": self.text_tokens(enc.real_ids),
                 # negatives that survive the same-item masks; near zero when item embeddings have collapsed
                 "negatives_kept": round(float(gen.valid_negatives.float().mean()), 2) if gen.valid_negatives.numel() else 0.0,
                 "negatives_offered": int(enc.candidates.ids.numel())}
@@ -232,7 +236,6 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             return text + self.id_embedding(ids)
         return text
 
-    @torch.no_grad()
     @torch.no_grad()
     def item_table(self) -> torch.Tensor:
         if self.stage == 2:

@@ -143,8 +143,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from its progress file (<out>/<dataset>-seed<k><tag>.progress.json): "
                          "RecBole's last saved (= best so far) checkpoint, its optimizer and early-stopping counter, "
-                         "and the epoch log up to that checkpoint; without a progress file the run starts from epoch 0, "
-                         "so one command both starts and continues a run")
+                         "and the epoch log up to that checkpoint. With --tag and no tagged progress file it reads the "
+                         "untagged run's (<dataset>-seed<k>.progress.json): how a run still training is evaluated as it "
+                         "stands (--epochs = its best epoch + 1). Nothing to resume is an error")
     ap.add_argument("--sanity-popularity", action="store_true",
                     help="no training: rank by training-set popularity through the same evaluation hook "
                          "(the project's harness gives ML-100K test NDCG@10 0.0432, Recall@10 0.0838)")
@@ -280,13 +281,19 @@ def main() -> None:
     trainer.epoch_log = []
     resumed_from = None
     prior_wall = 0.0
-    if args.resume and not progress_path.exists():
-        print(f"--resume: no {progress_path} yet, starting from epoch 0", flush=True)
-    elif args.resume:
+    if args.resume:
+        # a tagged evaluation of a run still training reads that run's progress (and never writes it)
+        untagged = out / f"{args.dataset}-seed{args.seed}.progress.json"
+        source = progress_path if progress_path.exists() or not args.tag else untagged
+        if not source.exists():
+            raise SystemExit(f"--resume: nothing to resume, {source} does not exist (start the run without --resume)")
         # RecBole saves only on a new best, so the run restarts after the best epoch: later epochs are
         # dropped from the log and trained again (their randomness differs from the interrupted run's).
-        progress = json.loads(progress_path.read_text())
+        progress = json.loads(source.read_text())
         resumed_from = progress["checkpoint"]
+        if not resumed_from or not Path(resumed_from).exists():
+            raise SystemExit(f"--resume: {source} names checkpoint {resumed_from}, which is gone "
+                             f"(remove {source} to start the run again)")
         trainer.resume_checkpoint(resumed_from)
         trainer.epoch_log = [r for r in progress["history"] if r["epoch"] < trainer.start_epoch]
         prior_wall = trainer.epoch_log[-1]["wall_seconds"] if trainer.epoch_log else 0.0

@@ -47,10 +47,12 @@ done
 run() {  # dataset seed epochs tag note
     local out="$PEER_ROOT/results/$1-seed$2$4.json"
     if [ -f "$out" ]; then echo ">> $out exists, skipped"; return; fi
+    local resume=()  # an interrupted run (its progress file is written each epoch) continues from its best
+    [ -f "$PEER_ROOT/results/$1-seed$2$4.progress.json" ] && resume=(--resume)
     echo ">> $(date -Is) RecBole SASRec $1 seed $2 (max $3 epochs), load $(cut -d' ' -f1-3 /proc/loadavg)"
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONWARNINGS=ignore \
         nice -n 19 "$RECBOLE_VENV/bin/python" "$REPO/benchmarks/peer/recbole_sasrec.py" \
-        --dataset "$1" --seed "$2" --epochs "$3" --tag="$4" --note "$5" --resume \
+        --dataset "$1" --seed "$2" --epochs "$3" --tag="$4" --note "$5" "${resume[@]}" \
         --data "$PEER_ROOT/data" --work "$PEER_ROOT/work" --out "$PEER_ROOT/results"
 }
 
