@@ -34,8 +34,7 @@ RESULT = Path(__file__).resolve().parent / "results" / "ranker_inputs.json"
 
 def _variants(fc, projections: list[int]) -> dict[str, tuple[object, bool, int | None]]:
     """name -> (feature config, use_hllm, embedding_projection_dim)."""
-    # every scalar feature the config holds, as the demo's "scalars, no vectors" row picks them
-    scalars = fc.model_copy(update={"features": [f for f in fc.features if not f.is_vector]})
+    scalars = fc.scalars_only()  # as the demo's "scalars, no vectors" row
     out = {"ids_only": (fc, False, None), "scalars_only": (scalars, True, None), "raw_vectors": (fc, True, None)}
     out.update({f"projected_{d}": (fc, True, d) for d in projections})
     return out

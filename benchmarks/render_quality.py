@@ -74,8 +74,11 @@ def summarise(runs: list[dict]) -> dict:
 PARTIAL = "recbole-sasrec (peer, seed {seed}, best of epochs 0-{last}, still training)"
 
 
+_PARTIAL_NAME = re.compile(re.escape(PARTIAL).replace(r"\{seed\}", r"(\d+)").replace(r"\{last\}", r"\d+"))
+
+
 def _partial_seed(name: str) -> int | None:
-    found = re.fullmatch(r"recbole-sasrec \(peer, seed (\d+), best of epochs 0-\d+, still training\)", name)
+    found = _PARTIAL_NAME.fullmatch(name)
     return int(found.group(1)) if found else None
 
 

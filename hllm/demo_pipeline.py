@@ -292,7 +292,7 @@ def step_ranker(run: DemoRun) -> None:
         fc = run.facts["fc"]
         # the scalar HLLM features alone (cosine, sequence length, freshness): tells a ranker team what
         # the embedding vectors add on top of them (benchmarks/results/ranker_inputs.json)
-        scalars = fc.model_copy(update={"features": [f for f in fc.features if not f.is_vector]})
+        scalars = fc.scalars_only()
         results = {}
         for name, variant, use_hllm in (("IDs + context only", fc, False), ("+ HLLM scalars, no vectors", scalars, True),
                                         ("with HLLM features", fc, True)):

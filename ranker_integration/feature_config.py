@@ -137,6 +137,11 @@ class FeatureConfig(BaseModel):
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
+    def scalars_only(self) -> "FeatureConfig":
+        """This config without its vector features (the embeddings): what a ranker gains from the
+        scalar HLLM features alone (the demo's and benchmarks/ranker_inputs.py's middle row)."""
+        return self.model_copy(update={"features": [f for f in self.features if not f.is_vector]})
+
 
 def _one_line(exc: ValidationError, raw: dict) -> str:
     err = exc.errors()[0]

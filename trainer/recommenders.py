@@ -239,9 +239,10 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     @torch.no_grad()
     def item_table(self) -> torch.Tensor:
         if self.stage == 2:
-            table = self.cached_items.clone()  # a copy: the cache is this module's buffer
-            if self.hllm.item_llm.adapter is not None:
-                table = self.hllm.item_llm.adapt(table)
+            if self.hllm.item_llm.adapter is None:
+                table = self.cached_items.clone()  # a copy: the cache is this module's buffer
+            else:  # the adapter's output is a new tensor
+                table = self.hllm.item_llm.adapt(self.cached_items)
                 table[0] = 0  # padding stays a zero row (the adapter's bias would move it)
         else:
             was_training = self.training
