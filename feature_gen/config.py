@@ -116,6 +116,10 @@ class UserLLMConfig(BaseModelConfig):
     projection: Literal["linear", "none"] = "linear"
     use_timestamps: bool = False
     num_time_buckets: int = Field(64, gt=1)
+    # A pretrained decoder has no dropout of its own on these inputs (Llama's is 0); on a small catalogue
+    # the User LLM overfits within a few epochs, where SASRec trains for dozens with dropout 0.5.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training only: dropout on the User LLM's input "
+                                                            "item embeddings and on its last hidden state")
 
 
 class DataConfig(_Section):

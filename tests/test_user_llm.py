@@ -108,3 +108,23 @@ def test_projection_none_needs_equal_sizes_and_adds_no_weights():
     linear, _ = build_user_llm(tiny_config(), item_dim=64)
     extra = sum(p.numel() for p in linear.parameters()) - sum(p.numel() for p in same.parameters())
     assert extra == 2 * 64 * 32 + 32 + 64  # in and out maps with biases: what 'none' does without
+
+
+def test_dropout_acts_in_training_only_and_comes_from_the_config():
+    backbone = load_backbone(UserLLMConfig(source="tiny_random", tiny={"hidden_size": 32, "num_heads": 4}),
+                             with_tokenizer=False)
+    model = UserLLM(backbone.model, item_dim=64, dropout=0.5)
+    x, mask = torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        model.train()
+        noisy = [model(x, mask).predictions for _ in range(2)]
+        model.eval()
+        clean = [model(x, mask).predictions for _ in range(2)]
+    assert (noisy[0] - noisy[1]).abs().max() > 1e-3  # a fresh mask each training pass
+    torch.testing.assert_close(clean[0], clean[1])  # eval (inference, export): the identity
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"user_llm": cfg.user_llm.model_copy(update={"dropout": 0.3})})
+    built, _ = build_user_llm(cfg, item_dim=64)
+    assert built.input_dropout.p == 0.3 and built.output_dropout.p == 0.3
+    with pytest.raises(ValueError, match="dropout"):
+        UserLLMConfig(source="tiny_random", dropout=1.0)

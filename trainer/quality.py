@@ -58,6 +58,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # fell below its start on validation)
     "hllm-stage1-12-epochs-stage2-lr1e-4": [("reuse", "hllm-stage1-12-epochs"),
                                             ("configs/quality_hllm.yaml", {**STAGE2, "train.lr": 1e-4})],
+    # the demo's model (configs/demo_e2e.yaml): no stage 1; SmolLM2-135M's first 8 layers frozen, mean
+    # pooled and centered, a linear item adapter and a 2-layer User LLM trained with the full softmax.
+    # Cheap (~10-20 min a seed on 2 cores), and its items come from text alone (no ID table), so it is
+    # the text model the cold split measures with the new objective.
+    "hllm-frozen-adapter": [("configs/demo_e2e.yaml", {})],
     "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
                         ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
@@ -66,8 +71,8 @@ SUITES = {
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
                   "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs"],
-    "cold": ["sasrec", "hllm"],
-    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs"],
+    "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
+    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter"],
 }
 SUITE_OVERRIDES = {
     "warm": [{}],

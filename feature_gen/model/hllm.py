@@ -154,6 +154,7 @@ def build_user_llm(cfg: HLLMConfig, item_dim: int):
             use_timestamps=cfg.user_llm.use_timestamps,
             num_time_buckets=cfg.user_llm.num_time_buckets,
             projection=cfg.user_llm.projection,
+            dropout=cfg.user_llm.dropout,
         )
     except ValueError as err:  # the constructor's only refusal is a projection that cannot join the sizes
         raise ConfigError(f"user_llm.projection: {err} ({backbone.description})") from None

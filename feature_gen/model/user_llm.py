@@ -41,7 +41,7 @@ def time_gap_buckets(timestamps: torch.Tensor, attention_mask: torch.Tensor, num
 
 class UserLLM(nn.Module):
     def __init__(self, backbone: nn.Module, item_dim: int, use_timestamps: bool = False, num_time_buckets: int = 64,
-                 projection: str = "linear"):
+                 projection: str = "linear", dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.item_dim = item_dim
@@ -58,6 +58,10 @@ class UserLLM(nn.Module):
         if self.time_embedding is not None:
             nn.init.zeros_(self.time_embedding.weight)
         self._takes_position_ids = "position_ids" in inspect.signature(backbone.forward).parameters
+        # regularisation around the pretrained decoder (active in training mode only; inference, the
+        # Spark jobs and the ONNX export run in eval mode, where it is the identity)
+        self.input_dropout = nn.Dropout(dropout)
+        self.output_dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -80,10 +84,10 @@ class UserLLM(nn.Module):
             if timestamps is None:
                 raise ValueError("UserLLM was built with use_timestamps=True; pass timestamps [batch, seq]")
             inputs = inputs + self.time_embedding(time_gap_buckets(timestamps, mask, self.num_time_buckets))
-        kwargs = {"inputs_embeds": inputs, "attention_mask": mask}
+        kwargs = {"inputs_embeds": self.input_dropout(inputs), "attention_mask": mask}
         if self._takes_position_ids:
             kwargs["position_ids"] = real_position_ids(mask)
         hidden = self.backbone(**kwargs).last_hidden_state  # [B, L, D_user]
-        predictions = self.out_proj(hidden)  # [B, L, D_item]
+        predictions = self.out_proj(self.output_dropout(hidden))  # [B, L, D_item]
         rows = torch.arange(predictions.size(0), device=predictions.device)
         return UserLLMOutput(predictions=predictions, user_embedding=predictions[rows, last_real_index(mask)])
