@@ -66,6 +66,12 @@ class BaseModelConfig(_Section):
     keep_layers: Optional[int] = Field(None, gt=0, description="keep only the first k transformer layers")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # A training forward with dropout and a no-grad forward without it are two different encoders: the
+    # stage-1 catalogue cache (eval mode) then scores negatives that differ systematically from the fresh
+    # positives (train mode). 0 makes the two the same encoder; Llama-family checkpoints ship with 0.
+    backbone_dropout: Optional[float] = Field(
+        None, ge=0.0, lt=1.0, description="set every dropout rate of the pretrained backbone's config (hidden, "
+                                          "attention, ...) to this value; None keeps the checkpoint's own")
 
     @model_validator(mode="after")
     def _source_needs_location(self) -> "BaseModelConfig":
@@ -183,6 +189,15 @@ class LossConfig(_Section):
     sampling: Literal["uniform", "popularity"] = Field("uniform", description="negatives: sampled: the draw's distribution")
     logq_correction: bool = Field(True, description="subtract log q(item) from sampled / in-batch logits")
     cache_refresh_steps: int = Field(50, gt=0, description="negatives: cache: recompute the catalogue every N steps")
+    # `fresh` (the first design): the positive and the step's own items are fresh rows with gradient, every
+    # other row is a constant. Measured on ML-100K stage 1 (BENCHMARKS.md, issue 17): the Item LLM's shared
+    # parameters ([ITEM] token, token-type and position embeddings) take a common-mode gradient ~8x the
+    # in-batch objective's, which moves every fresh row away from the constant ones; the loss stalls at
+    # about ln(number of fresh rows) and validation falls. `cached`: the positive and every candidate are
+    # rows of the one cache, so no candidate is told apart by its freshness; the Item LLM learns through the
+    # User LLM's input items (as a MoCo key encoder's keys, the targets carry no gradient).
+    cache_targets: Literal["cached", "fresh"] = Field(
+        "cached", description="negatives: cache: score each positive as its cache row (no gradient) or fresh")
     hard_negatives: Optional[int] = Field(None, gt=0, description="keep each row's K highest-scoring negatives")
     num_negatives: int = Field(512, gt=0, description="negatives: sampled: ids drawn per step")
     # cosine x learnable scale is what HLLM trains, serves and the feature contract states; `dot` (the

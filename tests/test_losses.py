@@ -330,8 +330,8 @@ def test_catalogue_cache_refreshes_at_the_configured_step_and_carries_no_gradien
     assert resumed.refreshed_at == 7  # empty after a resume: filled at once, not at step 9
 
 
-def test_cache_objective_positives_are_fresh():
-    obj = _objective("cache", cache_refresh_steps=5)
+def test_cache_objective_with_fresh_targets_puts_the_steps_items_in_fresh():
+    obj = _objective("cache", cache_refresh_steps=5, cache_targets="fresh")
     stale = torch.randn(9, 4)
     fresh = torch.randn(2, 4, requires_grad=True)
     cands = obj.candidates(0, torch.tensor([3, 6]), fresh, torch.tensor([3]), obj.extra_ids(0),
@@ -339,6 +339,31 @@ def test_cache_objective_positives_are_fresh():
     row3 = cands.embeddings[cands.ids.tolist().index(3)]
     torch.testing.assert_close(row3, fresh[0])
     assert cands.embeddings.requires_grad
+
+
+def test_cache_objective_scores_positives_and_candidates_as_cache_rows_by_default():
+    """cache_targets: cached: one encoder version scores the positive and every candidate, so no
+    candidate can be told apart by freshness; the gradient reaches the model through the predictions only."""
+    obj = _objective("cache", cache_refresh_steps=5)
+    assert obj.cfg.cache_targets == "cached"
+    stale = torch.randn(9, 4)
+    fresh = torch.randn(2, 4, requires_grad=True)
+    obj.refresh(0, lambda: stale)
+    targets = torch.tensor([[3, 0], [6, 3]])  # 0 = padding
+    positives = obj.target_rows(targets, fresh[torch.tensor([[0, 0], [1, 0]])])
+    torch.testing.assert_close(positives, stale[targets])
+    assert not positives.requires_grad
+    cands = obj.candidates(0, torch.tensor([3, 6]), fresh, torch.tensor([3, 6]), obj.extra_ids(0),
+                           catalogue=lambda: None, item_table=lambda: stale)
+    torch.testing.assert_close(cands.embeddings, stale[cands.ids])
+    assert not cands.embeddings.requires_grad
+    pred = torch.randn(2, 4, requires_grad=True)
+    obj.loss(pred, positives[targets > 0][:2], torch.tensor([3, 6]), cands, torch.tensor(5.0)).loss.backward()
+    assert fresh.grad is None and pred.grad.abs().sum() > 0
+    # other objectives score positives as the step's fresh encodings
+    same = fresh[torch.tensor([[0, 0], [1, 0]])]
+    assert _objective("in_batch").target_rows(targets, same) is same
+    assert _objective("cache", cache_targets="fresh").target_rows(targets, same) is same
 
 
 @pytest.mark.parametrize("loss,has_catalogue,field", [
@@ -371,6 +396,7 @@ def test_cache_refresh_of_zero_is_refused_by_name():
     ({"num_negatives": 64}, "loss.num_negatives"),
     ({"sampling": "popularity"}, "loss.sampling"),
     ({"negatives": "sampled", "cache_refresh_steps": 7}, "loss.cache_refresh_steps"),
+    ({"negatives": "in_batch", "cache_targets": "fresh"}, "loss.cache_targets"),
 ])
 def test_a_field_of_another_kind_of_negatives_is_refused_not_ignored(loss, field):
     with pytest.raises(ConfigError, match=f"^{field}"):

@@ -105,7 +105,7 @@ class _SequenceStep:
         )
         return _EncodedStep(
             item_embs=emb[inverse[:n_in]].view(*inputs.shape, -1),
-            target_embs=emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1),
+            target_embs=self.objective.target_rows(targets, emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1)),
             target_mask=target_mask, input_mask=mask.bool(), candidates=candidates, real_ids=unique[real],
         )
 

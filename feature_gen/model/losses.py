@@ -14,10 +14,14 @@ the label. Which candidates (`loss.negatives`):
     in_batch  the step's distinct target items, fresh; they are drawn in proportion to popularity,
               so logQ uses the popularity distribution.
     cache     stage 1: a catalogue cache of item embeddings recomputed every `cache_refresh_steps`
-              steps without gradient; the rows of the step's own items are replaced by their fresh,
-              differentiable embeddings, so positives and in-batch items carry the gradient and the
-              stale rest only shapes the softmax. `hard_negatives: K` keeps each row's K
-              highest-scoring negatives (the SCE idea, arXiv 2409.18721).
+              steps without gradient. `cache_targets: cached` (default) scores each positive and
+              every candidate as its cache row: one encoder version for all of them, and the Item LLM
+              learns through the User LLM's input items. `fresh` replaces the rows of the step's own
+              items by their differentiable embeddings, so positives and in-batch items carry the
+              gradient; with a shared Item LLM that gradient is mostly a common shift of every fresh
+              row away from the constant ones, and training stalls (measured: config.py's note).
+              `hard_negatives: K` keeps each row's K highest-scoring negatives (the SCE idea,
+              arXiv 2409.18721).
 
 Only a row's own positive (same id) and its near-duplicates (cosine with the positive above
 `nce_threshold`, e.g. duplicate titles) are masked from that row's negatives: pushing them away would
@@ -284,6 +288,16 @@ class GenerativeObjective:
         if self.cache is not None:
             self.cache.get(step, item_table)
 
+    def target_rows(self, target_ids: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """The embeddings positives are scored as: `fresh` [..., D] (the step's encodings, with
+        gradient), or under `negatives: cache` + `cache_targets: cached` the cache's rows of
+        `target_ids` [...] (no gradient; padding id 0 is the cache's zero row)."""
+        if self.cache is None or self.cfg.cache_targets != "cached":
+            return fresh
+        if self.cache.table is None:
+            raise RuntimeError("target_rows() before the catalogue cache was filled (refresh() first)")
+        return self.cache.table.to(device=fresh.device, dtype=fresh.dtype)[target_ids]
+
     def extra_ids(self, step: int) -> torch.Tensor:
         if self.negatives == "sampled":
             return self.sampler.sample(self.cfg.num_negatives, step).to(self.device)
@@ -314,7 +328,10 @@ class GenerativeObjective:
         else:  # cache
             if item_table is not None:
                 self.refresh(step, item_table)
-            table = CatalogueCache.with_fresh_rows(self.cache.table, batch_ids, batch_embs)
+            if self.cfg.cache_targets == "cached":
+                table = self.cache.table.detach().to(device=batch_embs.device, dtype=batch_embs.dtype)
+            else:
+                table = CatalogueCache.with_fresh_rows(self.cache.table, batch_ids, batch_embs)
             ids = self.allowed.nonzero().squeeze(1)
             embs = table[ids]
         ids_ok = self.allowed[ids]
@@ -363,7 +380,8 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_
                           "trains the Item LLM (the catalogue cannot be re-encoded per step): use 'cache', "
                           "'sampled' or 'in_batch'")
     # Fields of one kind of negatives, set while another is trained: refused rather than ignored.
-    for name, used_by in (("num_negatives", "sampled"), ("sampling", "sampled"), ("cache_refresh_steps", "cache")):
+    for name, used_by in (("num_negatives", "sampled"), ("sampling", "sampled"), ("cache_refresh_steps", "cache"),
+                          ("cache_targets", "cache")):
         if getattr(cfg, name) != getattr(defaults, name) and negatives != used_by:
             raise ConfigError(f"loss.{name}: only negatives '{used_by}' uses it, and this run trains with "
                               f"'{negatives}'; remove it or set loss.negatives: {used_by}")
