@@ -181,7 +181,7 @@ class LossConfig(_Section):
     competes with: `full` (the catalogue), `sampled` (`num_negatives` per step, `sampling` uniform or
     popularity), `in_batch` (the step's targets), `cache` (stage 1: the catalogue from a cache
     refreshed every `cache_refresh_steps`); `auto` = full where the item table exists (SASRec, stage
-    2), cache in stage 1. `logq_correction` applies to sampled and in-batch candidates; sampled +
+    2), in_batch in stage 1 (measured best there). `logq_correction` applies to sampled and in-batch candidates; sampled +
     uniform + no correction is the paper's InfoNCE."""
 
     objective: Literal["generative", "discriminative"] = "generative"

@@ -380,9 +380,9 @@ def test_objectives_the_trainer_cannot_run_are_refused_by_name(loss, has_catalog
         check_objective(LossConfig(**loss), has_catalogue=has_catalogue, num_items=50)
 
 
-def test_auto_negatives_full_with_a_catalogue_cache_without():
+def test_auto_negatives_full_with_a_catalogue_in_batch_without():
     assert check_objective(LossConfig(), has_catalogue=True, num_items=50) == "full"
-    assert check_objective(LossConfig(), has_catalogue=False, num_items=50) == "cache"
+    assert check_objective(LossConfig(), has_catalogue=False, num_items=50) == "in_batch"
 
 
 def test_cache_refresh_of_zero_is_refused_by_name():

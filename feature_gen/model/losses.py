@@ -352,7 +352,7 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_
     """The negatives this run trains with; a field the trainer cannot honour raises ConfigError naming it.
 
     `has_catalogue`: every item's embedding is available with gradient each step (the ID baseline,
-    stage 2 with the cached catalogue). `auto` = full softmax there, the catalogue cache in stage 1.
+    stage 2 with the cached catalogue). `auto` = full softmax there, in-batch + logQ in stage 1.
     """
     defaults = LossConfig()
     if cfg.objective != "generative":
@@ -374,7 +374,8 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_
                           "and scored by cosine (the feature contract), so they are trained on cosine")
     negatives = cfg.negatives
     if negatives == "auto":
-        negatives = "full" if has_catalogue else "cache"
+        # stage 1: in-batch + logQ, measured best of the stage-1 objectives (BENCHMARKS.md, issue 17)
+        negatives = "full" if has_catalogue else "in_batch"
     if negatives == "full" and not has_catalogue:
         raise ConfigError("loss.negatives: 'full' needs every item's embedding each step, and stage 1 "
                           "trains the Item LLM (the catalogue cannot be re-encoded per step): use 'cache', "
