@@ -92,9 +92,9 @@ def markdown(doc: dict) -> str:
                   "|---|---|---|---|---|"]
         for name, r in doc["runs"].items():
             test = r.get("test") or {}
+            cells = [f"{test[m]:.4f}" if m in test else "-" for m in ("ndcg@10", "recall@10")]
             lines.append(f"| {name} | {' '.join(f'{v:.4f}' for v in r['valid_ndcg@10_by_epoch'])} | "
-                         f"{r['best_epoch'] if r['best_epoch'] is not None else '(stopped)'} | "
-                         f"{test.get('ndcg@10', float('nan')):.4f} | {test.get('recall@10', float('nan')):.4f} |")
+                         f"{r['best_epoch'] if r['best_epoch'] is not None else '(stopped)'} | {' | '.join(cells)} |")
         lines += ["", f"Command: `{doc['runs_command']}`; load average at collection "
                       f"{', '.join(f'{v:.1f}' for v in doc['runs_loadavg'])}.", ""]
     if doc.get("gradients"):
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["gradients_command"] = "python -m benchmarks.stage1_objectives " + shlex.join(sys.argv[1:] if argv is None else argv)
         doc["gradients_loadavg"] = list(os.getloadavg())
     elif args.cmd == "curves":
-        doc["runs"] = {spec.split("=", 1)[0]: curve(Path(spec.split("=", 1)[1])) for spec in args.run}
+        # the folder is after the last "=" (a name may hold one, a run folder of this project does not)
+        doc["runs"] = {spec.rsplit("=", 1)[0]: curve(Path(spec.rsplit("=", 1)[1])) for spec in args.run}
         doc["runs_command"], doc["runs_note"], doc["runs_loadavg"] = args.command, args.note, list(os.getloadavg())
     else:
         print(markdown(doc))
