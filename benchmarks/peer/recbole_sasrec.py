@@ -150,6 +150,8 @@ def main() -> None:
                     help="no training: rank by training-set popularity through the same evaluation hook "
                          "(the project's harness gives ML-100K test NDCG@10 0.0432, Recall@10 0.0838)")
     args = ap.parse_args()
+    # absolute before the chdir below: the defaults (and run_peer.sh's PEER_ROOT) are relative paths
+    args.data, args.work, args.out = (str(Path(p).resolve()) for p in (args.data, args.work, args.out))
 
     load_start = os.getloadavg()
     wall_start = time.time()
