@@ -45,21 +45,16 @@ def step_gradients(config: str, overrides: dict, users: int = 32, top: int = 4) 
 
     from feature_gen.config import load_config
     from feature_gen.data.sequences import leave_one_out, load_interaction_data
-    from feature_gen.model.losses import GenerativeObjective, check_objective
-    from trainer.loop import _Windows
+    from trainer.loop import generative_examples
     from trainer.train import build_recommender
 
-    cfg = load_config(config, {"train.stage": 1, **overrides})
+    # the loop's own set-up (users, counts, objective), on each user's latest window
+    cfg = load_config(config, {"train.stage": 1, "train.windows": "last", **overrides})
     torch.manual_seed(cfg.seed)
     data = load_interaction_data(cfg.data, cfg.item_text)
     split = leave_one_out(data)
     rec, _, _ = build_recommender(cfg, data)
-    pairs = [(s, t) for s, t in zip(split.train, split.train_timestamps) if len(s) >= 2]
-    seqs, tss = [s for s, _ in pairs], [t for _, t in pairs]
-    counts = np.bincount(np.concatenate(seqs).astype(np.int64), minlength=data.num_items + 1)
-    negatives = check_objective(cfg.loss, has_catalogue=False, num_items=data.num_items)
-    rec.set_objective(GenerativeObjective(cfg.loss, negatives, counts, cfg.seed))
-    windows = _Windows(seqs, tss, cfg.train.stage1_max_seq_len, "last", cfg.seed)
+    windows, _ = generative_examples(rec, split, data.num_items, cfg, cfg.train.stage1_max_seq_len)
     rec.train()
     out = rec.training_step(windows.batch(np.arange(users), 0), 0)
     out.loss.backward()

@@ -178,6 +178,36 @@ def training_users(num_users: int, seed: int, fraction: float) -> np.ndarray:
     return np.sort(keep)
 
 
+def generative_examples(recommender: Recommender, split: LeaveOneOutSplit, num_items: int, cfg: HLLMConfig,
+                        max_seq_len: int, never_sample: np.ndarray | None = None
+                        ) -> tuple[GenerativeWindows, GenerativeObjective]:
+    """Set `recommender`'s next-item objective from `cfg.loss` and return (its training windows, that
+    objective; `objective.negatives` is the negatives mode in force, e.g. "in_batch").
+
+    The one place the generative set-up lives (the training loop and benchmarks/stage1_objectives.py
+    call it): the users trained on (`train.train_user_fraction`, users with >= 2 training items), the
+    popularity counts the logQ correction reads (each item's count in those histories, index 0 =
+    padding), the windows (`train.windows`, `train.window_stride`), and `never_sample` (item indices
+    never drawn as negatives). Raises ConfigError naming the `loss.*` field the model cannot honour."""
+    t_cfg = cfg.train
+    trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
+    chosen = training_users(len(trainable_users), cfg.seed, t_cfg.train_user_fraction)
+    seqs = [split.train[trainable_users[i]] for i in chosen]
+    tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
+    counts = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *seqs]).astype(np.int64), minlength=num_items + 1)
+    trained = None
+    if t_cfg.windows == "all":
+        stride = min(t_cfg.window_stride or max_seq_len, max_seq_len)  # stage 1 trains shorter windows
+        seqs, tss, trained = history_windows(seqs, tss, max_seq_len, stride)
+    never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
+    negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
+                                id_model=t_cfg.model == "sasrec")
+    objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
+    recommender.set_objective(objective)
+    # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
+    return GenerativeWindows(seqs, tss, max_seq_len, t_cfg.windows, cfg.seed, trained), objective
+
+
 def train(
     recommender: Recommender,
     split: LeaveOneOutSplit,
@@ -211,25 +241,10 @@ def train(
     torch.manual_seed(cfg.seed)
 
     selection = selection or RankingSelection(split, cfg)
-    objective, negatives = None, None  # a recommender given its own `examples` owns its objective
+    objective = None  # a recommender given its own `examples` owns its objective
     if examples is None:
-        trainable_users = [u for u in range(len(split.train)) if len(split.train[u]) >= 2]
-        chosen = training_users(len(trainable_users), cfg.seed, t_cfg.train_user_fraction)
-        seqs = [split.train[trainable_users[i]] for i in chosen]
-        tss = [split.train_timestamps[trainable_users[i]] for i in chosen]
-        # popularity (sampled / in-batch logQ): each item's count in the histories trained on
-        counts = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *seqs]).astype(np.int64), minlength=num_items + 1)
-        trained = None
-        if t_cfg.windows == "all":
-            stride = min(t_cfg.window_stride or max_seq_len, max_seq_len)  # stage 1 trains shorter windows
-            seqs, tss, trained = history_windows(seqs, tss, max_seq_len, stride)
-        # one training example per window; training_windows keeps each example's last max_seq_len + 1 items
-        never = torch.as_tensor(never_sample if never_sample is not None else [], dtype=torch.long)
-        negatives = check_objective(cfg.loss, has_catalogue=recommender.has_catalogue(), num_items=num_items,
-                                    id_model=cfg.train.model == "sasrec")
-        objective = GenerativeObjective(cfg.loss, negatives, counts, cfg.seed, never)
-        recommender.set_objective(objective)
-        examples = _Windows(seqs, tss, max_seq_len, t_cfg.windows, cfg.seed, trained)
+        examples, objective = generative_examples(recommender, split, num_items, cfg, max_seq_len, never_sample)
+    negatives = objective.negatives if objective is not None else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     micro_batches_per_epoch = math.ceil(math.ceil(len(examples) / world) / t_cfg.batch_size)
     accumulation = build_deepspeed_config(cfg, 1, world)["gradient_accumulation_steps"]  # the trainer's or the JSON's
@@ -406,8 +421,9 @@ def train(
     return TrainResult(run_dir=run_dir, state=state, valid=valid, test=test, throughput=throughput)
 
 
-class _Windows:
-    """The generative batches: windows of the training sequences (`train.windows`), one example each."""
+class GenerativeWindows:
+    """The generative batches: windows of the training sequences (`train.windows`: last | random | all),
+    one example each; `batch(rows, epoch)` gives `training_windows` of those rows (a `TrainingExamples`)."""
 
     def __init__(self, seqs, tss, max_seq_len: int, mode: str, seed: int, trained: list[int] | None = None):
         self.seqs, self.tss, self.max_seq_len, self.mode, self.seed = seqs, tss, max_seq_len, mode, seed
