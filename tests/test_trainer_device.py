@@ -29,7 +29,7 @@ import yaml
 from feature_gen.config import ConfigError
 from feature_gen.data.sequences import TrainingBatch, leave_one_out, load_interaction_data, training_windows
 from feature_gen.model.bundle import load_bundle
-from feature_gen.model.losses import GenerativeObjective, check_objective
+from feature_gen.model.losses import GenerativeObjective
 from tests.toys import agree_with_bundle, losses, toy_config
 from trainer.deepspeed_setup import build_deepspeed_config, use_bf16
 from trainer.train import build_recommender
@@ -85,13 +85,14 @@ def test_objective_to_places_what_it_hands_the_model():
     assert objective.sampler.sample(5, 7).tolist() == cpu.extra_ids(7).tolist()
 
 
-def _recommender(cfg, sasrec: bool):
+def _recommender(cfg):
+    """The recommender of `cfg` with the training loop's own objective set-up (generative_examples)."""
+    from trainer.loop import generative_examples
+
     data = load_interaction_data(cfg.data, cfg.item_text)
     split = leave_one_out(data)
     rec, _, _ = build_recommender(cfg, data)
-    counts = np.bincount(np.concatenate(split.train), minlength=data.num_items + 1)
-    negatives = check_objective(cfg.loss, has_catalogue=rec.has_catalogue(), num_items=data.num_items, id_model=sasrec)
-    rec.set_objective(GenerativeObjective(cfg.loss, negatives, counts, cfg.seed))
+    generative_examples(rec, split, data.num_items, cfg, cfg.data.max_seq_len)
     return rec, split
 
 
@@ -108,7 +109,7 @@ def test_a_step_makes_every_tensor_on_the_model_device(tmp_path, tiny_bundle, ca
         cfg = agree_with_bundle(toy_config(tmp_path, stage=2, text_plus_id="text_plus_id" in case), tiny_bundle)
         loss = {"negatives": "sampled", "num_negatives": 8, "logq_correction": True} if "sampled" in case else {}
         cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss)})
-    rec, split = _recommender(cfg, sasrec=case.startswith("sasrec"))
+    rec, split = _recommender(cfg)
     handles = place_checks(rec)
     batch = training_windows(split.train[:6], split.train_timestamps[:6], 8)
     with torch.device("meta"):
@@ -120,6 +121,29 @@ def test_a_step_makes_every_tensor_on_the_model_device(tmp_path, tiny_bundle, ca
     assert out.loss.item() == pytest.approx(rec.training_step(batch, step=3).loss.item(), rel=1e-6)
     out.loss.backward()
     assert any(p.grad is not None for p in rec.user_model.parameters())
+
+
+@pytest.mark.parametrize("cache_targets", ["cached", "fresh"])
+def test_a_cached_target_cache_encodes_only_the_steps_inputs(tmp_path, cache_targets):
+    """Stage 1, negatives: cache. With cached targets the positives are cache rows, so the step runs the
+    Item LLM on its inputs only (a target that is not an input costs nothing); with fresh targets it
+    encodes them too. Either way the loss trains the Item LLM (through the User LLM's inputs)."""
+    cfg = toy_config(tmp_path, windows="last")
+    cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"negatives": "cache", "cache_targets": cache_targets})})
+    rec, split = _recommender(cfg)
+    batch = training_windows(split.train[:2], split.train_timestamps[:2], 3)  # short: targets beyond the inputs
+    rec.objective.refresh(0, rec._table_for_cache)  # fill the cache first: its pass encodes the whole catalogue
+    encoded = []
+    original = rec.encode_items
+    rec.encode_items = lambda ids: (encoded.append(ids.clone()), original(ids))[1]
+    out = rec.training_step(batch, step=1)
+    inputs = set(batch.inputs.item_ids[batch.inputs.item_ids > 0].tolist())
+    targets = set(batch.targets[batch.targets > 0].tolist())
+    assert targets - inputs, "the toy batch must have a target that is not an input"
+    assert set(torch.cat(encoded).tolist()) == (inputs if cache_targets == "cached" else inputs | targets)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in rec.hllm.item_llm.parameters())
 
 
 def test_the_real_loop_places_every_batch_and_module_input(tmp_path, monkeypatch):

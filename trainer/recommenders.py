@@ -90,8 +90,11 @@ class _SequenceStep:
         self.objective.to(self.device)  # follows the model (a no-op after the first step)
         self.objective.refresh(step, self._table_for_cache)  # stage 1's cache, before this step's graph
         extra = self.objective.extra_ids(step)
-        # Encode each distinct item once per step, whatever its role (input, target, negative).
-        unique, inverse = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), extra]), return_inverse=True)
+        # Encode each distinct item once per step, whatever its role (input, target, negative); targets
+        # only where the objective scores them fresh (a cached-target cache scores them as cache rows).
+        fresh_targets = self.objective.encodes_targets
+        pool = [inputs.flatten(), targets.flatten(), extra] if fresh_targets else [inputs.flatten(), extra]
+        unique, inverse = torch.unique(torch.cat(pool), return_inverse=True)
         real = unique > 0
         encoded = self.encode_items(unique[real])  # [M, D]
         dtype = next(p for p in self.parameters() if p.requires_grad).dtype
@@ -105,7 +108,8 @@ class _SequenceStep:
         )
         return _EncodedStep(
             item_embs=emb[inverse[:n_in]].view(*inputs.shape, -1),
-            target_embs=self.objective.target_rows(targets, emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1)),
+            target_embs=(emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1) if fresh_targets
+                         else self.objective.target_rows(targets, None).to(device=emb.device, dtype=emb.dtype)),
             target_mask=target_mask, input_mask=mask.bool(), candidates=candidates, real_ids=unique[real],
         )
 

@@ -288,15 +288,26 @@ class GenerativeObjective:
         if self.cache is not None:
             self.cache.get(step, item_table)
 
-    def target_rows(self, target_ids: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-        """The embeddings positives are scored as: `fresh` [..., D] (the step's encodings, with
-        gradient), or under `negatives: cache` + `cache_targets: cached` the cache's rows of
-        `target_ids` [...] (no gradient; padding id 0 is the cache's zero row)."""
-        if self.cache is None or self.cfg.cache_targets != "cached":
+    @property
+    def encodes_targets(self) -> bool:
+        """Whether positives are the step's fresh encodings, so the step must encode its targets. False
+        under `negatives: cache` + `cache_targets: cached`: positives are cache rows, and a target that
+        is not also an input need not go through the Item LLM at all."""
+        return self.cache is None or self.cfg.cache_targets != "cached"
+
+    def target_rows(self, target_ids: torch.Tensor, fresh: torch.Tensor | None) -> torch.Tensor:
+        """The embeddings positives are scored as [..., D] for `target_ids` [...]: `fresh` (the step's
+        encodings, with gradient) where `encodes_targets`, else the cache's rows (no gradient; padding
+        id 0 is the cache's zero row; `fresh` may then be None, and the rows keep the cache's dtype and
+        device unless `fresh` gives others). ValueError: `fresh` is None where it is needed."""
+        if self.encodes_targets:
+            if fresh is None:
+                raise ValueError(f"target_rows(): negatives {self.negatives!r} scores positives as fresh encodings; none given")
             return fresh
         if self.cache.table is None:
             raise RuntimeError("target_rows() before the catalogue cache was filled (refresh() first)")
-        return self.cache.table.to(device=fresh.device, dtype=fresh.dtype)[target_ids]
+        table = self.cache.table if fresh is None else self.cache.table.to(device=fresh.device, dtype=fresh.dtype)
+        return table[target_ids]
 
     def extra_ids(self, step: int) -> torch.Tensor:
         if self.negatives == "sampled":
@@ -329,7 +340,8 @@ class GenerativeObjective:
             if item_table is not None:
                 self.refresh(step, item_table)
             if self.cfg.cache_targets == "cached":
-                table = self.cache.table.detach().to(device=batch_embs.device, dtype=batch_embs.dtype)
+                # already without gradient; .to: a table restored from a checkpoint sits on the CPU
+                table = self.cache.table.to(device=self.device, dtype=batch_embs.dtype)
             else:
                 table = CatalogueCache.with_fresh_rows(self.cache.table, batch_ids, batch_embs)
             ids = self.allowed.nonzero().squeeze(1)
