@@ -1,5 +1,8 @@
 """Quality results as JSON, and BENCHMARKS.md's quality tables printed from them.
 
+    # a table comparing rows already collected in other files, beside new runs (--row-from, repeatable)
+    python -m benchmarks.render_quality collect --suite warm --dataset ml-100k \
+        --row-from "sasrec-peer-ml-100k:sasrec (RecBole layout, ...)=sasrec" --run hllm-frozen=DIR --command "..."
     # collect finished runs (each a trainer run folder with result.json + metrics.jsonl) into one file
     python -m benchmarks.render_quality collect --suite sasrec-peer --dataset ml-100k \
         --run sasrec=runs/q/sasrec-s0,runs/q/sasrec-s1 --peer outputs/peer/results --command "..."
@@ -89,12 +92,30 @@ def _merge_row(runs: dict, name: str, new: list[dict]) -> None:
     runs[name] = summarise(sorted(kept + new, key=lambda r: (r["seed"] is None, r["seed"])))
 
 
+def _row_from(spec: str) -> tuple[str, dict]:
+    """`SUITE-DATASET:ROW[=NAME]` -> (NAME or ROW, that row of results/quality-SUITE-DATASET.json as it
+    stands, marked with where it came from): a comparison table quoting runs collected elsewhere, whose
+    folders may be gone. SystemExit naming the file or the row when either is missing."""
+    source, _, rest = spec.partition(":")
+    row, _, name = rest.partition("=")
+    path = RESULTS / f"quality-{source}.json"
+    if not path.is_file() or not row:
+        raise SystemExit(f"--row-from {spec!r}: expected SUITE-DATASET:ROW[=NAME] with {path.name} in {RESULTS}")
+    runs = json.loads(path.read_text())["runs"]
+    if row not in runs:
+        raise SystemExit(f"--row-from {spec!r}: no row {row!r} in {path.name} (rows: {', '.join(runs)})")
+    return name or row, {**runs[row], "from": f"{path.name}: {row}"}
+
+
 def collect(args) -> Path:
     path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
     previous = json.loads(path.read_text()) if args.merge and path.is_file() else None
     # --merge: the file's rows stay as collected then (their run folders may be gone, e.g. on a new
     # machine); a seed collected again replaces that seed's run in its row, other seeds stay
     runs = dict(previous["runs"]) if previous else {}
+    for spec in args.row_from:  # quoted rows first: the baselines a comparison starts from
+        name, row = _row_from(spec)
+        runs[name] = row
     for spec in args.run:
         name, folders = spec.split("=", 1)
         found = [trainer_run(Path(f)) for f in folders.split(",") if (Path(f) / "result.json").is_file()]
@@ -168,6 +189,8 @@ def main(argv=None) -> int:
     c.add_argument("--peer", help="folder of the peer's <dataset>-seed<N>.json results")
     c.add_argument("--peer-partial", action="append", default=[], metavar="JSON",
                    help="a peer result written by recbole_sasrec.py --resume --epochs N on a run still training")
+    c.add_argument("--row-from", action="append", default=[], metavar="SUITE-DATASET:ROW[=NAME]",
+                   help="copy a row of another results file (e.g. two-stage-ml-100k:hllm-stage1-24-epochs=hllm)")
     c.add_argument("--merge", action="store_true",
                    help="keep the runs already in the results file: a seed collected again replaces that seed's run "
                         "in its row, a peer's final result replaces its evaluations in mid-run")

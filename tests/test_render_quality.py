@@ -86,3 +86,18 @@ def test_without_merge_the_file_holds_only_what_was_collected(results):
     _collect("--peer-partial", str(_peer_result(results / "a.json", 1, 0.11)))
     fresh = _collect("--peer-partial", str(_peer_result(results / "b.json", 2, 0.09)))
     assert [r["seeds"] for r in fresh["runs"].values()] == [[2]]
+
+
+def test_row_from_quotes_another_files_row_under_a_new_name(results):
+    _collect("--run", f"m={_trainer_run(results / 'r0', 0, 0.10)},{_trainer_run(results / 'r1', 1, 0.30)}")
+    render_quality.main(["collect", "--suite", "warm", "--dataset", "d", "--command", "python -m trainer.train",
+                         "--row-from", "s-d:m=baseline", "--run", f"new={_trainer_run(results / 'r2', 0, 0.5)}"])
+    warm = json.loads((render_quality.RESULTS / "quality-warm-d.json").read_text())
+    assert list(warm["runs"]) == ["baseline", "new"]  # quoted rows (the baselines) first
+    assert warm["runs"]["baseline"]["seeds"] == [0, 1]
+    assert warm["runs"]["baseline"]["mean"]["ndcg@10"] == pytest.approx(0.20)
+    assert warm["runs"]["baseline"]["from"] == "quality-s-d.json: m"
+    with pytest.raises(SystemExit, match=r"no row 'typo' in quality-s-d.json \(rows: m\)"):
+        _collect("--row-from", "s-d:typo")
+    with pytest.raises(SystemExit, match=r"quality-nope.json"):
+        _collect("--row-from", "nope:m")
