@@ -179,22 +179,20 @@ def truncate_layers(model: nn.Module, keep: int) -> nn.Module:
     raise ConfigError(f"keep_layers: do not know where the layers of {type(model).__name__} are")
 
 
-def dropout_overrides(folder: Path, rate: float | None) -> dict[str, float]:
-    """Config attributes of the checkpoint in `folder` that are dropout rates (`*dropout*`, `*pdrop`,
-    floats; e.g. BERT's hidden_dropout_prob and attention_probs_dropout_prob, Llama's attention_dropout)
-    mapped to `rate`, as keyword overrides for `from_pretrained`; {} when `rate` is None."""
-    if rate is None:
-        return {}
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder).to_dict()
-    return {name: float(rate) for name, value in config.items()
-            if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float)}
+def set_dropout(config, rate: float | None):
+    """Set every dropout rate of a transformers `config` (attributes named `*dropout*` or `*pdrop`
+    holding floats; e.g. BERT's hidden_dropout_prob and attention_probs_dropout_prob, Llama's
+    attention_dropout) to `rate`, in place; unchanged when `rate` is None. Returns `config`."""
+    if rate is not None:
+        for name, value in config.to_dict().items():
+            if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+                setattr(config, name, float(rate))
+    return config
 
 
 def load_backbone(cfg: BaseModelConfig, *, with_tokenizer: bool = True) -> Backbone:
     """Load the base transformer (no LM head) described by `cfg`, plus its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     dtype = _DTYPES[cfg.dtype]
     if cfg.source == "tiny_random":
@@ -203,7 +201,8 @@ def load_backbone(cfg: BaseModelConfig, *, with_tokenizer: bool = True) -> Backb
         description = f"tiny_random(hidden={cfg.tiny.hidden_size}, layers={cfg.tiny.num_layers}, seed={cfg.tiny.seed})"
     else:
         folder = _model_folder(cfg)
-        model = AutoModel.from_pretrained(folder, dtype=dtype, **dropout_overrides(folder, cfg.backbone_dropout))
+        config = set_dropout(AutoConfig.from_pretrained(folder), cfg.backbone_dropout)  # read once, passed on
+        model = AutoModel.from_pretrained(folder, config=config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder) if with_tokenizer else None
         description = f"{cfg.source}:{cfg.gguf_file or folder}"
     if cfg.keep_layers is not None:
