@@ -162,6 +162,9 @@ def table(doc: dict) -> str:
         cells += [f"{r['mean']['positions_per_s']:.0f}", f"{r['mean']['train_seconds_to_best']:.0f}"]
         lines.append(f"| {name} | {', '.join(str(s) for s in r['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{doc['command']}`; load average at collection {', '.join(f'{v:.1f}' for v in doc['loadavg'])}."]
+    quoted = [f"{name} <- {r['from']}" for name, r in doc["runs"].items() if r.get("from")]
+    if quoted:
+        lines.append("Rows quoted from other result files (their commands are there): " + "; ".join(quoted) + ".")
     peer = [r for r in doc["runs"].values() if any(x.get("command") for x in r["runs"])]
     for r in peer:
         lines.append(f"Peer command: `{r['runs'][0]['command']}` (per seed).")

@@ -97,6 +97,7 @@ def test_row_from_quotes_another_files_row_under_a_new_name(results):
     assert warm["runs"]["baseline"]["seeds"] == [0, 1]
     assert warm["runs"]["baseline"]["mean"]["ndcg@10"] == pytest.approx(0.20)
     assert warm["runs"]["baseline"]["from"] == "quality-s-d.json: m"
+    assert "baseline <- quality-s-d.json: m" in render_quality.DOC.read_text()  # the table says where it came from
     with pytest.raises(SystemExit, match=r"no row 'typo' in quality-s-d.json \(rows: m\)"):
         _collect("--row-from", "s-d:typo")
     with pytest.raises(SystemExit, match=r"quality-nope.json"):
