@@ -102,3 +102,9 @@ def test_row_from_quotes_another_files_row_under_a_new_name(results):
         _collect("--row-from", "s-d:typo")
     with pytest.raises(SystemExit, match=r"quality-nope.json"):
         _collect("--row-from", "nope:m")
+
+
+def test_a_command_a_reader_cannot_run_is_refused_at_collection(results):
+    with pytest.raises(SystemExit, match="start with the python command"):
+        render_quality.main(["collect", "--suite", "s", "--dataset", "d", "--command", "hllm quality --suite warm"])
+    assert not (render_quality.RESULTS / "quality-s-d.json").exists()
