@@ -28,6 +28,7 @@ REUSE_STAGE1 = ("reuse", "hllm")
 STAGE2 = {"train.stage": 2, "train.windows": "all", "train.epochs": 6, "train.lr": 3e-4,
           "train.eval_every_epochs": 1, "train.batch_size": 64}
 STAGE1 = ("configs/quality_hllm.yaml", {})
+TO_CONVERGENCE = {"train.epochs": 20, "train.early_stopping_patience": 3}  # the warm suite's frozen runs
 RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
@@ -66,11 +67,10 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # The warm suite's frozen runs train to convergence, not the demo's 6 epochs: on latest-small
     # validation was still rising at the demo's last epoch (0.0513 at epoch 5). 20 epochs with the cosine
     # schedule stretched, stopped after 3 without a better validation NDCG@10.
-    "hllm-frozen-adapter-long": [("configs/demo_e2e.yaml", {"train.epochs": 20, "train.early_stopping_patience": 3})],
+    "hllm-frozen-adapter-long": [("configs/demo_e2e.yaml", TO_CONVERGENCE)],
     # the same with a trainable ID embedding added to each item's text embedding (the strongest HLLM
     # on ML-100K so far: seed 0 test NDCG@10 0.0969 at 10 epochs)
-    "hllm-frozen-adapter-id": [("configs/demo_e2e.yaml", {"train.text_plus_id": True, "train.epochs": 20,
-                                                          "train.early_stopping_patience": 3})],
+    "hllm-frozen-adapter-id": [("configs/demo_e2e.yaml", {**TO_CONVERGENCE, "train.text_plus_id": True})],
     "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
                         ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
