@@ -7,9 +7,16 @@ strings), so `benchmarks/sections.py` and `render_quality.py` read every file th
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Callable
+
+
+# How every printed table's "Command:" starts: the python command a reader can run as is (after it, how it
+# was launched, e.g. `hllm quality`). render_quality.py refuses another at collection;
+# tests/test_benchmark_sections.py checks every printed section against it.
+RUNNABLE_COMMAND = re.compile(r"(\.venv/bin/)?python (-m benchmarks\.|benchmarks/|-m trainer)")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, *, who: str = "benchmark",

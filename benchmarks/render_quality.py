@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import RUNNABLE_COMMAND
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 DOC = REPO / "BENCHMARKS.md"
@@ -107,14 +109,10 @@ def _row_from(spec: str) -> tuple[str, dict]:
     return name or row, {**runs[row], "from": f"{path.name}: {row}"}
 
 
-# a table's command must be one a reader can run as is (tests/test_benchmark_sections.py checks the printed form)
-COMMAND = re.compile(r"(\.venv/bin/)?python (-m benchmarks\.|benchmarks/|-m trainer)")
-
-
 def collect(args) -> Path:
-    if not COMMAND.match(args.command):
+    if not RUNNABLE_COMMAND.match(args.command):  # a table's command is one a reader can run as is
         raise SystemExit(f"--command {args.command[:60]!r}...: start with the python command that trained the runs "
-                         f"(pattern {COMMAND.pattern}); say how it was launched (e.g. hllm quality) after it")
+                         f"(pattern {RUNNABLE_COMMAND.pattern}); say how it was launched (e.g. hllm quality) after it")
     path = RESULTS / f"quality-{args.suite}-{args.dataset}.json"
     previous = json.loads(path.read_text()) if args.merge and path.is_file() else None
     # --merge: the file's rows stay as collected then (their run folders may be gone, e.g. on a new

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import RUNNABLE_COMMAND
 from benchmarks.sections import RESULTS_DIR, section
 
 RESULT_FILES = sorted(p.stem for p in Path(RESULTS_DIR).glob("*.json"))
@@ -17,4 +18,4 @@ RESULT_FILES = sorted(p.stem for p in Path(RESULTS_DIR).glob("*.json"))
 def test_results_print_as_a_table_with_load_and_command(name):
     text = section(name)
     assert "\n| " in "\n" + text and "|---|" in text  # a markdown table (a heading or note may come first)
-    assert "load av" in text and re.search(r"Command: `(\.venv/bin/)?python (-m benchmarks\.|benchmarks/|-m trainer)", text), text
+    assert "load av" in text and re.search("Command: `" + RUNNABLE_COMMAND.pattern, text), text
