@@ -350,7 +350,7 @@ def test_cache_objective_scores_positives_and_candidates_as_cache_rows_by_defaul
     fresh = torch.randn(2, 4, requires_grad=True)
     obj.refresh(0, lambda: stale)
     targets = torch.tensor([[3, 0], [6, 3]])  # 0 = padding
-    positives = obj.target_rows(targets, fresh[torch.tensor([[0, 0], [1, 0]])])
+    positives = obj.cached_target_rows(targets)
     torch.testing.assert_close(positives, stale[targets])
     assert not positives.requires_grad
     cands = obj.candidates(0, torch.tensor([3, 6]), fresh, torch.tensor([3, 6]), obj.extra_ids(0),
@@ -360,10 +360,13 @@ def test_cache_objective_scores_positives_and_candidates_as_cache_rows_by_defaul
     pred = torch.randn(2, 4, requires_grad=True)
     obj.loss(pred, positives[targets > 0][:2], torch.tensor([3, 6]), cands, torch.tensor(5.0)).loss.backward()
     assert fresh.grad is None and pred.grad.abs().sum() > 0
-    # other objectives score positives as the step's fresh encodings
-    same = fresh[torch.tensor([[0, 0], [1, 0]])]
-    assert _objective("in_batch").target_rows(targets, same) is same
-    assert _objective("cache", cache_targets="fresh").target_rows(targets, same) is same
+    # other objectives score positives as the step's fresh encodings: asking them for cache rows is a bug
+    for other in (_objective("in_batch"), _objective("cache", cache_targets="fresh")):
+        assert other.encodes_targets
+        with pytest.raises(RuntimeError, match="fresh encodings"):
+            other.cached_target_rows(targets)
+    with pytest.raises(RuntimeError, match="refresh"):
+        _objective("cache").cached_target_rows(targets)
 
 
 @pytest.mark.parametrize("loss,has_catalogue,field", [

@@ -109,7 +109,7 @@ class _SequenceStep:
         return _EncodedStep(
             item_embs=emb[inverse[:n_in]].view(*inputs.shape, -1),
             target_embs=(emb[inverse[n_in : n_in + n_tg]].view(*targets.shape, -1) if fresh_targets
-                         else self.objective.target_rows(targets, None).to(device=emb.device, dtype=emb.dtype)),
+                         else self.objective.cached_target_rows(targets).to(device=emb.device, dtype=emb.dtype)),
             target_mask=target_mask, input_mask=mask.bool(), candidates=candidates, real_ids=unique[real],
         )
 

@@ -295,19 +295,17 @@ class GenerativeObjective:
         is not also an input need not go through the Item LLM at all."""
         return self.cache is None or self.cfg.cache_targets != "cached"
 
-    def target_rows(self, target_ids: torch.Tensor, fresh: torch.Tensor | None) -> torch.Tensor:
-        """The embeddings positives are scored as [..., D] for `target_ids` [...]: `fresh` (the step's
-        encodings, with gradient) where `encodes_targets`, else the cache's rows (no gradient; padding
-        id 0 is the cache's zero row; `fresh` may then be None, and the rows keep the cache's dtype and
-        device unless `fresh` gives others). ValueError: `fresh` is None where it is needed."""
+    def cached_target_rows(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """The cache's rows [..., D] for `target_ids` [...] (padding id 0 is the cache's zero row; no
+        gradient; the cache's dtype and device): how positives are scored where `encodes_targets` is
+        False. Where it is True the step's own encodings of its targets are the positives, and this
+        raises RuntimeError, as it does before the cache was filled (refresh() first)."""
         if self.encodes_targets:
-            if fresh is None:
-                raise ValueError(f"target_rows(): negatives {self.negatives!r} scores positives as fresh encodings; none given")
-            return fresh
+            raise RuntimeError(f"cached_target_rows(): negatives {self.negatives!r} with cache_targets "
+                               f"{self.cfg.cache_targets!r} scores positives as the step's fresh encodings")
         if self.cache.table is None:
-            raise RuntimeError("target_rows() before the catalogue cache was filled (refresh() first)")
-        table = self.cache.table if fresh is None else self.cache.table.to(device=fresh.device, dtype=fresh.dtype)
-        return table[target_ids]
+            raise RuntimeError("cached_target_rows() before the catalogue cache was filled (refresh() first)")
+        return self.cache.table[target_ids]
 
     def extra_ids(self, step: int) -> torch.Tensor:
         if self.negatives == "sampled":
