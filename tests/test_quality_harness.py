@@ -59,7 +59,7 @@ def test_runs_filter_lets_processes_share_a_suite(tmp_path, fake_training):
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["sasrec"])
     assert [c["stage"] for c in fake_training] == [1] and "sasrec" in fake_training[0]["out"]
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"])  # picks sasrec up
-    assert len(fake_training) == 5  # + HLLM stage 1 and 2 and the two one-stage frozen runs, sasrec not again
+    assert len(fake_training) == 6  # + HLLM stage 1 and 2 and the three one-stage frozen runs, sasrec not again
     table = (tmp_path / "quality-ml-100k-warm.md").read_text()
     assert "| sasrec | 0 |" in table and "| hllm | 0 |" in table  # the seed column names the seeds
 
@@ -83,7 +83,7 @@ def test_report_lists_stage1_of_two_stage_runs(tmp_path, fake_training):
 
 
 def test_an_unknown_run_name_is_refused_before_anything_runs(tmp_path, fake_training):
-    with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, hllm-frozen-adapter-id, hllm-frozen-adapter-long, sasrec\)"):
+    with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, hllm-frozen-adapter-id, hllm-frozen-adapter-id-dropout, hllm-frozen-adapter-long, sasrec\)"):
         quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm-typo"])
     assert fake_training == []
 
