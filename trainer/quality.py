@@ -75,6 +75,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # it the 2-layer User LLM (hidden 576) peaks on validation at epoch 2-3 and overfits after
     "hllm-frozen-adapter-id-dropout": [("configs/demo_e2e.yaml", {**TO_CONVERGENCE, "train.text_plus_id": True,
                                                                    "user_llm.dropout": 0.5})],
+    # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
+    # adds a learned ID embedding and SASRec's dropout 0.5 on the User LLM, trained to convergence
+    "hllm-stage1-24-epochs-stage2-id-dropout": [
+        ("reuse", "hllm-stage1-24-epochs"),
+        ("configs/quality_hllm.yaml", {**STAGE2, **TO_CONVERGENCE, "train.text_plus_id": True, "user_llm.dropout": 0.5})],
     "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
                         ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
@@ -83,7 +88,8 @@ SUITES = {
     "warm": ["sasrec", "hllm", "hllm-frozen-adapter-long", "hllm-frozen-adapter-id", "hllm-frozen-adapter-id-dropout"],
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
-                  "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs"],
+                  "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs",
+                  "hllm-stage1-24-epochs-stage2-id-dropout"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter"],
 }
