@@ -28,7 +28,11 @@ REUSE_STAGE1 = ("reuse", "hllm")
 STAGE2 = {"train.stage": 2, "train.windows": "all", "train.epochs": 6, "train.lr": 3e-4,
           "train.eval_every_epochs": 1, "train.batch_size": 64}
 STAGE1 = ("configs/quality_hllm.yaml", {})
-TO_CONVERGENCE = {"train.epochs": 20, "train.early_stopping_patience": 3}  # the warm suite's frozen runs
+TO_CONVERGENCE = {"train.epochs": 20, "train.early_stopping_patience": 3}  # runs trained until validation stops rising
+# what lifted HLLM past SASRec on ML-100K (BENCHMARKS.md): a learned ID row added to each item's text embedding,
+# and SASRec's dropout rate on the User LLM's inputs and outputs (without it the 2-layer User LLM, hidden 576,
+# peaks on validation at epoch 2-3 and overfits after)
+ID_AND_DROPOUT = {"train.text_plus_id": True, "user_llm.dropout": 0.5}
 RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
@@ -68,23 +72,20 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # validation was still rising at the demo's last epoch (0.0513 at epoch 5). 20 epochs with the cosine
     # schedule stretched, stopped after 3 without a better validation NDCG@10.
     "hllm-frozen-adapter-long": [("configs/demo_e2e.yaml", TO_CONVERGENCE)],
-    # the same with a trainable ID embedding added to each item's text embedding (the strongest HLLM
-    # on ML-100K so far: seed 0 test NDCG@10 0.0969 at 10 epochs)
+    # the same with a trainable ID embedding added to each item's text embedding
     "hllm-frozen-adapter-id": [("configs/demo_e2e.yaml", {**TO_CONVERGENCE, "train.text_plus_id": True})],
-    # the same with SASRec's dropout rate on the User LLM's inputs and outputs (user_llm.dropout 0.5): without
-    # it the 2-layer User LLM (hidden 576) peaks on validation at epoch 2-3 and overfits after
-    "hllm-frozen-adapter-id-dropout": [("configs/demo_e2e.yaml", {**TO_CONVERGENCE, "train.text_plus_id": True,
-                                                                   "user_llm.dropout": 0.5})],
+    # the same + user_llm.dropout 0.5: the strongest HLLM here
+    "hllm-frozen-adapter-id-dropout": [("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
-    # adds a learned ID embedding and SASRec's dropout 0.5 on the User LLM, trained to convergence
+    # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
         ("reuse", "hllm-stage1-24-epochs"),
-        ("configs/quality_hllm.yaml", {**STAGE2, **TO_CONVERGENCE, "train.text_plus_id": True, "user_llm.dropout": 0.5})],
+        ("configs/quality_hllm.yaml", {**STAGE2, **TO_CONVERGENCE, **ID_AND_DROPOUT})],
     "hllm-timestamps": [("configs/quality_hllm.yaml", {"user_llm.use_timestamps": True}),
                         ("configs/quality_hllm.yaml", {**STAGE2, "user_llm.use_timestamps": True})],
 }
 SUITES = {
-    # hllm: the paper's two stages; the frozen runs: the demo's model, without and with item IDs
+    # hllm: the paper's two stages; the frozen runs: the demo's model, without and with item IDs (and dropout)
     "warm": ["sasrec", "hllm", "hllm-frozen-adapter-long", "hllm-frozen-adapter-id", "hllm-frozen-adapter-id-dropout"],
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
