@@ -29,13 +29,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, *, wh
         time.sleep(poll_s)
 
 
-def write_result(result: dict, path: str | Path | None) -> Path | None:
-    """`result` as indented JSON at `path` (folders made); nothing when `path` is None."""
+def write_result(result: dict, path: str | Path | None, indent: int = 2) -> Path | None:
+    """`result` as JSON indented by `indent` spaces at `path` (folders made); nothing when `path` is None."""
     if path is None:
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(result, indent=indent, default=str) + "\n")
     return path
 
 

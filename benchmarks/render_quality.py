@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import RUNNABLE_COMMAND
+from benchmarks.harness import RUNNABLE_COMMAND, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -150,8 +150,8 @@ def collect(args) -> Path:
         command = f"{previous['command']}; then {command}"  # earlier rows keep their record
     doc = {"suite": args.suite, "dataset": args.dataset, "command": command, "note": note,
            "loadavg": list(os.getloadavg()), "runs": runs}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    # indent 1: the committed quality files' form since they were first written (2 would rewrite each one)
+    write_result(doc, path, indent=1)
     print(f"-> {path}")
     return path
 
