@@ -83,7 +83,7 @@ def test_report_lists_stage1_of_two_stage_runs(tmp_path, fake_training):
 
 
 def test_an_unknown_run_name_is_refused_before_anything_runs(tmp_path, fake_training):
-    with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, hllm-frozen-adapter-id, hllm-frozen-adapter-id-dropout, hllm-frozen-adapter-long, sasrec\)"):
+    with pytest.raises(ValueError, match=r"--runs: hllm-typo not in suite 'warm' \(its runs: hllm, hllm-frozen-adapter-id, hllm-frozen-adapter-id-dropout, hllm-frozen-adapter-id-dropout-stride10, hllm-frozen-adapter-long, sasrec\)"):
         quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["hllm-typo"])
     assert fake_training == []
 
