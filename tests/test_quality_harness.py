@@ -59,7 +59,7 @@ def test_runs_filter_lets_processes_share_a_suite(tmp_path, fake_training):
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], runs=["sasrec"])
     assert [c["stage"] for c in fake_training] == [1] and "sasrec" in fake_training[0]["out"]
     quality.run_quality("warm", seeds=[0], output=str(tmp_path), datasets=["ml-100k"])  # picks sasrec up
-    assert len(fake_training) == 6  # + HLLM stage 1 and 2 and the three one-stage frozen runs, sasrec not again
+    assert len(fake_training) == 7  # + HLLM stage 1 and 2 and the four one-stage frozen runs, sasrec not again
     table = (tmp_path / "quality-ml-100k-warm.md").read_text()
     assert "| sasrec | 0 |" in table and "| hllm | 0 |" in table  # the seed column names the seeds
 
