@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 PINS := requirements.lock requirements-data.txt pyproject.toml
 # torch first, from its CPU build; the constraint stops any other package from replacing it.
 TORCH_PIN := torch==2.13.0
+SETUP_MIN_FREE_KIB ?= 5242880
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -27,6 +28,9 @@ system-deps:
 
 $(STAMP): $(PINS)
 	@echo ">> creating $(VENV) and installing pinned dependencies (first run takes a few minutes)"
+	@# .venv is ~4.3 GiB installed (torch, TensorFlow, Spark, DeepSpeed): say so up front, not as pip's OSError halfway
+	@free_kib=$$(df -Pk . | awk 'NR==2 {print $$4}'); if [ "$$free_kib" -lt $(SETUP_MIN_FREE_KIB) ]; then \
+	  echo "make setup: .venv needs about 5 GiB free on the disk holding $$(pwd); df shows $$((free_kib / 1024)) MiB free" >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIN)
 	echo "$(TORCH_PIN)" > $(VENV)/torch-constraint.txt
