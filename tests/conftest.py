@@ -33,20 +33,29 @@ def tiny_cfg() -> HLLMConfig:
     return tiny_config()
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-    """A frozen tiny-random HLLM bundle (item hidden 64, user hidden 32, timestamps on): the input of
-    the Spark, streaming and export tests. Weights are random, so only equality checks make sense."""
+def build_tiny_bundle(folder, init_seed: int | None = None):
+    """A frozen tiny-random HLLM bundle (item hidden 64, user hidden 32, timestamps on) saved under
+    `folder`. `init_seed` fixes the torch RNG before the model is built; None leaves the weights the
+    Llamas' own seeds do not set (the user projection) to whatever RNG state the caller left."""
     from feature_gen.model.bundle import save_bundle
     from feature_gen.model.hllm import build_hllm
 
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
     cfg = tiny_config(user_llm={"use_timestamps": True}, data={"max_seq_len": 20})
     model, tok = build_hllm(cfg)
     torch.manual_seed(7)
     with torch.no_grad():
         model.item_llm.item_token.normal_()
         model.user_llm.time_embedding.weight.normal_(std=0.1)
-    return save_bundle(model.eval(), tok, cfg, tmp_path_factory.mktemp("bundles"), data_fingerprint="tiny")
+    return save_bundle(model.eval(), tok, cfg, folder, data_fingerprint="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """build_tiny_bundle's bundle: the input of the Spark, streaming and export tests. Weights are
+    random, so only equality checks make sense."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from feature_gen.config import ExportConfig
 from feature_gen.model.item_text import pad_token_ids
 from feature_gen.inference.onnx_runtime import load_onnx_encoders
 from feature_gen.model.user_llm import time_gap_buckets
+from tests.conftest import build_tiny_bundle
 
 
 def _copy(bundle, tmp_path_factory):
@@ -150,25 +151,9 @@ def test_a_first_export_that_fails_leaves_no_onnx_folder(tiny_bundle, tmp_path_f
 INT8_PASSING_INIT_SEED = 2
 
 
-def seeded_tiny_bundle(tmp_path_factory, seed: int):
-    """tiny_bundle's model (conftest) from a fixed torch seed, so its weights do not depend on test order."""
-    from feature_gen.model.bundle import save_bundle
-    from feature_gen.model.hllm import build_hllm
-    from tests.conftest import tiny_config
-
-    torch.manual_seed(seed)
-    cfg = tiny_config(user_llm={"use_timestamps": True}, data={"max_seq_len": 20})
-    model, tok = build_hllm(cfg)
-    torch.manual_seed(7)
-    with torch.no_grad():
-        model.item_llm.item_token.normal_()
-        model.user_llm.time_embedding.weight.normal_(std=0.1)
-    return save_bundle(model.eval(), tok, cfg, tmp_path_factory.mktemp("seeded"), data_fingerprint="tiny")
-
-
 @pytest.mark.parametrize("precision,marker", [("fp16", "float16"), ("int8", "MatMulInteger")])
 def test_fp16_and_int8_are_converted_and_their_error_recorded(tmp_path_factory, precision, marker):
-    path = seeded_tiny_bundle(tmp_path_factory, INT8_PASSING_INIT_SEED)
+    path = build_tiny_bundle(tmp_path_factory.mktemp("seeded"), init_seed=INT8_PASSING_INIT_SEED)
     report = export_bundle(path, precision=precision)
     manifest = verify_bundle(path)
     assert manifest["onnx"]["precision"] == precision
