@@ -30,7 +30,7 @@ $(STAMP): $(PINS)
 	@echo ">> creating $(VENV) and installing pinned dependencies (first run takes a few minutes)"
 	@# .venv is ~4.3 GiB installed (torch, TensorFlow, Spark, DeepSpeed): say so up front, not as pip's OSError halfway
 	@free_kib=$$(df -Pk . | awk 'NR==2 {print $$4}'); if [ "$$free_kib" -lt $(SETUP_MIN_FREE_KIB) ]; then \
-	  echo "make setup: .venv needs about 5 GiB free on the disk holding $$(pwd); df shows $$((free_kib / 1024)) MiB free" >&2; exit 1; fi
+	  echo "make setup: .venv needs $$(($(SETUP_MIN_FREE_KIB) / 1024)) MiB free (SETUP_MIN_FREE_KIB) on the disk holding $$(pwd); df shows $$((free_kib / 1024)) MiB free" >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIN)
 	echo "$(TORCH_PIN)" > $(VENV)/torch-constraint.txt

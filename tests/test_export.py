@@ -144,10 +144,10 @@ def test_a_first_export_that_fails_leaves_no_onnx_folder(tiny_bundle, tmp_path_f
 
 # Dynamic int8 quantises each MatMul's input with one scale per tensor, and on the tiny random user model
 # that costs a relative error of 0.17-0.39 depending on the initialisation (init seeds 0-7, measured
-# 2026-12-02): most inits fail the 0.2 bound, and the session-wide tiny_bundle's init depends on the torch
-# RNG state left by the tests before it (CI once saw 0.206). This test checks a conversion that succeeds,
-# so it builds its own bundle from a fixed init inside the bound (0.171); test_a_failed_parity_check_writes_nothing
-# checks the refusal.
+# 2026-12-02): most inits fail the 0.2 bound (the session-wide tiny_bundle's seed 0 among them; CI once saw
+# 0.206 when that fixture's init still depended on the tests before it). This test checks a conversion that
+# succeeds, so it builds its own bundle from an init inside the bound (0.171);
+# test_a_failed_parity_check_writes_nothing checks the refusal.
 INT8_PASSING_INIT_SEED = 2
 
 
