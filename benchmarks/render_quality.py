@@ -53,10 +53,13 @@ def trainer_run(folder: Path) -> dict:
     if seed is None:  # runs from before result.json carried it: the folder name does (`...-s0`, `seed0`)
         found = re.search(r"(?:seed|-s)(\d+)$", folder.name)
         seed = int(found.group(1)) if found else None
-    return {"folder": str(folder), "seed": seed, "best_epoch": result["best_epoch"],
-            "test": result["test"], "valid": result["valid"],
-            "positions_per_s": positions_per_s, "train_seconds": train_seconds,
-            "train_seconds_to_best": seconds_to_best, "epochs_run": max((r["epoch"] for r in trained), default=0) + 1}
+    run = {"folder": str(folder), "seed": seed, "best_epoch": result["best_epoch"],
+           "test": result["test"], "valid": result["valid"],
+           "positions_per_s": positions_per_s, "train_seconds": train_seconds,
+           "train_seconds_to_best": seconds_to_best, "epochs_run": max((r["epoch"] for r in trained), default=0) + 1}
+    if "chance" in result:  # the trainer writes it since the cold tables needed it (older runs lack it)
+        run["chance"], run["test_users"] = result["chance"]["test"], result["eval_users"]["test"]
+    return run
 
 
 def peer_run(path: Path) -> dict:
@@ -73,7 +76,20 @@ def summarise(runs: list[dict]) -> dict:
         values = np.array([r["test"][m] if m in r["test"] else r[m] for r in runs], dtype=float)
         out["mean"][m] = float(values.mean())
         out["sd"][m] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    if runs and all("chance" in r for r in runs):
+        out["chance"] = {m: float(np.mean([r["chance"][m] for r in runs])) for m in runs[0]["chance"]}
+        out["test_users"] = [r["test_users"] for r in runs]
     return out
+
+
+def chance_line(name: str, row: dict) -> str | None:
+    """`name`: chance Recall@K over the row's own test users (mean over seeds) and the row's multiple of it."""
+    if "chance" not in row:
+        return None
+    ks = [m for m in METRICS if m in row["chance"] and m.startswith("recall@")]
+    figures = "; ".join(f"{m} {row['chance'][m]:.4f} ({row['mean'][m] / row['chance'][m]:.1f} x)" for m in ks)
+    users = " / ".join(str(n) for n in row["test_users"])
+    return f"{name}: {figures}; test users {users}"
 
 
 PARTIAL = "recbole-sasrec (peer, seed {seed}, best of epochs 0-{last}, still training)"
@@ -167,6 +183,10 @@ def table(doc: dict) -> str:
         cells += [f"{r['mean']['positions_per_s']:.0f}", f"{r['mean']['train_seconds_to_best']:.0f}"]
         lines.append(f"| {name} | {', '.join(str(s) for s in r['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{doc['command']}`; load average at collection {', '.join(f'{v:.1f}' for v in doc['loadavg'])}."]
+    chance = [line for name, r in doc["runs"].items() if (line := chance_line(name, r))]
+    if chance:
+        lines.append("Chance (expected Recall@K of a random ranking over each row's test users, their seen items "
+                     "removed; mean over seeds; the row's multiple of it in brackets): " + " | ".join(chance) + ".")
     quoted = [f"{name} <- {r['from']}" for name, r in doc["runs"].items() if r.get("from")]
     if quoted:
         lines.append("Rows quoted from other result files (their commands are there): " + "; ".join(quoted) + ".")

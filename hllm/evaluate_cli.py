@@ -6,13 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
-from feature_gen.evaluation.metrics import chance_recall, chance_seen_sizes
-from feature_gen.evaluation.protocol import evaluate_vectors, seen_items
+from feature_gen.evaluation.protocol import chance_recalls, evaluate_vectors
 
 
 def content_item_table(cfg: HLLMConfig, items) -> torch.Tensor:
@@ -43,12 +41,10 @@ def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0, as_jso
     start = time.perf_counter()
     metrics = evaluate_vectors(users, items, eval_set, cfg, similarity)
     seconds = time.perf_counter() - start
-    # the target is not "seen" for chance even when the user consumed it before (repeat consumption)
-    seen_sizes = chance_seen_sizes(seen_items(eval_set), eval_set.targets)
-    chance = {k: chance_recall(k, data.num_items, seen_sizes) for k in cfg.eval.ks}
+    chance = chance_recalls(eval_set, data.num_items, cfg.eval.ks)
     result = {"source": cfg.data.source, "split": split, "scorer": scorer, "seed": seed, "users": metrics.num_users,
               "items": data.num_items, "metrics": {k: float(v) for k, v in metrics.values.items()},
-              "chance_recall": {f"recall@{k}": float(v) for k, v in chance.items()},
+              "chance_recall": chance,
               "seconds": round(seconds, 3)}
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -59,5 +55,5 @@ def run_evaluate(cfg: HLLMConfig, scorer: str, split: str, seed: int = 0, as_jso
     print(f"{cfg.data.source} {split} split, scorer={scorer}: {metrics.num_users} users x {data.num_items} items "
           f"({seconds:.2f} s)")
     print(metrics.format_table())
-    print("chance recall: " + "  ".join(f"@{k} {v:.4f}" for k, v in chance.items()))
+    print("chance recall: " + "  ".join(f"@{k.split('@')[1]} {v:.4f}" for k, v in chance.items()))
     return 0

@@ -36,12 +36,13 @@ def _collect(*extra: str) -> dict:
     return json.loads((render_quality.RESULTS / "quality-s-d.json").read_text())
 
 
-def _trainer_run(folder: Path, seed: int, ndcg: float) -> str:
+def _trainer_run(folder: Path, seed: int, ndcg: float, chance: dict | None = None, users: int = 0) -> str:
     folder.mkdir(parents=True)
     test = dict(METRICS, **{"ndcg@10": ndcg})
-    (folder / "result.json").write_text(json.dumps({
-        "seed": seed, "best_epoch": 1, "test": test, "valid": METRICS,
-        "history": [{"epoch": 1, "step": 2}]}))
+    result = {"seed": seed, "best_epoch": 1, "test": test, "valid": METRICS, "history": [{"epoch": 1, "step": 2}]}
+    if chance is not None:
+        result |= {"chance": {"valid": chance, "test": chance}, "eval_users": {"valid": 9, "test": users}}
+    (folder / "result.json").write_text(json.dumps(result))
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(
         {"step": i, "epoch": 0, "loss": 1.0, "seconds": 1.0, "positions": 10}) for i in (1, 2)) + "\n")
     return str(folder)
@@ -108,3 +109,18 @@ def test_a_command_a_reader_cannot_run_is_refused_at_collection(results):
     with pytest.raises(SystemExit, match="start with the python command"):
         render_quality.main(["collect", "--suite", "s", "--dataset", "d", "--command", "hllm quality --suite warm"])
     assert not (render_quality.RESULTS / "quality-s-d.json").exists()
+
+
+def test_a_row_carries_and_prints_the_chance_of_its_own_test_users(results):
+    """Cold-item splits change their test users with the seed: the table reads chance from each run."""
+    runs = ",".join([_trainer_run(results / "c0", 0, 0.1, {"recall@10": 0.01, "recall@50": 0.04}, users=133),
+                     _trainer_run(results / "c1", 1, 0.1, {"recall@10": 0.03, "recall@50": 0.06}, users=114)])
+    doc = _collect("--run", f"cold={runs}", "--run", f"old={_trainer_run(results / 'o0', 0, 0.1)}")
+    row = doc["runs"]["cold"]
+    assert row["chance"] == pytest.approx({"recall@10": 0.02, "recall@50": 0.05})
+    assert row["test_users"] == [133, 114]
+    assert "chance" not in doc["runs"]["old"]  # a run written before result.json carried chance
+    text = (results / "BENCHMARKS.md").read_text()
+    # METRICS are 0.1 everywhere: recall@10 is 5 x its chance 0.02, recall@50 2 x 0.05
+    assert "cold: recall@10 0.0200 (5.0 x); recall@50 0.0500 (2.0 x); test users 133 / 114" in text
+    assert "| old:" not in text and "): old:" not in text

@@ -14,6 +14,8 @@ import torch
 
 from feature_gen.model.bundle import load_bundle
 from feature_gen.config import ConfigError
+from feature_gen.data.sequences import leave_one_out, load_interaction_data
+from feature_gen.evaluation.protocol import chance_recalls
 from feature_gen.inference.encoders import embed_catalogue
 from trainer.loop import TrainingDiverged
 from trainer.train import build_recommender, run_training
@@ -31,6 +33,14 @@ def test_sasrec_learns_the_toy_cycle(tmp_path):
     first, last = np.mean([curve[s] for s in sorted(curve)[:3]]), np.mean([curve[s] for s in sorted(curve)[-3:]])
     assert last < 0.5 * first
     assert result.test["recall@5"] > 0.5  # the cycle is learnable; chance is ~5/20
+    # result.json carries the chance floor of the very users each metric was computed on
+    written = json.loads((result.run_dir / "result.json").read_text())
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    split = leave_one_out(data)
+    for which in ("valid", "test"):
+        assert written["eval_users"][which] == len(getattr(split, which).targets)
+        assert written["chance"][which] == pytest.approx(chance_recalls(getattr(split, which), data.num_items, [1, 5, 10]))
+    assert 0.0 < written["chance"]["test"]["recall@1"] < written["chance"]["test"]["recall@5"] < 0.5
 
 
 def test_window_stride_trains_the_same_targets_in_more_windows(tmp_path):

@@ -49,7 +49,7 @@ from feature_gen.data.sequences import (
     training_windows,
 )
 from feature_gen.evaluation.metrics import RankingMetrics
-from feature_gen.evaluation.protocol import evaluate_vectors
+from feature_gen.evaluation.protocol import chance_recalls, evaluate_vectors
 from feature_gen.inference.encoders import embed_users
 from feature_gen.model.losses import GenerativeObjective, check_objective
 from trainer.deepspeed_setup import full_parameters, whole_state_dict
@@ -415,9 +415,15 @@ def train(
     }
     throughput["fraction_of_matmul_peak"] = throughput["achieved_flops"] / peak
     if writer:
-        (run_dir / "result.json").write_text(json.dumps(
-            {"seed": cfg.seed, "negatives": negatives, "best_epoch": state.best_epoch, "valid": valid, "test": test, "throughput": throughput,
-             "history": state.history}, indent=2))
+        summary = {"seed": cfg.seed, "negatives": negatives, "best_epoch": state.best_epoch, "valid": valid, "test": test,
+                   "throughput": throughput, "history": state.history}
+        if split is not None:
+            # the floor each metric is read against, on these very users: a cold-item split's test
+            # users (and so its chance) change with the seed; the quality tables print it from here
+            summary["eval_users"] = {which: len(getattr(split, which).targets) for which in ("valid", "test")}
+            summary["chance"] = {which: chance_recalls(getattr(split, which), num_items, cfg.eval.ks)
+                                 for which in ("valid", "test")}
+        (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(run_dir=run_dir, state=state, valid=valid, test=test, throughput=throughput)
 
 

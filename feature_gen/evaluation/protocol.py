@@ -17,7 +17,7 @@ import torch
 
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import EvalSet
-from feature_gen.evaluation.metrics import RankingMetrics, full_ranking_metrics
+from feature_gen.evaluation.metrics import RankingMetrics, chance_recall, chance_seen_sizes, full_ranking_metrics
 
 Similarity = Literal["cosine", "dot"]
 
@@ -46,3 +46,14 @@ def evaluate_vectors(
         in_scoring_space(user_vectors, similarity), in_scoring_space(item_vectors, similarity),
         eval_set.targets, seen_items(eval_set), ks=cfg.eval.ks, user_batch_size=cfg.eval.user_batch_size,
     )
+
+
+def chance_recalls(eval_set: EvalSet, num_items: int, ks) -> dict[str, float]:
+    """Expected Recall@K of a uniformly random ranking under this protocol, averaged over `eval_set`'s
+    users: {"recall@K": float in [0, 1]} for each K in `ks`. Each user ranks the `num_items` items less
+    the seen ones that `seen_items` removes (the target stays rankable even when the history holds it);
+    the floor a model's recall is read against, e.g. on a cold-item split whose test users differ by seed.
+
+    Raises ValueError (from `chance_recall`) for an empty eval set or a K below 1."""
+    sizes = chance_seen_sizes(seen_items(eval_set), eval_set.targets)
+    return {f"recall@{k}": chance_recall(k, num_items, sizes) for k in ks}
