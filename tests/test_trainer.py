@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from feature_gen.model.bundle import load_bundle
-from feature_gen.config import ConfigError
+from feature_gen.config import ConfigError, load_config
 from feature_gen.data.sequences import leave_one_out, load_interaction_data
 from feature_gen.evaluation.protocol import chance_recalls
 from feature_gen.inference.encoders import embed_catalogue
@@ -41,6 +41,7 @@ def test_sasrec_learns_the_toy_cycle(tmp_path):
         assert written["eval_users"][which] == len(getattr(split, which).targets)
         assert written["chance"][which] == pytest.approx(chance_recalls(getattr(split, which), data.num_items, [1, 5, 10]))
     assert 0.0 < written["chance"]["test"]["recall@1"] < written["chance"]["test"]["recall@5"] < 0.5
+    assert load_config(result.run_dir / "config.yaml") == cfg  # the run folder says what produced it
 
 
 def test_window_stride_trains_the_same_targets_in_more_windows(tmp_path):

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from feature_gen.config import HLLMConfig
@@ -257,6 +258,10 @@ def train(
     # weights and result.json (DeepSpeed checkpoints are written by every rank, as DeepSpeed requires).
     writer = engine.global_rank == 0
     say = print if writer else (lambda *args, **kwargs: None)
+    if writer:
+        # what produced this folder, `load_config`-able as is (input paths are absolute by then); a
+        # resumed run rewrites it with the config that finished the run
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     def log(record: dict) -> None:
         if writer:
