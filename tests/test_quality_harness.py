@@ -116,3 +116,21 @@ def test_every_stage_of_every_run_is_a_valid_config():
                 for extra in suite_overrides:
                     load_config(quality.REPO / config, {**overrides, **extra})
     assert quality.RUNS["hllm-stage1-24-epochs-random-windows"][0][1]["train.windows"] == "random"
+
+
+def test_efficiency_keeps_a_converged_runs_steps_and_patience_on_a_fraction(tmp_path, fake_training, monkeypatch):
+    seen = []
+    real = quality.run_one
+    monkeypatch.setattr(quality, "run_one", lambda stages, overrides, *a: seen.append(overrides) or real(stages, overrides, *a))
+    quality.run_quality("efficiency", seeds=[0], output=str(tmp_path), datasets=["ml-100k"],
+                        runs=["hllm-frozen-adapter-id-dropout", "hllm-frozen-adapter"])
+    by_run = {(c["out"].split("/")[-3], c["out"].split("/")[-2]): c["epochs"] for c in fake_training}
+    # 20 epochs at 100 % -> 80 at 25 %, 40 at 50 %; the demo's model keeps its 6
+    assert by_run == {("train_user_fraction=0.25", "hllm-frozen-adapter-id-dropout"): 80,
+                      ("train_user_fraction=0.5", "hllm-frozen-adapter-id-dropout"): 40,
+                      ("train_user_fraction=0.25", "hllm-frozen-adapter"): 6,
+                      ("train_user_fraction=0.5", "hllm-frozen-adapter"): 6}
+    patience = sorted(o.get("train.early_stopping_patience") or 0 for o in seen)
+    assert patience == [0, 0, 6, 12]  # 3 evaluations at 100 %
+    # runs outside STEPS_KEPT_ON_FRACTIONS keep their config (SASRec's patience comes from --set)
+    assert quality.fraction_schedule("sasrec", {"train.train_user_fraction": 0.25}) == {}

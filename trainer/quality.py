@@ -82,6 +82,12 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # (what removed most of SASRec's valid-to-test drop; ~5 x the User LLM compute of the stride-50 run)
     "hllm-frozen-adapter-id-dropout-stride10": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, **STRIDE_10})],
+    # the same with a deeper frozen slice of SmolLM2-135M (30 layers in all; the catalogue is embedded once, so
+    # depth costs caching time only, not training steps): does a better text embedding move the warm score?
+    "hllm-frozen-adapter-id-dropout-16-layers": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "item_llm.keep_layers": 16})],
+    "hllm-frozen-adapter-id-dropout-30-layers": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "item_llm.keep_layers": 30})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -97,9 +103,11 @@ SUITES = {
     "ablations": ["hllm-frozen-item", "hllm-text-id", "hllm-negatives-32", "hllm-mean-pooling", "hllm-timestamps",
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
                   "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs",
-                  "hllm-stage1-24-epochs-stage2-id-dropout"],
+                  "hllm-stage1-24-epochs-stage2-id-dropout", "hllm-frozen-adapter-id-dropout-16-layers",
+                  "hllm-frozen-adapter-id-dropout-30-layers"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
-    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter"],
+    "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
+                   "hllm-frozen-adapter-id-dropout"],
 }
 SUITE_OVERRIDES = {
     "warm": [{}],
@@ -107,6 +115,25 @@ SUITE_OVERRIDES = {
     "cold": [{"data.split": "cold_items", "data.cold_item_fraction": 0.2}],
     "efficiency": [{"train.train_user_fraction": f} for f in (0.25, 0.5)],
 }
+# Runs trained to convergence keep their optimizer steps and their patience in steps when the efficiency
+# suite trains on a fraction f of the users: epochs and early-stopping patience x 1/f (the cosine schedule
+# stretches with them). A patience counted in evaluations otherwise shrinks with f: SASRec's 25 % seed 0 on
+# latest-small stopped on its early plateau at patience 5 (BENCHMARKS.md, "ml-latest-small, efficiency").
+# The demo's model keeps its fixed 6-epoch budget (its rows say the budget binds).
+STEPS_KEPT_ON_FRACTIONS = {"hllm-frozen-adapter-id-dropout"}
+
+
+def fraction_schedule(name: str, extra: dict) -> dict:
+    """Overrides that keep `name`'s steps and patience on a `train.train_user_fraction` < 1 (else {})."""
+    fraction = extra.get("train.train_user_fraction")
+    if fraction is None or name not in STEPS_KEPT_ON_FRACTIONS:
+        return {}
+    (config, overrides), = RUNS[name]  # one-stage runs only
+    train = load_config(REPO / config, overrides).train
+    return {"train.epochs": round(train.epochs / fraction),
+            "train.early_stopping_patience": round(train.early_stopping_patience / fraction)}
+
+
 METRICS = ["recall@10", "recall@50", "recall@200", "ndcg@10", "ndcg@50", "ndcg@200"]
 
 
@@ -207,7 +234,8 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                                 results.setdefault(f"{name} (stage 1 only)", []).append(
                                     {**json.loads(first.read_text()), "seed": seed})
                             continue
-                        res = run_one(RUNS[name], {**extra, **(overrides or {}), "data.source": dataset, "seed": seed}, folder,
+                        res = run_one(RUNS[name], {**extra, **fraction_schedule(name, extra), **(overrides or {}),
+                                                   "data.source": dataset, "seed": seed}, folder,
                                       reused_stage1(out, dataset, seed))
                         results.setdefault(name, []).append({**res, "seed": seed})
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"
