@@ -5,7 +5,8 @@ This reads a finished run's selected weights (RUN_DIR/best/model.safetensors, it
 ranks the validation and the test targets through the one evaluation protocol, and splits each by the
 target's training count into terciles (rare / mid / popular; thresholds from that split's targets). For a
 cosine model it also ranks with a log-popularity prior added to every score (cosine + lambda * log(1 + count)),
-which a model that lacks a popularity signal on test would gain from.
+which a model that lacks a popularity signal on test would gain from. Not part of `make bench`: it reads
+run folders that `hllm quality` trained (the older ones need the config.yaml the trainer now writes).
 
     .venv/bin/python -m benchmarks.valid_test_gap --run "LABEL=RUN_DIR" [--run ...] \
         --output benchmarks/results/valid_test_gap.json
