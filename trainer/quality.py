@@ -88,6 +88,10 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "item_llm.keep_layers": 16})],
     "hllm-frozen-adapter-id-dropout-30-layers": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "item_llm.keep_layers": 30})],
+    # the User LLM at half its depth (1 SmolLM2 layer, ~3.5 M parameters against SASRec's ~0.1 M): does less
+    # capacity shrink the valid-to-test drop (BENCHMARKS.md, "Where the best HLLM's validation lead goes")?
+    "hllm-frozen-adapter-id-dropout-user-1-layer": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "user_llm.keep_layers": 1})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -104,7 +108,7 @@ SUITES = {
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
                   "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs",
                   "hllm-stage1-24-epochs-stage2-id-dropout", "hllm-frozen-adapter-id-dropout-16-layers",
-                  "hllm-frozen-adapter-id-dropout-30-layers"],
+                  "hllm-frozen-adapter-id-dropout-30-layers", "hllm-frozen-adapter-id-dropout-user-1-layer"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
