@@ -222,7 +222,9 @@ def main(argv=None) -> int:
     c.add_argument("--merge", action="store_true",
                    help="keep the runs already in the results file: a seed collected again replaces that seed's run "
                         "in its row, a peer's final result replaces its evaluations in mid-run")
-    c.add_argument("--command", required=True, help="the command that produced the runs")
+    c.add_argument("--command", required=True,
+                   help="the command that produced the runs; under --merge it is appended to the file's command "
+                        "('<old>; then <new>'), so pass only the command of the runs collected now")
     c.add_argument("--note", default="")
     args = parser.parse_args(argv)
     if args.cmd == "collect":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,14 +26,6 @@ from benchmarks.harness import write_result
 COMMAND = ".venv/bin/python -m benchmarks.valid_test_gap"
 PRIORS = (0.02, 0.05, 0.1)  # lambda: the prior's weight against a cosine in [-1, 1]
 TERCILES = ("rare", "mid", "popular")
-
-
-@dataclass
-class Ranked:
-    """What one split of one run is scored from: user vectors [U, D] and the item table [N+1, D]."""
-
-    users: torch.Tensor
-    table: torch.Tensor
 
 
 def tercile_of_targets(target_counts: np.ndarray) -> np.ndarray:
@@ -65,13 +56,17 @@ def with_prior(users: torch.Tensor, table: torch.Tensor, counts: np.ndarray, wei
     return torch.cat([u, torch.full((len(u), 1), float(weight))], 1), torch.cat([t, prior], 1)
 
 
-def gap_rows(ranked: dict[str, Ranked], eval_sets: dict, counts: np.ndarray, cfg, similarity: str) -> dict:
-    """{"valid"|"test": {"ndcg@10", "target_log_count", "<tercile>": {"users", "ndcg@10"}, "prior <w>"}}."""
+def gap_rows(users_by_split: dict[str, torch.Tensor], table: torch.Tensor, eval_sets: dict, counts: np.ndarray,
+             cfg, similarity: str) -> dict:
+    """{"valid"|"test": {"ndcg@10", "target_log_count", "<tercile>": {"users", "ndcg@10"}, "prior <w>"}}.
+
+    users_by_split: per split name, the user vectors [U, D] of that split's EvalSet (same order); table: the
+    item table [N+1, D] every split ranks; counts: training count per item id [N+1]."""
     from feature_gen.evaluation.protocol import evaluate_vectors
 
     out = {}
     for which, eval_set in eval_sets.items():
-        users, table = ranked[which].users, ranked[which].table
+        users = users_by_split[which]
         row = {"ndcg@10": evaluate_vectors(users, table, eval_set, cfg, similarity).values["ndcg@10"],
                "target_log_count": float(np.log1p(counts[eval_set.targets]).mean())}
         terciles = tercile_of_targets(counts[eval_set.targets])
@@ -114,10 +109,10 @@ def run_one(run_dir: str) -> dict:
     eval_sets = {"valid": split.valid, "test": split.test}
     with torch.no_grad():
         table = recommender.item_table().float()
-        ranked = {which: Ranked(embed_users(recommender.user_model, table, s.histories, s.history_timestamps,
-                                            cfg.data.max_seq_len).vectors, table) for which, s in eval_sets.items()}
+        users_by_split = {which: embed_users(recommender.user_model, table, s.histories, s.history_timestamps,
+                                             cfg.data.max_seq_len).vectors for which, s in eval_sets.items()}
     return {"model": cfg.train.model, "data": cfg.data.source, "seed": cfg.seed, "folder": str(folder),
-            **gap_rows(ranked, eval_sets, counts, cfg, cfg.loss.similarity)}
+            **gap_rows(users_by_split, table, eval_sets, counts, cfg, cfg.loss.similarity)}
 
 
 def markdown(doc: dict) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.valid_test_gap import Ranked, gap_rows, markdown, tercile_of_targets, with_prior
+from benchmarks.valid_test_gap import gap_rows, markdown, tercile_of_targets, with_prior
 from feature_gen.config import HLLMConfig
 from feature_gen.data.sequences import EvalSet
 
@@ -35,7 +35,7 @@ def test_each_tercile_is_ranked_on_its_own_users():
                        history_timestamps=[np.array([0])] * 6, targets=targets, target_timestamps=np.zeros(6))
     eval_set.histories[0] = np.array([6])
     counts = np.array([0, 1, 2, 5, 6, 9, 10] + [3] * 9)
-    rows = gap_rows({"test": Ranked(users, table)}, {"test": eval_set}, counts, HLLMConfig(), "cosine")["test"]
+    rows = gap_rows({"test": users}, table, {"test": eval_set}, counts, HLLMConfig(), "cosine")["test"]
     assert rows["rare"]["users"] == 2 and rows["rare"]["ndcg@10"] == pytest.approx(0.5)
     assert rows["mid"]["ndcg@10"] == pytest.approx(1.0) and rows["popular"]["ndcg@10"] == pytest.approx(1.0)
     assert rows["ndcg@10"] == pytest.approx(5 / 6)
