@@ -131,9 +131,9 @@ def cmd_quality(args) -> int:
     overrides.update(dict(parse_override(o) for o in args.overrides))
     try:
         return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
-                           report_only=args.report_only, overrides=overrides)
-    except ValueError as exc:  # a bad --runs name: one line, before anything runs
-        if not str(exc).startswith("--runs"):
+                           report_only=args.report_only, overrides=overrides, fractions=args.fractions)
+    except ValueError as exc:  # a bad --runs name or fraction: one line, before anything runs
+        if not str(exc).startswith(("--runs", "--fractions")):
             raise
         print(f"quality: {exc}", file=sys.stderr)
         return 2
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", default=None, help="only these models of the suite (e.g. sasrec): "
                    "lets two processes share a suite; rerun without it for the full table")
     p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs")
+    p.add_argument("--fractions", type=float, nargs="+", default=None, metavar="F",
+                   help="efficiency suite: the fractions of the training users, each in (0, 1) "
+                        "(default 0.25 0.5); e.g. --fractions 0.5 runs only that point of the curve")
     _config_args(p, required=False)
     p.set_defaults(func=cmd_quality)
 

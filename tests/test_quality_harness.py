@@ -134,3 +134,15 @@ def test_efficiency_keeps_a_converged_runs_steps_and_patience_on_a_fraction(tmp_
     assert patience == [0, 0, 6, 12]  # 3 evaluations at 100 %
     # runs outside STEPS_KEPT_ON_FRACTIONS keep their config (SASRec's patience comes from --set)
     assert quality.fraction_schedule("sasrec", {"train.train_user_fraction": 0.25}) == {}
+
+
+def test_fractions_choose_the_efficiency_curves_points(tmp_path, fake_training):
+    quality.run_quality("efficiency", seeds=[0], output=str(tmp_path), datasets=["ml-100k"],
+                        runs=["hllm-frozen-adapter-id-dropout"], fractions=[0.5])
+    assert [(c["out"].split("/")[-3], c["epochs"]) for c in fake_training] == [("train_user_fraction=0.5", 40)]
+    quality.run_quality("efficiency", seeds=[0], output=str(tmp_path), datasets=["ml-100k"],
+                        runs=["hllm-frozen-adapter-id-dropout"], fractions=[0.1])
+    assert (fake_training[-1]["out"].split("/")[-3], fake_training[-1]["epochs"]) == ("train_user_fraction=0.1", 200)
+    with pytest.raises(ValueError, match="--fractions: 1.0 not in"):
+        quality.run_quality("efficiency", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], fractions=[1.0])
+    assert len(fake_training) == 2  # nothing ran for the bad fraction

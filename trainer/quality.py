@@ -113,11 +113,12 @@ SUITES = {
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
 }
+EFFICIENCY_FRACTIONS = (0.25, 0.5)  # the curve's points below 100 % (100 %: the warm suite)
 SUITE_OVERRIDES = {
     "warm": [{}],
     "ablations": [{}],
     "cold": [{"data.split": "cold_items", "data.cold_item_fraction": 0.2}],
-    "efficiency": [{"train.train_user_fraction": f} for f in (0.25, 0.5)],
+    "efficiency": [{"train.train_user_fraction": f} for f in EFFICIENCY_FRACTIONS],
 }
 # Runs trained to convergence keep their optimizer steps and their patience in steps when the efficiency
 # suite trains on a fraction f of the users: epochs and early-stopping patience x 1/f (the cosine schedule
@@ -203,13 +204,21 @@ def final_result(stages: list, folder: Path) -> Path:
 
 
 def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None,
-                report_only: bool = False, overrides: dict | None = None) -> int:
+                report_only: bool = False, overrides: dict | None = None,
+                fractions: list[float] | None = None) -> int:
     """Run (or pick up) every run of `suite` and write its tables; `runs` limits which models run
     (several processes can share one output folder, one model each; a later call without `runs`
     finds them all finished and writes the complete table). `report_only`: train nothing, tabulate
     the finished runs (the table names the seeds each row averages). `overrides`: dotted config fields
-    applied to every run (`hllm quality --config/--set`); finished runs are not rerun, so use a fresh output."""
+    applied to every run (`hllm quality --config/--set`); finished runs are not rerun, so use a fresh output.
+    `fractions`: the efficiency suite's training-user fractions, each in (0, 1) (default EFFICIENCY_FRACTIONS;
+    e.g. [0.5] to finish one point of the curve, [0.1] to add one); ValueError names a bad one."""
     suites = list(SUITES) if suite == "all" else [suite]
+    bad = [f for f in fractions or [] if not 0 < f < 1]
+    if bad:
+        raise ValueError(f"--fractions: {', '.join(map(str, bad))} not in (0, 1) (1: the warm suite's runs)")
+    suite_overrides = {**SUITE_OVERRIDES, **({"efficiency": [{"train.train_user_fraction": f} for f in fractions]}
+                                            if fractions else {})}
     if runs:
         offered = sorted({name for s in suites for name in SUITES[s]})
         unknown = [r for r in runs if r not in offered]
@@ -219,7 +228,7 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
     tables = []
     for dataset in datasets:
         for s in suites:
-            for extra in SUITE_OVERRIDES[s]:
+            for extra in suite_overrides[s]:
                 tag = "-".join(f"{k.split('.')[-1]}={v}" for k, v in extra.items()) or "standard"
                 results: dict[str, list[dict]] = {}
                 # seed-major order: whenever the suite stops, the finished seeds are complete pairs
