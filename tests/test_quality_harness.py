@@ -146,3 +146,12 @@ def test_fractions_choose_the_efficiency_curves_points(tmp_path, fake_training):
     with pytest.raises(ValueError, match="--fractions: 1.0 not in"):
         quality.run_quality("efficiency", seeds=[0], output=str(tmp_path), datasets=["ml-100k"], fractions=[1.0])
     assert len(fake_training) == 2  # nothing ran for the bad fraction
+
+
+def test_a_random_user_llm_is_initialised_from_the_runs_seed(tmp_path, fake_training, monkeypatch):
+    seen = []
+    real = quality.run_one
+    monkeypatch.setattr(quality, "run_one", lambda stages, overrides, *a: seen.append(overrides) or real(stages, overrides, *a))
+    quality.run_quality("ablations", seeds=[1, 2], output=str(tmp_path), datasets=["ml-100k"],
+                        runs=["hllm-frozen-adapter-id-dropout-user-sasrec-size", "hllm-frozen-adapter-id-dropout-user-1-layer"])
+    assert [o.get("user_llm.tiny.seed") for o in seen] == [None, 1, None, 2]  # the pretrained User LLM sets none

@@ -92,6 +92,13 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # capacity shrink the valid-to-test drop (BENCHMARKS.md, "Where the best HLLM's validation lead goes")?
     "hllm-frozen-adapter-id-dropout-user-1-layer": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "user_llm.keep_layers": 1})],
+    # the User LLM at SASRec's size (hidden 64, 2 layers, 2 heads, FFN 256), randomly initialised: what the
+    # frozen SmolLM2 items (+ ID) give a user model that cannot memorise, against the pretrained 7.1 M-parameter one
+    "hllm-frozen-adapter-id-dropout-user-sasrec-size": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "user_llm.source": "tiny_random",
+                                   "user_llm.tiny.hidden_size": 64, "user_llm.tiny.num_layers": 2,
+                                   "user_llm.tiny.num_heads": 2, "user_llm.tiny.num_kv_heads": 2,
+                                   "user_llm.tiny.intermediate_size": 256})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -108,7 +115,8 @@ SUITES = {
                   "hllm-stage1-12-epochs", "hllm-stage1-12-epochs-stage2-lr1e-4", "hllm-stage1-24-epochs",
                   "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs",
                   "hllm-stage1-24-epochs-stage2-id-dropout", "hllm-frozen-adapter-id-dropout-16-layers",
-                  "hllm-frozen-adapter-id-dropout-30-layers", "hllm-frozen-adapter-id-dropout-user-1-layer"],
+                  "hllm-frozen-adapter-id-dropout-30-layers", "hllm-frozen-adapter-id-dropout-user-1-layer",
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
@@ -203,6 +211,13 @@ def final_result(stages: list, folder: Path) -> Path:
     return folder / f"stage{len(stages)}" / "result.json" if len(stages) > 1 else folder / "result.json"
 
 
+def random_init(name: str, seed: int) -> dict:
+    """A run whose User LLM is a randomly initialised Llama draws its initial weights from the run's seed
+    (TinyModelConfig.seed is fixed for the unit tests' reproducibility): seeds differ in init, not only in order."""
+    random_user = any(isinstance(o, dict) and o.get("user_llm.source") == "tiny_random" for _, o in RUNS[name])
+    return {"user_llm.tiny.seed": seed} if random_user else {}
+
+
 def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None,
                 report_only: bool = False, overrides: dict | None = None,
                 fractions: list[float] | None = None) -> int:
@@ -248,7 +263,8 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                                     {**json.loads(first.read_text()), "seed": seed})
                             continue
                         res = run_one(RUNS[name], {**extra, **fraction_schedule(name, extra), **(overrides or {}),
-                                                   "data.source": dataset, "seed": seed}, folder,
+                                                   "data.source": dataset, "seed": seed, **random_init(name, seed)},
+                                      folder,
                                       reused_stage1(out, dataset, seed))
                         results.setdefault(name, []).append({**res, "seed": seed})
                 table = f"### {dataset}, {s} ({tag}), test split, mean ± sd over seeds {seeds}\n\n{summarise(results)}\n"
