@@ -34,6 +34,10 @@ TO_CONVERGENCE = {"train.epochs": 20, "train.early_stopping_patience": 3}  # run
 # peaks on validation at epoch 2-3 and overfits after)
 ID_AND_DROPOUT = {"train.text_plus_id": True, "user_llm.dropout": 0.5}
 STRIDE_10 = {"train.window_stride": 10, "train.batch_size": 160}
+# a randomly initialised User LLM at the size of SASRec's RecBole defaults (configs/quality_sasrec.yaml)
+USER_LLM_SASREC_SIZE = {"user_llm.source": "tiny_random", "user_llm.tiny.hidden_size": 64,
+                        "user_llm.tiny.num_layers": 2, "user_llm.tiny.num_heads": 2, "user_llm.tiny.num_kv_heads": 2,
+                        "user_llm.tiny.intermediate_size": 256}
 RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
@@ -95,10 +99,10 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # the User LLM at SASRec's size (hidden 64, 2 layers, 2 heads, FFN 256), randomly initialised: what the
     # frozen SmolLM2 items (+ ID) give a user model that cannot memorise, against the pretrained 7.1 M-parameter one
     "hllm-frozen-adapter-id-dropout-user-sasrec-size": [
-        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "user_llm.source": "tiny_random",
-                                   "user_llm.tiny.hidden_size": 64, "user_llm.tiny.num_layers": 2,
-                                   "user_llm.tiny.num_heads": 2, "user_llm.tiny.num_kv_heads": 2,
-                                   "user_llm.tiny.intermediate_size": 256})],
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE})],
+    # the same at SASRec's stride-10 windows (which halved SASRec's valid-to-test drop, not the 2-layer HLLM's)
+    "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, **STRIDE_10, **USER_LLM_SASREC_SIZE})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -116,7 +120,8 @@ SUITES = {
                   "hllm-stage1-24-epochs-random-windows", "hllm-stage1-48-epochs",
                   "hllm-stage1-24-epochs-stage2-id-dropout", "hllm-frozen-adapter-id-dropout-16-layers",
                   "hllm-frozen-adapter-id-dropout-30-layers", "hllm-frozen-adapter-id-dropout-user-1-layer",
-                  "hllm-frozen-adapter-id-dropout-user-sasrec-size"],
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size",
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
