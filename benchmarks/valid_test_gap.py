@@ -5,18 +5,23 @@ This reads a finished run's selected weights (RUN_DIR/best/model.safetensors, it
 ranks the validation and the test targets through the one evaluation protocol, and splits each by the
 target's training count into terciles (rare / mid / popular; thresholds from that split's targets). For a
 cosine model it also ranks with a log-popularity prior added to every score (cosine + lambda * log(1 + count)),
-which a model that lacks a popularity signal on test would gain from. Not part of `make bench`: it reads
+which a model that lacks a popularity signal on test would gain from; and ranks each split's targets from
+the history less its most recent item (on test: without the validation item). Not part of `make bench`: it reads
 run folders that `hllm quality` trained (the older ones need the config.yaml the trainer now writes).
 
     .venv/bin/python -m benchmarks.valid_test_gap --run "LABEL=RUN_DIR" [--run ...] \
-        --output benchmarks/results/valid_test_gap.json
+        --output benchmarks/results/valid_test_gap.json [--merge]
+
+--merge keeps the rows already in --output (run folders do not outlive a machine) and adds these.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,11 +62,15 @@ def with_prior(users: torch.Tensor, table: torch.Tensor, counts: np.ndarray, wei
 
 
 def gap_rows(users_by_split: dict[str, torch.Tensor], table: torch.Tensor, eval_sets: dict, counts: np.ndarray,
-             cfg, similarity: str) -> dict:
-    """{"valid"|"test": {"ndcg@10", "target_log_count", "<tercile>": {"users", "ndcg@10"}, "prior <w>"}}.
+             cfg, similarity: str, users_without_last: dict[str, torch.Tensor] | None = None) -> dict:
+    """{"valid"|"test": {"ndcg@10", "target_log_count", "<tercile>": {"users", "ndcg@10"}, "prior <w>",
+    "without last input"}}.
 
     users_by_split: per split name, the user vectors [U, D] of that split's EvalSet (same order); table: the
-    item table [N+1, D] every split ranks; counts: training count per item id [N+1]."""
+    item table [N+1, D] every split ranks; counts: training count per item id [N+1]. users_without_last
+    (optional, same shapes): each user's vector from its history less the most recent item, ranked for the
+    same target with the same seen items removed: how much of a split's score rests on its last input (on
+    test, the validation item: the one input no training window of that user held)."""
     from feature_gen.evaluation.protocol import evaluate_vectors
 
     out = {}
@@ -69,6 +78,9 @@ def gap_rows(users_by_split: dict[str, torch.Tensor], table: torch.Tensor, eval_
         users = users_by_split[which]
         row = {"ndcg@10": evaluate_vectors(users, table, eval_set, cfg, similarity).values["ndcg@10"],
                "target_log_count": float(np.log1p(counts[eval_set.targets]).mean())}
+        if users_without_last is not None:
+            row["without last input"] = evaluate_vectors(users_without_last[which], table, eval_set, cfg,
+                                                         similarity).values["ndcg@10"]
         terciles = tercile_of_targets(counts[eval_set.targets])
         for k, name in enumerate(TERCILES):
             rows = np.flatnonzero(terciles == k)
@@ -111,12 +123,17 @@ def run_one(run_dir: str) -> dict:
         table = recommender.item_table().float()
         users_by_split = {which: embed_users(recommender.user_model, table, s.histories, s.history_timestamps,
                                              cfg.data.max_seq_len).vectors for which, s in eval_sets.items()}
+        # a history of one item keeps it (no empty history to embed); MovieLens users have >= 20 ratings
+        users_without_last = {which: embed_users(
+            recommender.user_model, table, [h[:-1] if len(h) > 1 else h for h in s.histories],
+            [t[:-1] if len(t) > 1 else t for t in s.history_timestamps], cfg.data.max_seq_len).vectors
+            for which, s in eval_sets.items()}
     return {"model": cfg.train.model, "data": cfg.data.source, "seed": cfg.seed, "folder": str(folder),
-            **gap_rows(users_by_split, table, eval_sets, counts, cfg, cfg.loss.similarity)}
+            **gap_rows(users_by_split, table, eval_sets, counts, cfg, cfg.loss.similarity, users_without_last)}
 
 
 def markdown(doc: dict) -> str:
-    cols = ["ndcg@10", *TERCILES, *(f"prior {w}" for w in PRIORS)]
+    cols = ["ndcg@10", *TERCILES, *(f"prior {w}" for w in PRIORS), "without last input"]
     lines = ["| run | split | target log(1+count) | " + " | ".join(f"NDCG@10 {c}" if c != "ndcg@10" else "NDCG@10"
                                                           for c in cols) + " |",
              "|---" * (len(cols) + 3) + "|"]
@@ -126,6 +143,7 @@ def markdown(doc: dict) -> str:
             cells = [f"{row['ndcg@10']:.4f}"]
             cells += [f"{row[t]['ndcg@10']:.4f} ({row[t]['users']})" for t in TERCILES]
             cells += [f"{row[f'prior {w}']:.4f}" if f"prior {w}" in row else "" for w in PRIORS]
+            cells += [f"{row['without last input']:.4f}" if "without last input" in row else ""]
             lines.append(f"| {label} | {which} | {row['target_log_count']:.3f} | " + " | ".join(cells) + " |")
     return (f"{doc['note']}\n\n" + "\n".join(lines) + f"\n\nCommand: `{doc['command']}`; "
             f"load average {doc['loadavg']}.")
@@ -133,16 +151,23 @@ def markdown(doc: dict) -> str:
 
 NOTE = ("Validation and test NDCG@10 of each run's selected checkpoint, split by the target's training count into "
         "terciles (rare / mid / popular, users in brackets), and with a log-popularity prior added to a cosine "
-        "model's scores (cosine + lambda log(1 + count)).")
+        "model's scores (cosine + lambda log(1 + count)), and from each history less its most recent item "
+        "(without last input; on test, the validation item), the same target and seen items.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.valid_test_gap", description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR")
     parser.add_argument("--output", default=None)
-    parser.add_argument("--note", default=NOTE)
+    parser.add_argument("--note", default=None, help="the table's note (default: the file's under --merge, else NOTE)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs already in --output (their folders may be gone); a label given again "
+                             "replaces its run; the command is appended to the file's ('<old>; then <new>')")
     args = parser.parse_args(argv)
-    runs = {}
+    previous = {}
+    if args.merge and args.output and Path(args.output).is_file():
+        previous = json.loads(Path(args.output).read_text())
+    runs = dict(previous.get("runs", {}))
     for spec in args.run:
         label, sep, folder = spec.partition("=")
         if not sep or not label or not folder:
@@ -150,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         runs[label] = run_one(folder)
         print(f"{label}: valid {runs[label]['valid']['ndcg@10']:.4f} test {runs[label]['test']['ndcg@10']:.4f}",
               flush=True)
-    doc = {"command": COMMAND + " " + " ".join(f"--run '{s.partition('=')[0]}=DIR'" for s in args.run),
-           "note": args.note, "loadavg": ", ".join(f"{x:.1f}" for x in os.getloadavg()), "runs": runs}
+    command = COMMAND + " " + " ".join(f"--run '{s.partition('=')[0]}=DIR'" for s in args.run)
+    if previous.get("command"):
+        command = f"{previous['command']}; then {command}" + (" --merge" if args.merge else "")
+    doc = {"command": command, "note": args.note or previous.get("note") or NOTE,
+           "loadavg": ", ".join(f"{x:.1f}" for x in os.getloadavg()), "runs": runs}
     print(markdown(doc))
     write_result(doc, args.output)
     return 0

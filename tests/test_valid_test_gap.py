@@ -42,3 +42,36 @@ def test_each_tercile_is_ranked_on_its_own_users():
     assert set(rows) >= {"prior 0.02", "prior 0.05", "prior 0.1"}
     text = markdown({"note": "n", "command": "c", "loadavg": "1.0", "runs": {"toy": {"test": rows, "valid": rows}}})
     assert "| toy | test |" in text and "0.5000 (2)" in text
+
+
+def test_without_last_input_ranks_the_same_targets_from_other_user_vectors():
+    table = torch.eye(8)
+    targets = np.array([1, 2, 3])  # one per tercile (counts 1, 2, 3)
+    eval_set = EvalSet(users=np.arange(3), histories=[np.array([5, 6])] * 3,
+                       history_timestamps=[np.array([0, 1])] * 3, targets=targets, target_timestamps=np.zeros(3))
+    counts = np.array([0, 1, 2, 3, 1, 1, 1, 1])
+    # with its last input each user points at its target; without it each points at item 4 first
+    without = table[[4, 4, 4]] + 0.5 * table[targets]
+    rows = gap_rows({"test": table[targets]}, table, {"test": eval_set}, counts, HLLMConfig(), "cosine",
+                    users_without_last={"test": without})["test"]
+    assert rows["ndcg@10"] == pytest.approx(1.0)
+    assert rows["without last input"] == pytest.approx(1 / np.log2(3))  # the target ranked 2nd
+    assert "without last input" not in gap_rows({"test": table[targets]}, table, {"test": eval_set}, counts,
+                                                HLLMConfig(), "cosine")["test"]
+
+
+def test_merge_keeps_the_files_runs_and_appends_the_command(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.valid_test_gap as gap
+
+    row = {"ndcg@10": 0.1, "target_log_count": 1.0, **{t: {"users": 1, "ndcg@10": 0.1} for t in gap.TERCILES}}
+    monkeypatch.setattr(gap, "run_one", lambda folder: {"folder": folder, "valid": row, "test": row})
+    out = tmp_path / "gap.json"
+    gap.main(["--run", "a=/runs/a", "--output", str(out)])
+    gap.main(["--run", "b=/runs/b", "--output", str(out), "--merge"])
+    doc = json.loads(out.read_text())
+    assert list(doc["runs"]) == ["a", "b"] and doc["note"] == gap.NOTE
+    assert doc["command"].count("then") == 1 and "'a=DIR'" in doc["command"] and "'b=DIR' --merge" in doc["command"]
+    gap.main(["--run", "b=/runs/c", "--output", str(out)])  # without --merge the file is rewritten
+    assert list(json.loads(out.read_text())["runs"]) == ["b"]
