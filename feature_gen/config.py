@@ -126,6 +126,8 @@ class UserLLMConfig(BaseModelConfig):
     # the User LLM overfits within a few epochs, where SASRec trains for dozens with dropout 0.5.
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training only: dropout on the User LLM's input "
                                                             "item embeddings and on its last hidden state")
+    last_input_skip: bool = Field(False, description="add w x each position's own input item embedding to its "
+                                                      "prediction (w a learned scalar, from 0)")
 
 
 class DataConfig(_Section):

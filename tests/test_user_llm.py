@@ -128,3 +128,28 @@ def test_dropout_acts_in_training_only_and_comes_from_the_config():
     assert built.input_dropout.p == 0.3 and built.output_dropout.p == 0.3
     with pytest.raises(ValueError, match="dropout"):
         UserLLMConfig(source="tiny_random", dropout=1.0)
+
+
+def test_last_input_skip_adds_w_times_each_positions_own_input_and_starts_as_the_plain_model():
+    backbone = load_backbone(UserLLMConfig(source="tiny_random", tiny={"hidden_size": 32, "num_heads": 4}),
+                             with_tokenizer=False)
+    plain = UserLLM(backbone.model, item_dim=64).eval()
+    skip = UserLLM(backbone.model, item_dim=64, last_input_skip=True).eval()
+    skip.load_state_dict(plain.state_dict(), strict=False)  # same projections: only w is new
+    x, mask = torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.long)
+    torch.testing.assert_close(skip(x, mask).predictions, plain(x, mask).predictions)  # w starts at 0
+    with torch.no_grad():
+        skip.last_input_weight.fill_(0.7)
+    out = skip(x, mask)
+    torch.testing.assert_close(out.predictions, plain(x, mask).predictions + 0.7 * x)
+    torch.testing.assert_close(out.user_embedding, out.predictions[:, -1])
+    out.user_embedding.sum().backward()
+    assert skip.last_input_weight.grad is not None and skip.last_input_weight.grad != 0
+    assert "last_input_weight" not in plain.state_dict()  # bundles without it load as before
+
+
+def test_config_builds_the_skip():
+    cfg = tiny_config()
+    cfg.user_llm.last_input_skip = True
+    user, _ = build_user_llm(cfg, item_dim=64)
+    assert user.last_input_weight is not None and float(user.last_input_weight) == 0.0

@@ -103,6 +103,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # the same at SASRec's stride-10 windows (which halved SASRec's valid-to-test drop, not the 2-layer HLLM's)
     "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, **STRIDE_10, **USER_LLM_SASREC_SIZE})],
+    # the SASRec-size User LLM with a learned skip from each position's own input item to its prediction:
+    # SASRec draws twice HLLM's score from the newest item (benchmarks/results/valid_test_gap.json)
+    "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE,
+                                   "user_llm.last_input_skip": True})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -121,7 +126,8 @@ SUITES = {
                   "hllm-stage1-24-epochs-stage2-id-dropout", "hllm-frozen-adapter-id-dropout-16-layers",
                   "hllm-frozen-adapter-id-dropout-30-layers", "hllm-frozen-adapter-id-dropout-user-1-layer",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size",
-                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10"],
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10",
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],

@@ -155,6 +155,7 @@ def build_user_llm(cfg: HLLMConfig, item_dim: int):
             num_time_buckets=cfg.user_llm.num_time_buckets,
             projection=cfg.user_llm.projection,
             dropout=cfg.user_llm.dropout,
+            last_input_skip=cfg.user_llm.last_input_skip,
         )
     except ValueError as err:  # the constructor's only refusal is a projection that cannot join the sizes
         raise ConfigError(f"user_llm.projection: {err} ({backbone.description})") from None

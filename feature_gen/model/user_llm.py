@@ -41,7 +41,7 @@ def time_gap_buckets(timestamps: torch.Tensor, attention_mask: torch.Tensor, num
 
 class UserLLM(nn.Module):
     def __init__(self, backbone: nn.Module, item_dim: int, use_timestamps: bool = False, num_time_buckets: int = 64,
-                 projection: str = "linear", dropout: float = 0.0):
+                 projection: str = "linear", dropout: float = 0.0, last_input_skip: bool = False):
         super().__init__()
         self.backbone = backbone
         self.item_dim = item_dim
@@ -62,6 +62,10 @@ class UserLLM(nn.Module):
         # Spark jobs and the ONNX export run in eval mode, where it is the identity)
         self.input_dropout = nn.Dropout(dropout)
         self.output_dropout = nn.Dropout(dropout)
+        # last_input_skip: each position's prediction + w * its own input item embedding (w learned, from 0),
+        # a direct path from the newest item to the prediction in item space, as an ID model's shared
+        # input/output table gives it (BENCHMARKS.md, "Where the best HLLM's validation lead goes")
+        self.last_input_weight = nn.Parameter(torch.zeros(())) if last_input_skip else None
 
     def forward(
         self,
@@ -89,5 +93,7 @@ class UserLLM(nn.Module):
             kwargs["position_ids"] = real_position_ids(mask)
         hidden = self.backbone(**kwargs).last_hidden_state  # [B, L, D_user]
         predictions = self.out_proj(self.output_dropout(hidden))  # [B, L, D_item]
+        if self.last_input_weight is not None:
+            predictions = predictions + self.last_input_weight * item_embeddings
         rows = torch.arange(predictions.size(0), device=predictions.device)
         return UserLLMOutput(predictions=predictions, user_embedding=predictions[rows, last_real_index(mask)])
