@@ -65,7 +65,8 @@ class UserLLM(nn.Module):
         # last_input_skip: each position's prediction + w * its own input item embedding (w learned, from 0),
         # a direct path from the newest item to the prediction in item space, as an ID model's shared
         # input/output table gives it (BENCHMARKS.md, "Where the best HLLM's validation lead goes")
-        self.last_input_weight = nn.Parameter(torch.zeros(())) if last_input_skip else None
+        # shape [1], not a 0-dim scalar: DeepSpeed's initial broadcast views each parameter as bytes
+        self.last_input_weight = nn.Parameter(torch.zeros(1)) if last_input_skip else None
 
     def forward(
         self,
