@@ -94,6 +94,7 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "item_llm.keep_layers": 30})],
     # the User LLM at half its depth (1 SmolLM2 layer, ~3.5 M parameters against SASRec's ~0.1 M): does less
     # capacity shrink the valid-to-test drop (BENCHMARKS.md, "Where the best HLLM's validation lead goes")?
+    # Over 3 seeds, no: the same test mean, and the SASRec-size run below drops as much as 2 layers
     "hllm-frozen-adapter-id-dropout-user-1-layer": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, "user_llm.keep_layers": 1})],
     # the User LLM at SASRec's size (hidden 64, 2 layers, 2 heads, FFN 256), randomly initialised: what the
