@@ -39,6 +39,15 @@ def write_result(result: dict, path: str | Path | None, indent: int = 2) -> Path
     return path
 
 
+def merged_command(previous: str | None, new: str) -> str:
+    """The command a results file records when `new` runs are merged into one that `previous` produced:
+    '<previous>; then <new>', so earlier rows keep their record (`new` alone when there is nothing before it
+    or it already holds `previous`)."""
+    if not previous or previous == new or previous in new:
+        return new
+    return f"{previous}; then {new}"
+
+
 def seed_online_state(state, encoders, num_items: int, users: int, history: int) -> float:
     """What a consumer benchmark starts from: `num_items` synthetic items embedded by `encoders` and
     written online, and users u0..u{users-1} each with a full history of `history` random items (what

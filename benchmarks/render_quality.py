@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import RUNNABLE_COMMAND, write_result
+from benchmarks.harness import RUNNABLE_COMMAND, merged_command, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -161,9 +161,7 @@ def collect(args) -> Path:
     for name in [n for n in runs if _partial_seed(n) in finished]:
         del runs[name]  # that run has finished: its final result replaces the evaluation in mid-run
     note = args.note or (previous or {}).get("note", "")
-    command = args.command
-    if previous and previous.get("command") and previous["command"] != command and previous["command"] not in command:
-        command = f"{previous['command']}; then {command}"  # earlier rows keep their record
+    command = merged_command((previous or {}).get("command"), args.command)
     doc = {"suite": args.suite, "dataset": args.dataset, "command": command, "note": note,
            "loadavg": list(os.getloadavg()), "runs": runs}
     # indent 1: the committed quality files' form since they were first written (2 would rewrite each one)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import write_result
+from benchmarks.harness import merged_command, write_result
 
 COMMAND = ".venv/bin/python -m benchmarks.valid_test_gap"
 PRIORS = (0.02, 0.05, 0.1)  # lambda: the prior's weight against a cosine in [-1, 1]
@@ -121,13 +121,15 @@ def run_one(run_dir: str) -> dict:
     eval_sets = {"valid": split.valid, "test": split.test}
     with torch.no_grad():
         table = recommender.item_table().float()
-        users_by_split = {which: embed_users(recommender.user_model, table, s.histories, s.history_timestamps,
-                                             cfg.data.max_seq_len).vectors for which, s in eval_sets.items()}
-        # a history of one item keeps it (no empty history to embed); MovieLens users have >= 20 ratings
-        users_without_last = {which: embed_users(
-            recommender.user_model, table, [h[:-1] if len(h) > 1 else h for h in s.histories],
-            [t[:-1] if len(t) > 1 else t for t in s.history_timestamps], cfg.data.max_seq_len).vectors
-            for which, s in eval_sets.items()}
+        def users(histories, timestamps):
+            return embed_users(recommender.user_model, table, histories, timestamps, cfg.data.max_seq_len).vectors
+
+        def less_last(seqs):  # a history of one item keeps it (nothing to embed otherwise); MovieLens users have >= 20
+            return [x[:-1] if len(x) > 1 else x for x in seqs]
+
+        users_by_split = {which: users(s.histories, s.history_timestamps) for which, s in eval_sets.items()}
+        users_without_last = {which: users(less_last(s.histories), less_last(s.history_timestamps))
+                              for which, s in eval_sets.items()}
     return {"model": cfg.train.model, "data": cfg.data.source, "seed": cfg.seed, "folder": str(folder),
             **gap_rows(users_by_split, table, eval_sets, counts, cfg, cfg.loss.similarity, users_without_last)}
 
@@ -176,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: valid {runs[label]['valid']['ndcg@10']:.4f} test {runs[label]['test']['ndcg@10']:.4f}",
               flush=True)
     command = COMMAND + " " + " ".join(f"--run '{s.partition('=')[0]}=DIR'" for s in args.run)
-    if previous.get("command"):
-        command = f"{previous['command']}; then {command}" + (" --merge" if args.merge else "")
+    command = merged_command(previous.get("command"), command + (" --merge" if args.merge else ""))
     doc = {"command": command, "note": args.note or previous.get("note") or NOTE,
            "loadavg": ", ".join(f"{x:.1f}" for x in os.getloadavg()), "runs": runs}
     print(markdown(doc))
