@@ -70,8 +70,9 @@ class BaseModelConfig(_Section):
     # stage-1 catalogue cache (eval mode) then scores negatives that differ systematically from the fresh
     # positives (train mode). 0 makes the two the same encoder; Llama-family checkpoints ship with 0.
     backbone_dropout: Optional[float] = Field(
-        None, ge=0.0, lt=1.0, description="set every dropout rate of the pretrained backbone's config (hidden, "
-                                          "attention, ...) to this value; None keeps the checkpoint's own")
+        None, ge=0.0, lt=1.0, description="set every dropout rate of the backbone's config (hidden, attention, "
+                                          "...; a Llama's, pretrained or tiny_random, has attention dropout only) "
+                                          "to this value; None keeps the checkpoint's own")
 
     @model_validator(mode="after")
     def _source_needs_location(self) -> "BaseModelConfig":
@@ -234,6 +235,9 @@ class TrainConfig(_Section):
     stage: Literal[1, 2] = 1
     init_bundle: Optional[str] = Field(None, description="stage 2: start from this bundle's Item/User LLM")
     text_plus_id: bool = Field(False, description="ablation: item embedding = text embedding + ID embedding")
+    id_only: bool = Field(False, description="diagnostic (model hllm, stage 2): item embedding = a learned ID "
+                                             "embedding alone, the Item LLM unread; HLLM's user side over SASRec's "
+                                             "input. No bundle (serving embeds items by text)")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
@@ -469,6 +473,10 @@ class HLLMConfig(_Section):
             raise ValueError(f"train.window_stride applies to train.windows: all (got windows: {self.train.windows})")
         if stride is not None and stride > self.data.max_seq_len:
             raise ValueError(f"train.window_stride {stride} exceeds data.max_seq_len {self.data.max_seq_len}")
+        t = self.train
+        if t.id_only and (t.model != "hllm" or t.stage != 2 or t.text_plus_id):
+            raise ValueError(f"train.id_only needs train.model: hllm, train.stage: 2 and train.text_plus_id: false "
+                             f"(got model {t.model}, stage {t.stage}, text_plus_id {t.text_plus_id})")
         return self
 
 

@@ -121,8 +121,7 @@ def cmd_quality(args) -> int:
     from feature_gen.config import parse_override
 
     # --config / --set apply on top of every run's own config (e.g. --set train.batch_size=64): the
-    # file's fields as dotted overrides, validated against the schema first so a typo fails here
-    _load(args)
+    # file's fields as dotted overrides, validated on each selected run's config before anything runs
     overrides: dict = {}
     if args.config:
         import yaml

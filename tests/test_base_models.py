@@ -78,3 +78,25 @@ def test_backbone_dropout_sets_every_rate_of_a_real_checkpoint():
     torch.testing.assert_close(train, evaluation)
     with pytest.raises(ValueError, match="backbone_dropout"):
         BaseModelConfig(source="folder", path=folder, backbone_dropout=1.5)
+
+
+def test_backbone_dropout_reaches_a_tiny_random_llama():
+    """A tiny_random Llama takes backbone_dropout as its attention dropout (training only); None keeps 0.
+    Same weights either way: the rate is not drawn from the seed."""
+    from feature_gen.config import TinyModelConfig
+
+    tiny = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
+    plain = load_backbone(BaseModelConfig(source="tiny_random", tiny=tiny), with_tokenizer=False).model
+    noisy = load_backbone(BaseModelConfig(source="tiny_random", tiny=tiny, backbone_dropout=0.5),
+                          with_tokenizer=False).model
+    assert plain.config.attention_dropout == 0.0 and noisy.config.attention_dropout == 0.5
+    embeds = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(noisy.eval()(inputs_embeds=embeds).last_hidden_state,
+                                   plain.eval()(inputs_embeds=embeds).last_hidden_state)
+        noisy.train()
+        assert not torch.equal(noisy(inputs_embeds=embeds).last_hidden_state,
+                               noisy(inputs_embeds=embeds).last_hidden_state)
+        plain.train()
+        torch.testing.assert_close(plain(inputs_embeds=embeds).last_hidden_state,
+                                   plain(inputs_embeds=embeds).last_hidden_state)

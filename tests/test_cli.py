@@ -112,3 +112,12 @@ def test_quality_takes_config_and_set_and_refuses_a_typo(tmp_path, capsys):
     assert main(["quality", "--report-only", "--output", str(tmp_path), "--set", "train.lr=0.001"]) == 0
     assert main(["quality", "--report-only", "--output", str(tmp_path), "--set", "train.lrr=0.001"]) == 2
     assert "train.lrr: unknown key" in capsys.readouterr().err
+
+
+def test_quality_checks_set_on_each_runs_own_config(tmp_path, capsys):
+    """A check across fields holds or fails on the run's config, not on the schema's defaults (stage 1)."""
+    id_only = ["quality", "--report-only", "--suite", "ablations", "--runs", "hllm-id-only-dropout-user-sasrec-size",
+               "--output", str(tmp_path)]
+    assert main([*id_only, "--set", "train.early_stopping_patience=10"]) == 0
+    assert main([*id_only, "--set", "train.text_plus_id=true"]) == 2
+    assert "train.id_only needs" in capsys.readouterr().err

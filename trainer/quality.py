@@ -109,6 +109,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE,
                                    "user_llm.last_input_skip": True})],
+    # the SASRec-size User LLM over learned ID embeddings alone (train.id_only; no text, the Item LLM unread):
+    # HLLM's user side and recipe on SASRec's input, to tell a shortfall of the text items from one of the user side
+    "hllm-id-only-dropout-user-sasrec-size": [
+        ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, "train.id_only": True, "user_llm.dropout": 0.5,
+                                   **USER_LLM_SASREC_SIZE})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -128,7 +133,8 @@ SUITES = {
                   "hllm-frozen-adapter-id-dropout-30-layers", "hllm-frozen-adapter-id-dropout-user-1-layer",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10",
-                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip"],
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip",
+                  "hllm-id-only-dropout-user-sasrec-size"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
@@ -230,6 +236,16 @@ def random_init(name: str, seed: int) -> dict:
     return {"user_llm.tiny.seed": seed} if random_user else {}
 
 
+def check_overrides(names: list[str], overrides: dict) -> None:
+    """Validate `overrides` on top of each stage of each run in `names` (ConfigError, one line naming the
+    field), before anything trains. Against each run's own config, not the schema's defaults: a check
+    across fields (e.g. train.id_only needs stage 2) holds or fails only there."""
+    for name in names:
+        for config, stage_overrides in RUNS[name]:
+            if config != "reuse":  # a reused stage is its own run's first stage, checked with that run
+                load_config(REPO / config, {**stage_overrides, **overrides})
+
+
 def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], runs: list[str] | None = None,
                 report_only: bool = False, overrides: dict | None = None,
                 fractions: list[float] | None = None) -> int:
@@ -251,6 +267,7 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
         unknown = [r for r in runs if r not in offered]
         if unknown:
             raise ValueError(f"--runs: {', '.join(unknown)} not in suite {suite!r} (its runs: {', '.join(offered)})")
+    check_overrides(sorted({n for s in suites for n in SUITES[s] if not runs or n in runs}), overrides or {})
     out = Path(output)
     tables = []
     for dataset in datasets:

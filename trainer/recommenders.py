@@ -129,10 +129,14 @@ class _SequenceStep:
 
 class HLLMRecommender(_SequenceStep, nn.Module):
     """HLLM for training. Stage 1: the Item LLM runs on each batch's unique items (trainable).
-    Stage 2: the Item LLM is frozen and its catalogue embeddings are computed once (`cache_items`)."""
+    Stage 2: the Item LLM is frozen and its catalogue embeddings are computed once (`cache_items`).
+
+    `text_plus_id` adds a learned ID embedding (width `hllm.item_dim`) to each item's text embedding;
+    `id_only` (stage 2, a diagnostic: `train.id_only`) uses that ID embedding alone, so the User LLM, its
+    projections and the objective run over ID items as SASRec's do and the Item LLM is never read."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
-                 text_plus_id: bool = False, padding_side: str = "right"):
+                 text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False):
         super().__init__()
         self.hllm = hllm
         self.user_model = hllm.user_llm
@@ -142,7 +146,12 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         self.padding_side = padding_side
         self.stage = stage
         dim = hllm.item_dim
-        self.id_embedding = nn.Embedding(len(self.catalogue_tokens), dim, padding_idx=0) if text_plus_id else None
+        if id_only and (text_plus_id or stage != 2):
+            raise ValueError("id_only: a stage-2 option that replaces text_plus_id (got "
+                             f"stage {stage}, text_plus_id {text_plus_id})")
+        self.id_only = id_only
+        self.id_embedding = (nn.Embedding(len(self.catalogue_tokens), dim, padding_idx=0)
+                             if text_plus_id or id_only else None)
         if self.id_embedding is not None:
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
@@ -152,7 +161,11 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             # the backbone and [ITEM] token freeze; an adapter (item_llm.adapter) keeps training
             for p in hllm.item_llm.frozen_parameters():
                 p.requires_grad_(False)
-            self.cache_items()
+            if id_only:  # nothing reads the text: neither embed the catalogue nor train the adapter
+                for p in hllm.item_llm.parameters():
+                    p.requires_grad_(False)
+            else:
+                self.cache_items()
         elif hllm.item_llm.needs_center:
             self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
 
@@ -225,6 +238,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     length_chunk = 128
 
     def encode_items(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.id_only:
+            return self.id_embedding(ids)
         if self.stage == 2:
             text = self._adapted(self.cached_items[ids], ids)
         else:
@@ -242,6 +257,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     @torch.no_grad()
     def item_table(self) -> torch.Tensor:
+        if self.id_only:
+            return self.id_embedding.weight.detach().clone()
         if self.stage == 2:
             if self.hllm.item_llm.adapter is None:
                 table = self.cached_items.clone()  # a copy: the cache is this module's buffer

@@ -55,7 +55,8 @@ def build_recommender(cfg: HLLMConfig, data):
             if hasattr(backbone, "gradient_checkpointing_enable"):
                 backbone.gradient_checkpointing_enable()
     tokens = catalogue_token_ids(data.items, cfg.item_text, tokenizer)
-    rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side)
+    rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side,
+                         id_only=t.id_only)
     return rec, tokenizer, bases
 
 
@@ -91,7 +92,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
         log.warning("train.max_steps=%s stopped the run before any validation (best_epoch -1): the weights kept "
                     "are the last ones, not selected on validation; let an epoch finish to select", t.max_steps)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
-    if t.model == "hllm" and t.freeze_bundle and not t.text_plus_id:
+    if t.model == "hllm" and t.freeze_bundle and not (t.text_plus_id or t.id_only):
         from feature_gen.model.bundle import save_bundle
         from trainer.deepspeed_setup import is_sharded, whole_state_dict
 

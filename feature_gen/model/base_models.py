@@ -80,7 +80,9 @@ def _ensure_pad_token(tokenizer) -> None:
 # model sources
 
 
-def build_tiny_llama(tiny: TinyModelConfig, vocab_size: int) -> nn.Module:
+def build_tiny_llama(tiny: TinyModelConfig, vocab_size: int, dropout: float | None = None) -> nn.Module:
+    """A random Llama of `tiny`'s shape (weights drawn from `tiny.seed`); `dropout`: its attention dropout
+    (Llama's only dropout rate; None keeps transformers' default, 0)."""
     from transformers import LlamaConfig, LlamaModel
 
     config = LlamaConfig(
@@ -93,6 +95,7 @@ def build_tiny_llama(tiny: TinyModelConfig, vocab_size: int) -> nn.Module:
         max_position_embeddings=tiny.max_position_embeddings,
         tie_word_embeddings=False,
     )
+    set_dropout(config, dropout)
     with torch.random.fork_rng():
         torch.manual_seed(tiny.seed)
         return LlamaModel(config)
@@ -197,7 +200,7 @@ def load_backbone(cfg: BaseModelConfig, *, with_tokenizer: bool = True) -> Backb
     dtype = _DTYPES[cfg.dtype]
     if cfg.source == "tiny_random":
         tokenizer = byte_tokenizer()
-        model = build_tiny_llama(cfg.tiny, vocab_size=len(tokenizer))
+        model = build_tiny_llama(cfg.tiny, vocab_size=len(tokenizer), dropout=cfg.backbone_dropout)
         description = f"tiny_random(hidden={cfg.tiny.hidden_size}, layers={cfg.tiny.num_layers}, seed={cfg.tiny.seed})"
     else:
         folder = _model_folder(cfg)
