@@ -238,6 +238,10 @@ class TrainConfig(_Section):
     id_only: bool = Field(False, description="diagnostic (model hllm, stage 2): item embedding = a learned ID "
                                              "embedding alone, the Item LLM unread; HLLM's user side over SASRec's "
                                              "input. No bundle (serving embeds items by text)")
+    user_model: Literal["llm", "sasrec"] = Field(
+        "llm", description="ablation (model hllm, stage 2): `sasrec` puts SASRec's blocks (sasrec_hidden, "
+                           "sasrec_layers, sasrec_heads, sasrec_ffn, dropout) between linear maps from and to "
+                           "the item space in the User LLM's place. No bundle (serving runs a User LLM)")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
@@ -474,6 +478,10 @@ class HLLMConfig(_Section):
         if stride is not None and stride > self.data.max_seq_len:
             raise ValueError(f"train.window_stride {stride} exceeds data.max_seq_len {self.data.max_seq_len}")
         t = self.train
+        if t.user_model != "llm" and (t.model != "hllm" or t.stage != 2 or self.loss.objective == "discriminative"):
+            raise ValueError(f"train.user_model: {t.user_model} needs train.model: hllm, train.stage: 2 and a "
+                             f"generative loss.objective (got model {t.model}, stage {t.stage}, objective "
+                             f"{self.loss.objective})")
         if t.id_only and (t.model != "hllm" or t.stage != 2 or t.text_plus_id):
             raise ValueError(f"train.id_only needs train.model: hllm, train.stage: 2 and train.text_plus_id: false "
                              f"(got model {t.model}, stage {t.stage}, text_plus_id {t.text_plus_id})")

@@ -35,6 +35,7 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"user_llm": {"tiny": {"hidden_size": 30, "num_heads": 4}}}, "user_llm.tiny: hidden_size 30 is not divisible"),
         ({"data": {"max_seq_len": 20}, "train": {"window_stride": 30}}, "x.yaml: train.window_stride 30 exceeds data.max_seq_len 20"),
         ({"train": {"windows": "last", "window_stride": 5}}, "x.yaml: train.window_stride applies to train.windows: all"),
+        ({"train": {"user_model": "sasrec"}}, "x.yaml: train.user_model: sasrec needs train.model: hllm, train.stage: 2"),
         ({"train": {"id_only": True, "stage": 1}}, "x.yaml: train.id_only needs train.model: hllm, train.stage: 2"),
         ({"train": {"id_only": True, "stage": 2, "text_plus_id": True}}, "(got model hllm, stage 2, text_plus_id True)"),
     ],

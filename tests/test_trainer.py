@@ -108,6 +108,27 @@ def test_id_only_learns_the_toy_cycle_from_ids_and_never_reads_the_item_llm(tmp_
     assert result.test["recall@5"] > 0.5  # the cycle is learnable from IDs alone; chance is ~5/20
 
 
+def test_sasrec_blocks_in_the_user_llm_place_learn_the_toy_cycle(tmp_path):
+    """train.user_model: sasrec: SASRec's blocks between linear maps from and to the item space replace the
+    User LLM; the loss and the evaluation both go through them."""
+    from trainer.recommenders import ProjectedSASRecUser
+
+    cfg = toy_config(tmp_path, stage=2, id_only=True, user_model="sasrec", sasrec_hidden=32, dropout=0.0,
+                     epochs=30, lr=5e-3, eval_every_epochs=10)
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    assert isinstance(rec.user_model, ProjectedSASRecUser) and rec.user_model.blocks.item_dim == 32
+    assert rec.hllm.user_llm is rec.user_model  # HLLM.losses runs the same module the evaluation does
+    items = rec.encode_items(torch.tensor([[3, 1, 2], [0, 4, 5]]))
+    out = rec.user_model(items, torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    assert out.predictions.shape == items.shape
+    torch.testing.assert_close(out.user_embedding, out.predictions[:, -1])
+
+    result = run_training(cfg, resume=False)
+    assert result.bundle is None  # serving runs a User LLM: this one has nothing to serve
+    assert result.test["recall@5"] > 0.5  # chance is ~5/20
+
+
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):
     """Stage 1 encodes a step's items in length-sorted chunks; the result and its gradients must be
     those of one padded batch, in the caller's id order."""

@@ -136,9 +136,14 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     projections and the objective run over ID items as SASRec's do and the Item LLM is never read."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
-                 text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False):
+                 text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
+                 user_model: nn.Module | None = None):
         super().__init__()
         self.hllm = hllm
+        if user_model is not None:
+            # an ablation (train.user_model): another sequence model of the User LLM's call shape takes its
+            # place in the HLLM, so the loss (HLLM.losses) and the evaluation both run it
+            hllm.user_llm = user_model
         self.user_model = hllm.user_llm
         self.logit_scale = hllm.logit_scale
         self.catalogue_tokens = [[]] + list(catalogue_tokens)  # index = internal item id (0 = padding)
@@ -331,6 +336,28 @@ class SASRecUser(nn.Module):
             x = ffn_norm(x + ffn(x)) * mask.unsqueeze(-1)
         rows = torch.arange(batch, device=x.device)
         return UserLLMOutput(predictions=x, user_embedding=x[rows, last_real_index(attention_mask)])
+
+
+class ProjectedSASRecUser(nn.Module):
+    """SASRec's blocks in the User LLM's place (train.user_model: sasrec, an ablation): item embeddings
+    [B, L, D_item] -> Linear -> SASRecUser of width `dim` -> Linear -> predictions [B, L, D_item] and
+    user_embedding [B, D_item] (the last real position). The same linear maps in and out as the User
+    LLM's `projection: linear`, so only the blocks between them differ: post-norm, learned absolute
+    positions, GELU, dropout inside every block (SASRecUser's docstring) against a Llama's pre-RMSNorm,
+    rotary positions, SwiGLU and no dropout."""
+
+    def __init__(self, item_dim: int, dim: int, layers: int, heads: int, max_len: int, dropout: float,
+                 ffn_dim: int | None = None):
+        super().__init__()
+        self.item_dim = item_dim
+        self.in_proj = nn.Linear(item_dim, dim)
+        self.blocks = SASRecUser(dim, layers, heads, max_len, dropout, ffn_dim)
+        self.out_proj = nn.Linear(dim, item_dim)
+
+    def forward(self, item_embs: torch.Tensor, attention_mask: torch.Tensor, timestamps=None) -> UserLLMOutput:
+        predictions = self.out_proj(self.blocks(self.in_proj(item_embs), attention_mask).predictions)
+        rows = torch.arange(predictions.size(0), device=predictions.device)
+        return UserLLMOutput(predictions=predictions, user_embedding=predictions[rows, last_real_index(attention_mask)])
 
 
 class SASRecRecommender(_SequenceStep, nn.Module):

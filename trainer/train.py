@@ -28,7 +28,7 @@ log = logging.getLogger("hllm.train")
 
 def build_recommender(cfg: HLLMConfig, data):
     """(recommender, tokenizer or None, base-model descriptions) for cfg.train.model/stage."""
-    from trainer.recommenders import HLLMRecommender, SASRecRecommender, catalogue_token_ids
+    from trainer.recommenders import HLLMRecommender, ProjectedSASRecUser, SASRecRecommender, catalogue_token_ids
 
     t = cfg.train
     if t.model == "sasrec":
@@ -55,8 +55,12 @@ def build_recommender(cfg: HLLMConfig, data):
             if hasattr(backbone, "gradient_checkpointing_enable"):
                 backbone.gradient_checkpointing_enable()
     tokens = catalogue_token_ids(data.items, cfg.item_text, tokenizer)
+    user_model = None
+    if t.user_model == "sasrec":
+        user_model = ProjectedSASRecUser(hllm.item_dim, t.sasrec_hidden, t.sasrec_layers, t.sasrec_heads,
+                                         cfg.data.max_seq_len, t.dropout, t.sasrec_ffn)
     rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side,
-                         id_only=t.id_only)
+                          id_only=t.id_only, user_model=user_model)
     return rec, tokenizer, bases
 
 
@@ -92,7 +96,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
         log.warning("train.max_steps=%s stopped the run before any validation (best_epoch -1): the weights kept "
                     "are the last ones, not selected on validation; let an epoch finish to select", t.max_steps)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
-    if t.model == "hllm" and t.freeze_bundle and not (t.text_plus_id or t.id_only):
+    if t.model == "hllm" and t.freeze_bundle and not (t.text_plus_id or t.id_only or t.user_model != "llm"):
         from feature_gen.model.bundle import save_bundle
         from trainer.deepspeed_setup import is_sharded, whole_state_dict
 
