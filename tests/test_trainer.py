@@ -108,7 +108,7 @@ def test_id_only_learns_the_toy_cycle_from_ids_and_never_reads_the_item_llm(tmp_
     assert result.test["recall@5"] > 0.5  # the cycle is learnable from IDs alone; chance is ~5/20
 
 
-def test_sasrec_blocks_in_the_user_llm_place_learn_the_toy_cycle(tmp_path):
+def test_sasrec_blocks_in_the_user_llm_place_learn_the_toy_cycle(tmp_path, monkeypatch):
     """train.user_model: sasrec: SASRec's blocks between linear maps from and to the item space replace the
     User LLM; the loss and the evaluation both go through them."""
     from trainer.recommenders import ProjectedSASRecUser
@@ -116,7 +116,14 @@ def test_sasrec_blocks_in_the_user_llm_place_learn_the_toy_cycle(tmp_path):
     cfg = toy_config(tmp_path, stage=2, id_only=True, user_model="sasrec", sasrec_hidden=32, dropout=0.0,
                      epochs=30, lr=5e-3, eval_every_epochs=10)
     data = load_interaction_data(cfg.data, cfg.item_text)
-    rec, _, _ = build_recommender(cfg, data)
+    import feature_gen.model.hllm as hllm_module
+
+    def no_llama(*args, **kwargs):
+        raise AssertionError("the Llama User LLM was built for a run that replaces it")
+
+    monkeypatch.setattr(hllm_module, "build_user_llm", no_llama)
+    rec, _, bases = build_recommender(cfg, data)
+    assert bases["user"] == "sasrec(2x32)"
     assert isinstance(rec.user_model, ProjectedSASRecUser) and rec.user_model.blocks.item_dim == 32
     assert rec.hllm.user_llm is rec.user_model  # HLLM.losses runs the same module the evaluation does
     items = rec.encode_items(torch.tensor([[3, 1, 2], [0, 4, 5]]))

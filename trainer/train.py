@@ -36,29 +36,38 @@ def build_recommender(cfg: HLLMConfig, data):
                                 cfg.data.max_seq_len, t.dropout, cfg.loss.temperature_init, cfg.loss.max_logit_scale,
                                 t.sasrec_ffn)
         return rec, None, {"item": "id-embedding", "user": f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"}
+
+    def sasrec_user(item_dim: int):  # train.user_model: sasrec, SASRec's blocks in the User LLM's place
+        return ProjectedSASRecUser(item_dim, t.sasrec_hidden, t.sasrec_layers, t.sasrec_heads,
+                                   cfg.data.max_seq_len, t.dropout, t.sasrec_ffn)
+
+    user_model = None
     if t.init_bundle:
         from trainer.init_bundle import load_init_bundle
 
         bundle = load_init_bundle(cfg)
         hllm, tokenizer = bundle.model, bundle.tokenizer
         bases = bundle.manifest.get("base_models", {})
+        if t.user_model == "sasrec":  # the bundle brings its User LLM: replaced, so that ablation reads no weights of it
+            user_model = sasrec_user(hllm.item_dim)
     else:
         from feature_gen.model.hllm import build_item_llm, build_user_llm
         from feature_gen.model.hllm import HLLM
 
         item_llm, tokenizer, item_desc = build_item_llm(cfg)
-        user_llm, user_desc = build_user_llm(cfg, item_llm.hidden_size)
+        if t.user_model == "sasrec":  # never build (nor load) the Llama User LLM that would be thrown away
+            user_llm = sasrec_user(item_llm.hidden_size)
+            user_desc = f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"
+        else:
+            user_llm, user_desc = build_user_llm(cfg, item_llm.hidden_size)
         hllm = HLLM(item_llm, user_llm, cfg)
         bases = {"item": item_desc, "user": user_desc}
     if t.gradient_checkpointing:
-        for backbone in (hllm.item_llm.backbone, hllm.user_llm.backbone):
+        for module in (hllm.item_llm, hllm.user_llm):
+            backbone = getattr(module, "backbone", None)
             if hasattr(backbone, "gradient_checkpointing_enable"):
                 backbone.gradient_checkpointing_enable()
     tokens = catalogue_token_ids(data.items, cfg.item_text, tokenizer)
-    user_model = None
-    if t.user_model == "sasrec":
-        user_model = ProjectedSASRecUser(hllm.item_dim, t.sasrec_hidden, t.sasrec_layers, t.sasrec_heads,
-                                         cfg.data.max_seq_len, t.dropout, t.sasrec_ffn)
     rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side,
                           id_only=t.id_only, user_model=user_model)
     return rec, tokenizer, bases
