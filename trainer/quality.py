@@ -34,6 +34,10 @@ TO_CONVERGENCE = {"train.epochs": 20, "train.early_stopping_patience": 3}  # run
 # peaks on validation at epoch 2-3 and overfits after)
 ID_AND_DROPOUT = {"train.text_plus_id": True, "user_llm.dropout": 0.5}
 STRIDE_10 = {"train.window_stride": 10, "train.batch_size": 160}
+# SASRec's training recipe (configs/quality_sasrec.yaml: stride-10 windows, ~2,000 targets a step, lr 1e-3, no
+# weight decay, 200 epochs with patience 20) for an HLLM run: the learned ID rows of the runs below need it
+SASREC_RECIPE = {"train.window_stride": 10, "train.batch_size": 200, "train.lr": 1e-3, "train.weight_decay": 0.0,
+                 "train.warmup_steps": 20, "train.epochs": 200, "train.early_stopping_patience": 20}
 # a randomly initialised User LLM at the size of SASRec's RecBole defaults (configs/quality_sasrec.yaml)
 USER_LLM_SASREC_SIZE = {"user_llm.source": "tiny_random", "user_llm.tiny.hidden_size": 64,
                         "user_llm.tiny.num_layers": 2, "user_llm.tiny.num_heads": 2, "user_llm.tiny.num_kv_heads": 2,
@@ -114,6 +118,13 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "hllm-id-only-dropout-user-sasrec-size": [
         ("configs/demo_e2e.yaml", {**TO_CONVERGENCE, "train.id_only": True, "user_llm.dropout": 0.5,
                                    **USER_LLM_SASREC_SIZE})],
+    # the same ID-only model on SASRec's whole recipe (SASREC_RECIPE): what is left is the model, not its training
+    "hllm-id-only-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, "train.id_only": True, "user_llm.dropout": 0.5,
+                                   **USER_LLM_SASREC_SIZE})],
+    # the frozen SmolLM2 items + ID under the SASRec-size User LLM, on SASRec's whole recipe
+    "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -134,7 +145,8 @@ SUITES = {
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip",
-                  "hllm-id-only-dropout-user-sasrec-size"],
+                  "hllm-id-only-dropout-user-sasrec-size", "hllm-id-only-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
