@@ -38,6 +38,10 @@ STRIDE_10 = {"train.window_stride": 10, "train.batch_size": 160}
 # weight decay, 200 epochs with patience 20) for an HLLM run: the learned ID rows of the runs below need it
 SASREC_RECIPE = {"train.window_stride": 10, "train.batch_size": 200, "train.lr": 1e-3, "train.weight_decay": 0.0,
                  "train.warmup_steps": 20, "train.epochs": 200, "train.early_stopping_patience": 20}
+# for an ID-only run: a 64-wide item space (SASRec's), set by a never-read tiny Item LLM of that width
+ITEM_SPACE_64 = {"item_llm.source": "tiny_random", "item_llm.tiny.hidden_size": 64, "item_llm.tiny.num_layers": 1,
+                 "item_llm.keep_layers": 1, "item_llm.tiny.num_heads": 2, "item_llm.tiny.num_kv_heads": 2,
+                 "item_llm.tiny.intermediate_size": 128, "user_llm.projection": "none"}
 # a randomly initialised User LLM at the size of SASRec's RecBole defaults (configs/quality_sasrec.yaml)
 USER_LLM_SASREC_SIZE = {"user_llm.source": "tiny_random", "user_llm.tiny.hidden_size": 64,
                         "user_llm.tiny.num_layers": 2, "user_llm.tiny.num_heads": 2, "user_llm.tiny.num_kv_heads": 2,
@@ -122,6 +126,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "hllm-id-only-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**SASREC_RECIPE, "train.id_only": True, "user_llm.dropout": 0.5,
                                    **USER_LLM_SASREC_SIZE})],
+    # the same with 64-wide ID rows, as SASRec's, instead of 576 (an unread 64-wide tiny Item LLM sets the item
+    # width; the User LLM then needs no projection): the item space's width, the one difference left to SASRec's input
+    "hllm-id-only-64-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, "train.id_only": True, "user_llm.dropout": 0.5,
+                                   **USER_LLM_SASREC_SIZE, **ITEM_SPACE_64})],
     # the frozen SmolLM2 items + ID under the SASRec-size User LLM, on SASRec's whole recipe
     "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE})],
@@ -146,6 +155,7 @@ SUITES = {
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-stride10",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip",
                   "hllm-id-only-dropout-user-sasrec-size", "hllm-id-only-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-id-only-64-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
