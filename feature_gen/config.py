@@ -242,6 +242,11 @@ class TrainConfig(_Section):
         "llm", description="ablation (model hllm, stage 2): `sasrec` puts SASRec's blocks (sasrec_hidden, "
                            "sasrec_layers, sasrec_heads, sasrec_ffn, dropout) between linear maps from and to "
                            "the item space in the User LLM's place. No bundle (serving runs a User LLM)")
+    item_dim: Optional[int] = Field(
+        None, gt=0, description="ablation (model hllm, stage 2, generative): the item space's width; a learned "
+                                "linear map takes the frozen Item LLM's embedding to it (ID rows of text_plus_id and "
+                                "id_only are as wide, the User LLM projects to it). None: the Item LLM's width. No "
+                                "bundle (serving's Item LLM has no such map)")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
@@ -482,6 +487,11 @@ class HLLMConfig(_Section):
             raise ValueError(f"train.user_model: {t.user_model} needs train.model: hllm, train.stage: 2 and a "
                              f"generative loss.objective (got model {t.model}, stage {t.stage}, objective "
                              f"{self.loss.objective})")
+        if t.item_dim is not None and (t.model != "hllm" or t.stage != 2 or self.loss.objective == "discriminative"
+                                       or t.init_bundle):
+            raise ValueError(f"train.item_dim needs train.model: hllm, train.stage: 2, a generative loss.objective "
+                             f"and no train.init_bundle, whose User LLM reads the Item LLM's width (got model "
+                             f"{t.model}, stage {t.stage}, objective {self.loss.objective}, init_bundle {t.init_bundle})")
         if t.id_only and (t.model != "hllm" or t.stage != 2 or t.text_plus_id):
             raise ValueError(f"train.id_only needs train.model: hllm, train.stage: 2 and train.text_plus_id: false "
                              f"(got model {t.model}, stage {t.stage}, text_plus_id {t.text_plus_id})")

@@ -38,6 +38,9 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"train": {"user_model": "sasrec"}}, "x.yaml: train.user_model: sasrec needs train.model: hllm, train.stage: 2"),
         ({"train": {"id_only": True, "stage": 1}}, "x.yaml: train.id_only needs train.model: hllm, train.stage: 2"),
         ({"train": {"id_only": True, "stage": 2, "text_plus_id": True}}, "(got model hllm, stage 2, text_plus_id True)"),
+        ({"train": {"item_dim": 64}}, "x.yaml: train.item_dim needs train.model: hllm, train.stage: 2"),
+        ({"train": {"item_dim": 64, "stage": 2, "init_bundle": "b"}}, "objective generative, init_bundle b)"),
+        ({"train": {"item_dim": 0, "stage": 2}}, "train.item_dim: Input should be greater than 0; got 0"),
     ],
 )
 def test_bad_field_is_one_line_naming_it(raw, expected):

@@ -136,6 +136,27 @@ def test_sasrec_blocks_in_the_user_llm_place_learn_the_toy_cycle(tmp_path, monke
     assert result.test["recall@5"] > 0.5  # chance is ~5/20
 
 
+def test_a_narrow_item_space_maps_the_text_and_learns_the_toy_cycle(tmp_path):
+    """train.item_dim: a learned map takes the frozen Item LLM's embedding into a narrower item space, the
+    ID rows are as wide, the User LLM predicts in it; padding stays a zero row; no bundle is written."""
+    cfg = toy_config(tmp_path, stage=2, text_plus_id=True, item_dim=16, epochs=30, lr=5e-3, eval_every_epochs=10)
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    wide = rec.hllm.item_dim
+    assert wide != 16 and rec.cached_items.shape[1] == wide  # the cache keeps the Item LLM's width
+    assert rec.item_projection.weight.shape == (16, wide) and rec.id_embedding.weight.shape[1] == 16
+    table = rec.item_table()
+    assert table.shape == (data.num_items + 1, 16) and not table[0].any()
+    ids = torch.tensor([3, 0, 5])
+    torch.testing.assert_close(rec.encode_items(ids), table[ids])  # training and evaluation embed items alike
+    out = rec.user_model(table[torch.tensor([[3, 1, 2]])], torch.ones(1, 3, dtype=torch.long))
+    assert out.predictions.shape == (1, 3, 16)
+
+    result = run_training(cfg, resume=False)
+    assert result.bundle is None  # serving's Item LLM has no such map
+    assert result.test["recall@5"] > 0.5  # chance is ~5/20
+
+
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):
     """Stage 1 encodes a step's items in length-sorted chunks; the result and its gradients must be
     those of one padded batch, in the caller's id order."""

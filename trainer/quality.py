@@ -134,6 +134,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # the frozen SmolLM2 items + ID under the SASRec-size User LLM, on SASRec's whole recipe
     "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE})],
+    # the same with the item space 64 wide (train.item_dim: a learned map from the SmolLM2 slice's 576-wide
+    # embedding, ID rows 64 wide), as the ID-only model that passed SASRec on seed 0
+    "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
+                                   "user_llm.projection": "none"})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -156,7 +161,8 @@ SUITES = {
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-last-input-skip",
                   "hllm-id-only-dropout-user-sasrec-size", "hllm-id-only-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-id-only-64-dropout-user-sasrec-size-sasrec-recipe",
-                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe"],
+                  "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],

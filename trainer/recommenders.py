@@ -137,7 +137,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
-                 user_model: nn.Module | None = None):
+                 user_model: nn.Module | None = None, item_dim: int | None = None):
         super().__init__()
         self.hllm = hllm
         if user_model is not None:
@@ -150,7 +150,12 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         self.pad_id = pad_id
         self.padding_side = padding_side
         self.stage = stage
-        dim = hllm.item_dim
+        text_dim = hllm.item_dim
+        dim = item_dim or text_dim
+        if item_dim is not None and stage != 2:
+            raise ValueError(f"item_dim: a stage-2 option (got stage {stage})")
+        # item_dim (train.item_dim): a learned map from the frozen Item LLM's width into a narrower item space
+        self.item_projection = (nn.Linear(text_dim, dim) if item_dim is not None and not id_only else None)
         if id_only and (text_plus_id or stage != 2):
             raise ValueError("id_only: a stage-2 option that replaces text_plus_id (got "
                              f"stage {stage}, text_plus_id {text_plus_id})")
@@ -161,7 +166,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
-        self.register_buffer("cached_items", torch.zeros(0, dim), persistent=False)
+        self.register_buffer("cached_items", torch.zeros(0, text_dim), persistent=False)
         if stage == 2:
             # the backbone and [ITEM] token freeze; an adapter (item_llm.adapter) keeps training
             for p in hllm.item_llm.frozen_parameters():
@@ -227,9 +232,13 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         """Stage 2: the Item LLM's adapter on cached features [M, D] of items `ids` [M]; the padding
         id 0 stays a zero row (an adapter's bias would move it)."""
         item_llm = self.hllm.item_llm
-        if item_llm.adapter is None:
+        if item_llm.adapter is None and self.item_projection is None:
             return features
-        return item_llm.adapt(features) * (ids > 0).unsqueeze(-1).to(features.dtype)
+        if item_llm.adapter is not None:
+            features = item_llm.adapt(features)
+        if self.item_projection is not None:
+            features = self.item_projection(features)
+        return features * (ids > 0).unsqueeze(-1).to(features.dtype)
 
     def text_tokens(self, ids: torch.Tensor) -> int:
         return sum(len(self.catalogue_tokens[i]) + 1 for i in ids.tolist())  # +1: the [ITEM] slot
@@ -265,11 +274,9 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.id_only:
             return self.id_embedding.weight.detach().clone()
         if self.stage == 2:
-            if self.hllm.item_llm.adapter is None:
-                table = self.cached_items.clone()  # a copy: the cache is this module's buffer
-            else:  # the adapter's output is a new tensor
-                table = self.hllm.item_llm.adapt(self.cached_items)
-                table[0] = 0  # padding stays a zero row (the adapter's bias would move it)
+            ids = torch.arange(self.cached_items.size(0), device=self.cached_items.device)
+            # a copy either way: the cache is this module's buffer; padding stays a zero row
+            table = self._adapted(self.cached_items, ids).clone()
         else:
             was_training = self.training
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,

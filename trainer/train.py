@@ -49,17 +49,18 @@ def build_recommender(cfg: HLLMConfig, data):
         hllm, tokenizer = bundle.model, bundle.tokenizer
         bases = bundle.manifest.get("base_models", {})
         if t.user_model == "sasrec":  # the bundle brings its User LLM: replaced, so that ablation reads no weights of it
-            user_model = sasrec_user(hllm.item_dim)
+            user_model = sasrec_user(t.item_dim or hllm.item_dim)
     else:
         from feature_gen.model.hllm import build_item_llm, build_user_llm
         from feature_gen.model.hllm import HLLM
 
         item_llm, tokenizer, item_desc = build_item_llm(cfg)
+        item_dim = t.item_dim or item_llm.hidden_size  # the item space the User LLM reads and predicts in
         if t.user_model == "sasrec":  # never build (nor load) the Llama User LLM that would be thrown away
-            user_llm = sasrec_user(item_llm.hidden_size)
+            user_llm = sasrec_user(item_dim)
             user_desc = f"sasrec({t.sasrec_layers}x{t.sasrec_hidden})"
         else:
-            user_llm, user_desc = build_user_llm(cfg, item_llm.hidden_size)
+            user_llm, user_desc = build_user_llm(cfg, item_dim)
         hllm = HLLM(item_llm, user_llm, cfg)
         bases = {"item": item_desc, "user": user_desc}
     if t.gradient_checkpointing:
@@ -69,7 +70,7 @@ def build_recommender(cfg: HLLMConfig, data):
                 backbone.gradient_checkpointing_enable()
     tokens = catalogue_token_ids(data.items, cfg.item_text, tokenizer)
     rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side,
-                          id_only=t.id_only, user_model=user_model)
+                          id_only=t.id_only, user_model=user_model, item_dim=t.item_dim)
     return rec, tokenizer, bases
 
 
@@ -105,7 +106,8 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
         log.warning("train.max_steps=%s stopped the run before any validation (best_epoch -1): the weights kept "
                     "are the last ones, not selected on validation; let an epoch finish to select", t.max_steps)
     is_rank0 = int(__import__("os").environ.get("RANK", "0")) == 0
-    if t.model == "hllm" and t.freeze_bundle and not (t.text_plus_id or t.id_only or t.user_model != "llm"):
+    if t.model == "hllm" and t.freeze_bundle and not (t.text_plus_id or t.id_only or t.user_model != "llm"
+                                                       or t.item_dim is not None):
         from feature_gen.model.bundle import save_bundle
         from trainer.deepspeed_setup import is_sharded, whole_state_dict
 
