@@ -49,7 +49,7 @@ def build_recommender(cfg: HLLMConfig, data):
         hllm, tokenizer = bundle.model, bundle.tokenizer
         bases = bundle.manifest.get("base_models", {})
         if t.user_model == "sasrec":  # the bundle brings its User LLM: replaced, so that ablation reads no weights of it
-            user_model = sasrec_user(t.item_dim or hllm.item_dim)
+            user_model = sasrec_user(hllm.item_dim)  # train.item_dim is refused with init_bundle
     else:
         from feature_gen.model.hllm import build_item_llm, build_user_llm
         from feature_gen.model.hllm import HLLM
