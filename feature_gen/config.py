@@ -247,6 +247,11 @@ class TrainConfig(_Section):
                                 "linear map takes the frozen Item LLM's embedding to it (ID rows of text_plus_id and "
                                 "id_only are as wide, the User LLM projects to it). None: the Item LLM's width. No "
                                 "bundle (serving's Item LLM has no such map)")
+    item_projection_init: Literal["default", "zero"] = Field(
+        "default", description="ablation (train.item_dim with text_plus_id): `zero` starts the text's map at zero, "
+                                "so training starts from the ID-only model and the text enters as the gradient "
+                                "finds it useful; `default`: PyTorch's Linear init, where the text outweighs the "
+                                "N(0, 0.02) ID rows at the start (the trainer logs both norms)")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
@@ -492,6 +497,10 @@ class HLLMConfig(_Section):
             raise ValueError(f"train.item_dim needs train.model: hllm, train.stage: 2, a generative loss.objective "
                              f"and no train.init_bundle, whose User LLM reads the Item LLM's width (got model "
                              f"{t.model}, stage {t.stage}, objective {self.loss.objective}, init_bundle {t.init_bundle})")
+        if t.item_projection_init == "zero" and (t.item_dim is None or not t.text_plus_id):
+            raise ValueError(f"train.item_projection_init: zero needs train.item_dim and train.text_plus_id: true (a "
+                             f"zero text map with no ID rows embeds every item as 0; got item_dim {t.item_dim}, "
+                             f"text_plus_id {t.text_plus_id})")
         if t.id_only and (t.model != "hllm" or t.stage != 2 or t.text_plus_id):
             raise ValueError(f"train.id_only needs train.model: hllm, train.stage: 2 and train.text_plus_id: false "
                              f"(got model {t.model}, stage {t.stage}, text_plus_id {t.text_plus_id})")

@@ -41,6 +41,10 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"train": {"item_dim": 64}}, "x.yaml: train.item_dim needs train.model: hllm, train.stage: 2"),
         ({"train": {"item_dim": 64, "stage": 2, "init_bundle": "b"}}, "objective generative, init_bundle b)"),
         ({"train": {"item_dim": 0, "stage": 2}}, "train.item_dim: Input should be greater than 0; got 0"),
+        ({"train": {"item_projection_init": "zero", "stage": 2, "text_plus_id": True}},
+         "x.yaml: train.item_projection_init: zero needs train.item_dim and train.text_plus_id: true"),
+        ({"train": {"item_projection_init": "zero", "stage": 2, "item_dim": 64}}, "item_dim 64, text_plus_id False)"),
+        ({"train": {"item_projection_init": "kaiming"}}, "train.item_projection_init: expected one of 'default' or 'zero'; got 'kaiming'"),
     ],
 )
 def test_bad_field_is_one_line_naming_it(raw, expected):

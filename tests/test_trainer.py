@@ -157,6 +157,23 @@ def test_a_narrow_item_space_maps_the_text_and_learns_the_toy_cycle(tmp_path):
     assert result.test["recall@5"] > 0.5  # chance is ~5/20
 
 
+def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path):
+    """train.item_projection_init: zero: at the start every item is its ID row alone (the text's map is
+    zero); one training step moves the map off zero, so the text can enter."""
+    cfg = toy_config(tmp_path, stage=2, text_plus_id=True, item_dim=16, item_projection_init="zero")
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    ids = torch.arange(data.num_items + 1)
+    torch.testing.assert_close(rec.item_table(), rec.id_embedding.weight.detach())
+    torch.testing.assert_close(rec.encode_items(ids), rec.id_embedding(ids))
+    history = torch.tensor([[3, 1, 2, 4]])
+    out = rec.user_model(rec.encode_items(history), torch.ones(1, 4, dtype=torch.long))
+    target = rec.catalogue()
+    loss = -torch.log_softmax(out.predictions[0] @ target.T, dim=-1)[torch.arange(3), history[0, 1:]].sum()
+    loss.backward()
+    assert rec.item_projection.weight.grad.abs().sum() > 0  # the text map learns from its zero start
+
+
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):
     """Stage 1 encodes a step's items in length-sorted chunks; the result and its gradients must be
     those of one padded batch, in the caller's id order."""

@@ -139,6 +139,15 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
                                    "user_llm.projection": "none"})],
+    # the same with the text's map started at zero (train.item_projection_init): training starts as the ID-only
+    # model that passed SASRec and the text enters only where the gradient finds it useful
+    "hllm-frozen-adapter-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
+                                   "user_llm.projection": "none", "train.item_projection_init": "zero"})],
+    # text alone in the 64-wide item space (no ID rows): does the drop of the text + ID run come with the ID rows?
+    "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
+                                   "user_llm.projection": "none", "train.text_plus_id": False})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -162,7 +171,9 @@ SUITES = {
                   "hllm-id-only-dropout-user-sasrec-size", "hllm-id-only-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-id-only-64-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe",
-                  "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe"],
+                  "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-adapter-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],

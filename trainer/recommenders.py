@@ -137,7 +137,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
-                 user_model: nn.Module | None = None, item_dim: int | None = None):
+                 user_model: nn.Module | None = None, item_dim: int | None = None,
+                 item_projection_init: str = "default"):
         super().__init__()
         self.hllm = hllm
         if user_model is not None:
@@ -156,6 +157,15 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             raise ValueError(f"item_dim: a stage-2 option (got stage {stage})")
         # item_dim (train.item_dim): a learned map from the frozen Item LLM's width into a narrower item space
         self.item_projection = (nn.Linear(text_dim, dim) if item_dim is not None and not id_only else None)
+        if item_projection_init == "zero":
+            # training starts as the ID-only model; the map still gets a gradient (dL/dW = g x text^T), the
+            # adapter before it only once the map has moved off zero
+            if self.item_projection is None or not text_plus_id:
+                raise ValueError("item_projection_init zero: needs item_dim and text_plus_id")
+            nn.init.zeros_(self.item_projection.weight)
+            nn.init.zeros_(self.item_projection.bias)
+        elif item_projection_init != "default":
+            raise ValueError(f"item_projection_init: default or zero (got {item_projection_init!r})")
         if id_only and (text_plus_id or stage != 2):
             raise ValueError("id_only: a stage-2 option that replaces text_plus_id (got "
                              f"stage {stage}, text_plus_id {text_plus_id})")
@@ -176,8 +186,20 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                     p.requires_grad_(False)
             else:
                 self.cache_items()
+                self._log_item_parts()
         elif hllm.item_llm.needs_center:
             self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
+
+    @torch.no_grad()
+    def _log_item_parts(self) -> None:
+        """Log the mean norm of each part of a catalogue item at the start: with cosine scores the larger
+        part sets the direction, so a text part far above the ID rows starts training text-led."""
+        if self.id_embedding is None:
+            return
+        ids = torch.arange(1, len(self.catalogue_tokens), device=self.device)
+        text = self._adapted(self.cached_items[ids], ids)
+        log.info("item embedding at the start: text part mean norm %.3f, ID rows mean norm %.3f",
+                 float(text.norm(dim=1).mean()), float(self.id_embedding(ids).norm(dim=1).mean()))
 
     def _embed_catalogue(self, what: str) -> torch.Tensor:
         """[N, D] float32 every item's features (the Item LLM's frozen part, before any adapter) through
