@@ -251,7 +251,8 @@ class TrainConfig(_Section):
         "default", description="ablation (train.item_dim with text_plus_id): `zero` starts the text's map at zero, "
                                 "so training starts from the ID-only model and the text enters as the gradient "
                                 "finds it useful; `default`: PyTorch's Linear init, where the text outweighs the "
-                                "N(0, 0.02) ID rows at the start (the trainer logs both norms)")
+                                "N(0, 0.02) ID rows at the start (mean norms 0.64 against 0.16 for 64-wide rows over ML-100K's "
+                                "SmolLM2 slice; the trainer logs both)")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
