@@ -7,6 +7,7 @@ benchmark module's `markdown()`, so a table in BENCHMARKS.md is never typed by h
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -32,8 +33,17 @@ def section(name: str) -> str:
     return module.markdown(doc)
 
 
-def main(names: list[str]) -> int:
-    names = names or sorted(p.stem for p in RESULTS_DIR.glob("*.json"))
+def main(argv: list[str]) -> int:
+    known = sorted(p.stem for p in RESULTS_DIR.glob("*.json"))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sections",
+                                     description="Print BENCHMARKS.md's tables from benchmarks/results/*.json.")
+    # checked by hand: argparse rejects an empty list against `choices` when nargs="*"
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="results files to print, without .json (default: all): " + ", ".join(known))
+    names = parser.parse_args(argv).names or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"no benchmarks/results/{unknown[0]}.json (known: {', '.join(known)})")
     for name in names:
         print(f"<!-- printed by `python -m benchmarks.sections {name}` from benchmarks/results/{name}.json -->")
         print(section(name))

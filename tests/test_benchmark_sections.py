@@ -19,3 +19,13 @@ def test_results_print_as_a_table_with_load_and_command(name):
     text = section(name)
     assert "\n| " in "\n" + text and "|---|" in text  # a markdown table (a heading or note may come first)
     assert "load av" in text and re.search("Command: `" + RUNNABLE_COMMAND.pattern, text), text
+
+
+def test_an_unknown_results_name_is_one_error_naming_it(capsys):
+    from benchmarks.sections import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["valid_test_gap", "no_such_bench"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no benchmarks/results/no_such_bench.json" in err and "valid_test_gap" in err
