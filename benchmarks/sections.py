@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     names = parser.parse_args(argv).names or known
     unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"no benchmarks/results/{unknown[0]}.json (known: {', '.join(known)})")
+        missing = ", ".join(f"benchmarks/results/{n}.json" for n in unknown)
+        parser.error(f"no {missing} (known: {', '.join(known)})")
     for name in names:
         print(f"<!-- printed by `python -m benchmarks.sections {name}` from benchmarks/results/{name}.json -->")
         print(section(name))

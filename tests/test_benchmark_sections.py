@@ -25,7 +25,8 @@ def test_an_unknown_results_name_is_one_error_naming_it(capsys):
     from benchmarks.sections import main
 
     with pytest.raises(SystemExit) as info:
-        main(["valid_test_gap", "no_such_bench"])
+        main(["valid_test_gap", "no_such_bench", "nor_this"])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "no benchmarks/results/no_such_bench.json" in err and "valid_test_gap" in err
+    assert "no benchmarks/results/no_such_bench.json, benchmarks/results/nor_this.json" in err
+    assert "valid_test_gap" in err  # the known names

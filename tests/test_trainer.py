@@ -1,6 +1,7 @@
 """The DeepSpeed trainer (gloo on CPU, one process) on tiny random models and a toy catalogue."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -157,12 +158,15 @@ def test_a_narrow_item_space_maps_the_text_and_learns_the_toy_cycle(tmp_path):
     assert result.test["recall@5"] > 0.5  # chance is ~5/20
 
 
-def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path):
+def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path, caplog):
     """train.item_projection_init: zero: at the start every item is its ID row alone (the text's map is
     zero); one training step moves the map off zero, so the text can enter."""
     cfg = toy_config(tmp_path, stage=2, text_plus_id=True, item_dim=16, item_projection_init="zero")
     data = load_interaction_data(cfg.data, cfg.item_text)
-    rec, _, _ = build_recommender(cfg, data)
+    with caplog.at_level(logging.INFO, logger="trainer.recommenders"):
+        rec, _, _ = build_recommender(cfg, data)
+    assert "item embedding at init: text part mean norm 0.000, ID rows mean norm" in caplog.text
+    assert not rec.item_projection.weight.any() and not rec.item_projection.bias.any()
     ids = torch.arange(data.num_items + 1)
     torch.testing.assert_close(rec.item_table(), rec.id_embedding.weight.detach())
     torch.testing.assert_close(rec.encode_items(ids), rec.id_embedding(ids))
@@ -172,6 +176,12 @@ def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path):
     loss = -torch.log_softmax(out.predictions[0] @ target.T, dim=-1)[torch.arange(3), history[0, 1:]].sum()
     loss.backward()
     assert rec.item_projection.weight.grad.abs().sum() > 0  # the text map learns from its zero start
+
+    default_cfg = toy_config(tmp_path / "default", stage=2, text_plus_id=True, item_dim=16)
+    with caplog.at_level(logging.INFO, logger="trainer.recommenders"):
+        default, _, _ = build_recommender(default_cfg, data)
+    assert default.item_projection.weight.abs().sum() > 0  # PyTorch's init: the text part is there from the start
+    assert not torch.allclose(default.item_table(), default.id_embedding.weight.detach())
 
 
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):

@@ -254,6 +254,7 @@ def test_deepspeed_command_line_arguments(tmp_path, capsys):
                            "--deepspeed_config", str(ds), "--local_rank", "0", "--no-resume"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert " INFO hllm.progress: train " in proc.stderr, proc.stderr[-2000:]  # the trainer's own entry point logs progress
     records = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["micro_batches"]) for r in records if "loss" in r] == [(1, 2)]
     assert json.loads((Path(cfg.train.output_dir) / "result.json").read_text())["throughput"]["gradient_accumulation_steps"] == 2

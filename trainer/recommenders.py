@@ -133,7 +133,10 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     `text_plus_id` adds a learned ID embedding (width `hllm.item_dim`) to each item's text embedding;
     `id_only` (stage 2, a diagnostic: `train.id_only`) uses that ID embedding alone, so the User LLM, its
-    projections and the objective run over ID items as SASRec's do and the Item LLM is never read."""
+    projections and the objective run over ID items as SASRec's do and the Item LLM is never read.
+    `item_dim` (stage 2, `train.item_dim`): a learned Linear(Item LLM width -> item_dim) after the adapter
+    makes the item space narrower (ID rows as wide); `item_projection_init` "zero" starts that map at zero
+    (with text_plus_id: training starts as the ID-only model), "default" keeps PyTorch's init."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
@@ -192,13 +195,14 @@ class HLLMRecommender(_SequenceStep, nn.Module):
 
     @torch.no_grad()
     def _log_item_parts(self) -> None:
-        """Log the mean norm of each part of a catalogue item at the start: with cosine scores the larger
-        part sets the direction, so a text part far above the ID rows starts training text-led."""
+        """Log the mean norm of each part of a catalogue item as initialised (before any checkpoint is
+        loaded): with cosine scores the larger part sets the direction, so a text part far above the ID
+        rows starts training text-led."""
         if self.id_embedding is None:
             return
         ids = torch.arange(1, len(self.catalogue_tokens), device=self.device)
-        text = self._adapted(self.cached_items[ids], ids)
-        log.info("item embedding at the start: text part mean norm %.3f, ID rows mean norm %.3f",
+        text = self._adapted(self.cached_items[1:], ids)  # a view of the cache, not a copy
+        log.info("item embedding at init: text part mean norm %.3f, ID rows mean norm %.3f",
                  float(text.norm(dim=1).mean()), float(self.id_embedding(ids).norm(dim=1).mean()))
 
     def _embed_catalogue(self, what: str) -> torch.Tensor:

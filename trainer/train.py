@@ -141,6 +141,8 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the trainer's progress, catalogue caching and item-norm lines are INFO")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's
     deepspeed.add_config_arguments(parser)  # --deepspeed, --deepspeed_config (and the deprecated --deepscale*)
     return parser.parse_args(argv)
@@ -159,7 +161,11 @@ def config_from_args(args) -> HLLMConfig:
 
 
 def main(argv=None) -> int:
+    from feature_gen.logs import setup_logging
+
     args = parse_args(argv)
+    # as `hllm train` does: without it `python -m trainer.train` (and deepspeed's launcher) printed no progress
+    setup_logging(args.log_level)
     try:
         cfg = config_from_args(args)
         if cfg.loss.objective == "discriminative":  # the same loop on labelled requests, selected on GAUC
