@@ -226,12 +226,14 @@ def cmd_produce_events(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from feature_gen.logs import LEVELS  # light: stdlib only
+
     parser = argparse.ArgumentParser(
         prog="hllm",
         description="HLLM item and user-interest embeddings as ranking features.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
                         help="the project's log level (third-party libraries stay at WARNING unless DEBUG)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (= --log-level WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -46,6 +46,10 @@ ITEM_SPACE_64 = {"item_llm.source": "tiny_random", "item_llm.tiny.hidden_size": 
 USER_LLM_SASREC_SIZE = {"user_llm.source": "tiny_random", "user_llm.tiny.hidden_size": 64,
                         "user_llm.tiny.num_layers": 2, "user_llm.tiny.num_heads": 2, "user_llm.tiny.num_kv_heads": 2,
                         "user_llm.tiny.intermediate_size": 256}
+# the frozen SmolLM2 items (+ ID rows) in a 64-wide item space (train.item_dim) under the SASRec-size User LLM
+# on SASRec's recipe: the base of the text runs that sit beside the 64-wide ID-only run
+TEXT_ID_64 = {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
+              "user_llm.projection": "none"}
 RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
@@ -137,17 +141,14 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # the same with the item space 64 wide (train.item_dim: a learned map from the SmolLM2 slice's 576-wide
     # embedding, ID rows 64 wide), as the ID-only model that passed SASRec on seed 0
     "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
-                                   "user_llm.projection": "none"})],
+        ("configs/demo_e2e.yaml", TEXT_ID_64)],
     # the same with the text's map started at zero (train.item_projection_init): training starts as the ID-only
     # model that passed SASRec and the text enters only where the gradient finds it useful
     "hllm-frozen-adapter-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
-                                   "user_llm.projection": "none", "train.item_projection_init": "zero"})],
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.item_projection_init": "zero"})],
     # text alone in the 64-wide item space (no ID rows): does the drop of the text + ID run come with the ID rows?
     "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
-                                   "user_llm.projection": "none", "train.text_plus_id": False})],
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [

@@ -137,11 +137,13 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
 def parse_args(argv=None):
     import deepspeed
 
+    from feature_gen.logs import LEVELS
+
     parser = argparse.ArgumentParser(prog="trainer/train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
                         help="the trainer's progress, catalogue caching and item-norm lines are INFO")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's
     deepspeed.add_config_arguments(parser)  # --deepspeed, --deepspeed_config (and the deprecated --deepscale*)
