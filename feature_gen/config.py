@@ -243,10 +243,12 @@ class TrainConfig(_Section):
                            "sasrec_layers, sasrec_heads, sasrec_ffn, dropout) between linear maps from and to "
                            "the item space in the User LLM's place. No bundle (serving runs a User LLM)")
     item_dim: Optional[int] = Field(
-        None, gt=0, description="ablation (model hllm, stage 2, generative): the item space's width; a learned "
-                                "linear map takes the frozen Item LLM's embedding to it (ID rows of text_plus_id and "
-                                "id_only are as wide, the User LLM projects to it). None: the Item LLM's width. No "
-                                "bundle (serving's Item LLM has no such map)")
+        None, gt=0, description="ablation (model hllm, generative): the item space's width; a learned linear "
+                                "map takes the Item LLM's embedding to it (stage 1: trained with the Item LLM; stage "
+                                "2: after the frozen Item LLM's adapter; ID rows of text_plus_id and id_only are as "
+                                "wide, the User LLM projects to it). None: the Item LLM's width. No bundle "
+                                "(serving's Item LLM has no such map), so the run is one stage, evaluated by the "
+                                "trainer")
     item_projection_init: Literal["default", "zero"] = Field(
         "default", description="ablation (train.item_dim with text_plus_id): `zero` starts the text's map at zero, "
                                 "so training starts from the ID-only model and the text enters as the gradient "
@@ -493,11 +495,10 @@ class HLLMConfig(_Section):
             raise ValueError(f"train.user_model: {t.user_model} needs train.model: hllm, train.stage: 2 and a "
                              f"generative loss.objective (got model {t.model}, stage {t.stage}, objective "
                              f"{self.loss.objective})")
-        if t.item_dim is not None and (t.model != "hllm" or t.stage != 2 or self.loss.objective == "discriminative"
-                                       or t.init_bundle):
-            raise ValueError(f"train.item_dim needs train.model: hllm, train.stage: 2, a generative loss.objective "
-                             f"and no train.init_bundle, whose User LLM reads the Item LLM's width (got model "
-                             f"{t.model}, stage {t.stage}, objective {self.loss.objective}, init_bundle {t.init_bundle})")
+        if t.item_dim is not None and (t.model != "hllm" or self.loss.objective == "discriminative" or t.init_bundle):
+            raise ValueError(f"train.item_dim needs train.model: hllm, a generative loss.objective and no "
+                             f"train.init_bundle, whose User LLM reads the Item LLM's width (got model {t.model}, "
+                             f"objective {self.loss.objective}, init_bundle {t.init_bundle})")
         if t.item_projection_init == "zero" and (t.item_dim is None or not t.text_plus_id):
             raise ValueError(f"train.item_projection_init: zero needs train.item_dim and train.text_plus_id: true (a "
                              f"zero text map with no ID rows embeds every item as 0; got item_dim {t.item_dim}, "

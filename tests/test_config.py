@@ -38,7 +38,7 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"train": {"user_model": "sasrec"}}, "x.yaml: train.user_model: sasrec needs train.model: hllm, train.stage: 2"),
         ({"train": {"id_only": True, "stage": 1}}, "x.yaml: train.id_only needs train.model: hllm, train.stage: 2"),
         ({"train": {"id_only": True, "stage": 2, "text_plus_id": True}}, "(got model hllm, stage 2, text_plus_id True)"),
-        ({"train": {"item_dim": 64}}, "x.yaml: train.item_dim needs train.model: hllm, train.stage: 2"),
+        ({"train": {"item_dim": 64, "model": "sasrec"}}, "x.yaml: train.item_dim needs train.model: hllm, a generative"),
         ({"train": {"item_dim": 64, "stage": 2, "init_bundle": "b"}}, "objective generative, init_bundle b)"),
         ({"train": {"item_dim": 0, "stage": 2}}, "train.item_dim: Input should be greater than 0; got 0"),
         ({"train": {"item_projection_init": "zero", "stage": 2, "text_plus_id": True}},

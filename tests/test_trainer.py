@@ -158,6 +158,35 @@ def test_a_narrow_item_space_maps_the_text_and_learns_the_toy_cycle(tmp_path):
     assert result.test["recall@5"] > 0.5  # chance is ~5/20
 
 
+def test_stage1_trains_the_item_llm_through_the_narrow_item_map(tmp_path):
+    """train.item_dim in stage 1: the Item LLM, its map into the narrow space and the ID rows train
+    together; a step's items and the evaluation table (the stage-1 catalogue cache's source too) embed
+    items alike, padding a zero row; one stage, no bundle."""
+    cfg = toy_config(tmp_path, stage=1, text_plus_id=True, item_dim=16, epochs=12, lr=5e-3, eval_every_epochs=4)
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    wide = rec.hllm.item_dim
+    assert wide != 16 and rec.item_projection.weight.shape == (16, wide)
+    rec.eval()  # the table runs the Item LLM in eval mode; so must the comparison
+    table = rec.item_table()
+    assert table.shape == (data.num_items + 1, 16) and not table[0].any()
+    ids = torch.tensor([3, 7, 5])  # stage 1 encodes a step's real items only
+    torch.testing.assert_close(rec.encode_items(ids), table[ids], atol=1e-5, rtol=1e-5)
+    rec.train()
+    history = torch.tensor([3, 1, 2, 4])
+    out = rec.user_model(rec.encode_items(history).unsqueeze(0), torch.ones(1, 4, dtype=torch.long))
+    assert out.predictions.shape == (1, 4, 16)
+    logits = out.predictions[0, :3] @ rec.encode_items(torch.arange(1, data.num_items + 1)).T
+    torch.nn.functional.cross_entropy(logits, history[1:] - 1).backward()
+    assert rec.item_projection.weight.grad.abs().sum() > 0
+    trained = [p for p in rec.hllm.item_llm.parameters() if p.requires_grad]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)  # the Item LLM learns
+
+    result = run_training(cfg, resume=False)
+    assert result.bundle is None  # serving's Item LLM has no such map
+    assert result.test["recall@5"] > 0.5  # chance is ~5/20
+
+
 def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path, caplog):
     """train.item_projection_init: zero: at the start every item is its ID row alone (the text's map is
     zero); one training step moves the map off zero, so the text can enter."""

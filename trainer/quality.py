@@ -159,6 +159,12 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.item_projection_init": "zero"})],
     "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.text_plus_id": False})],
+    # the zero-started text + ID model in the 64-wide item space with the Item LLM fine-tuned (stage 1: the
+    # quality config's 2-layer MiniLM, [ITEM] token, in-batch + logQ negatives) on SASRec's recipe over full
+    # 50-item histories: where the paper puts the text's value; one stage, evaluated by the trainer
+    "hllm-finetuned-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/quality_hllm.yaml", {**TEXT_ID_64, "train.item_projection_init": "zero", "train.windows": "all",
+                                       "train.stage1_max_seq_len": 50})],
     # the paper's pipeline with what the frozen runs found: stage 2 (from the 24-epoch stage 1's bundle)
     # with ID_AND_DROPOUT, trained to convergence
     "hllm-stage1-24-epochs-stage2-id-dropout": [
@@ -186,7 +192,8 @@ SUITES = {
                   "hllm-frozen-adapter-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
-                  "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe"],
+                  "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-finetuned-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],

@@ -134,9 +134,10 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     `text_plus_id` adds a learned ID embedding (width `hllm.item_dim`) to each item's text embedding;
     `id_only` (stage 2, a diagnostic: `train.id_only`) uses that ID embedding alone, so the User LLM, its
     projections and the objective run over ID items as SASRec's do and the Item LLM is never read.
-    `item_dim` (stage 2, `train.item_dim`): a learned Linear(Item LLM width -> item_dim) after the adapter
-    makes the item space narrower (ID rows as wide); `item_projection_init` "zero" starts that map at zero
-    (with text_plus_id: training starts as the ID-only model), "default" keeps PyTorch's init."""
+    `item_dim` (`train.item_dim`): a learned Linear(Item LLM width -> item_dim) after the Item LLM (stage 1,
+    trained with it) or its adapter (stage 2) makes the item space narrower (ID rows as wide);
+    `item_projection_init` "zero" starts that map at zero (with text_plus_id: training starts as the ID-only
+    model), "default" keeps PyTorch's init."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
@@ -156,9 +157,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         self.stage = stage
         text_dim = hllm.item_dim
         dim = item_dim or text_dim
-        if item_dim is not None and stage != 2:
-            raise ValueError(f"item_dim: a stage-2 option (got stage {stage})")
-        # item_dim (train.item_dim): a learned map from the frozen Item LLM's width into a narrower item space
+        # item_dim (train.item_dim): a learned map from the Item LLM's width into a narrower item space
         self.item_projection = (nn.Linear(text_dim, dim) if item_dim is not None and not id_only else None)
         if item_projection_init == "zero":
             # training starts as the ID-only model; the map still gets a gradient (dL/dW = g x text^T), the
@@ -255,16 +254,21 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         return StepOutput(out.total, self._stats(enc, out.gen))
 
     def _adapted(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Stage 2: the Item LLM's adapter on cached features [M, D] of items `ids` [M]; the padding
-        id 0 stays a zero row (an adapter's bias would move it)."""
+        """Stage 2: the Item LLM's adapter on cached features [M, D] of items `ids` [M], then the item_dim
+        map; the padding id 0 stays a zero row (an adapter's bias would move it)."""
         item_llm = self.hllm.item_llm
         if item_llm.adapter is None and self.item_projection is None:
             return features
         if item_llm.adapter is not None:
             features = item_llm.adapt(features)
-        if self.item_projection is not None:
-            features = self.item_projection(features)
-        return features * (ids > 0).unsqueeze(-1).to(features.dtype)
+        return self._projected(features, ids)
+
+    def _projected(self, text: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The item_dim map on text embeddings [M, D] of items `ids` [M] -> [M, item_dim], padding rows
+        zero (the map's bias would move them); the embeddings unchanged without item_dim."""
+        if self.item_projection is None:
+            return text
+        return self.item_projection(text) * (ids > 0).unsqueeze(-1).to(text.dtype)
 
     def text_tokens(self, ids: torch.Tensor) -> int:
         return sum(len(self.catalogue_tokens[i]) + 1 for i in ids.tolist())  # +1: the [ITEM] slot
@@ -291,6 +295,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                 parts.append(self.hllm.item_llm(batch.input_ids.to(self.device), batch.attention_mask.to(self.device)))
             order = torch.from_numpy(np.concatenate(chunks)).to(self.device) if chunks else ids[:0]
             text = torch.cat(parts)[torch.argsort(order)] if parts else self.cached_items[:0]
+            text = self._projected(text, ids)  # stage 1 with item_dim: the map trains with the Item LLM
         if self.id_embedding is not None:
             return text + self.id_embedding(ids)
         return text
@@ -309,6 +314,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                                       padding_side=self.padding_side)
             self.train(was_training)
             table = padded_item_table(vectors).to(self.device)
+            table = self._projected(table, torch.arange(table.size(0), device=table.device))
         if self.id_embedding is not None:
             table = table + self.id_embedding.weight.detach()
         return table
