@@ -187,6 +187,17 @@ def test_stage1_trains_the_item_llm_through_the_narrow_item_map(tmp_path):
     assert result.test["recall@5"] > 0.5  # chance is ~5/20
 
 
+def test_a_stage2_adapter_keeps_the_padding_row_zero(tmp_path):
+    """An adapter's bias must not move the padding id 0, with or without the item_dim map after it."""
+    cfg = toy_config(tmp_path, stage=2)
+    cfg = cfg.model_copy(update={"item_llm": cfg.item_llm.model_copy(update={"adapter": "linear"})})
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    with torch.no_grad():
+        rec.hllm.item_llm.adapter.bias.fill_(1.0)  # a bias that would show in the padding row
+    assert not rec.item_table()[0].any() and not rec.encode_items(torch.tensor([0, 2]))[0].any()
+
+
 def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path, caplog):
     """train.item_projection_init: zero: at the start every item is its ID row alone (the text's map is
     zero); one training step moves the map off zero, so the text can enter."""

@@ -261,6 +261,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             return features
         if item_llm.adapter is not None:
             features = item_llm.adapt(features)
+        if self.item_projection is None:  # the adapter alone: its bias must not move the padding row either
+            return features * (ids > 0).unsqueeze(-1).to(features.dtype)
         return self._projected(features, ids)
 
     def _projected(self, text: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
