@@ -44,6 +44,9 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"train": {"item_projection_init": "zero", "stage": 2, "text_plus_id": True}},
          "x.yaml: train.item_projection_init: zero needs train.item_dim and train.text_plus_id: true"),
         ({"train": {"item_projection_init": "zero", "stage": 2, "item_dim": 64}}, "item_dim 64, text_plus_id False)"),
+        ({"train": {"id_init": "text_pca", "stage": 2}}, "x.yaml: train.id_init: text_pca needs train.model: hllm and ID rows"),
+        ({"train": {"id_init": "text_pca", "model": "sasrec"}}, "got model sasrec, text_plus_id False, id_only False)"),
+        ({"train": {"id_init": "pca"}}, "train.id_init: expected one of 'normal' or 'text_pca'; got 'pca'"),
         ({"train": {"item_projection_init": "kaiming"}}, "train.item_projection_init: expected one of 'default' or 'zero'; got 'kaiming'"),
     ],
 )

@@ -19,6 +19,7 @@ from feature_gen.data.sequences import leave_one_out, load_interaction_data
 from feature_gen.evaluation.protocol import chance_recalls
 from feature_gen.inference.encoders import embed_catalogue
 from trainer.loop import TrainingDiverged
+from trainer.recommenders import text_pca_rows
 from trainer.train import build_recommender, run_training
 
 from tests.toys import TINY, agree_with_bundle, losses, toy_config
@@ -222,6 +223,44 @@ def test_a_zero_text_map_starts_as_the_id_model_and_lets_the_text_in(tmp_path, c
         default, _, _ = build_recommender(default_cfg, data)
     assert default.item_projection.weight.abs().sum() > 0  # PyTorch's init: the text part is there from the start
     assert not torch.allclose(default.item_table(), default.id_embedding.weight.detach())
+
+
+def test_text_pca_rows_keep_the_catalogue_geometry():
+    """text_pca_rows: centred, projected on the top components, one scale to std 0.02. On features of rank
+    3 the 3 components keep every pairwise distance, scaled by that one factor."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(30, 3, generator=gen) @ torch.randn(3, 10, generator=gen) + 5.0  # rank 3, off-centre
+    rows = text_pca_rows(features, 3)
+    assert rows.shape == (30, 3) and rows.dtype == torch.float32
+    assert rows.std().item() == pytest.approx(0.02, rel=1e-4)
+    torch.testing.assert_close(rows.mean(dim=0), torch.zeros(3), atol=1e-6, rtol=0)  # centred
+    ratio = torch.cdist(rows.double(), rows.double()) / torch.cdist(features.double(), features.double()).clamp_min(1e-12)
+    off_diagonal = ratio[~torch.eye(30, dtype=torch.bool)]
+    torch.testing.assert_close(off_diagonal, torch.full_like(off_diagonal, off_diagonal[0].item()), rtol=1e-6, atol=0)
+    # the first component carries the most variance
+    assert rows[:, 0].var() >= rows[:, 1].var() >= rows[:, 2].var()
+    with pytest.raises(ValueError, match="ID rows 11 wide need at least 11 items and a text embedding at least 11 wide"):
+        text_pca_rows(features, 11)
+    with pytest.raises(ValueError, match="text embeddings are all equal"):
+        text_pca_rows(torch.ones(5, 4), 2)
+
+
+@pytest.mark.parametrize("rows", [{"id_only": True}, {"text_plus_id": True, "item_projection_init": "zero"}])
+def test_id_rows_start_from_the_items_text(tmp_path, rows):
+    """train.id_init: text_pca: the ID rows start at the frozen Item LLM's catalogue embeddings on their top
+    principal components (padding a zero row); with the text's map at zero that is the whole item table.
+    The Item LLM is read once and trains nothing."""
+    cfg = toy_config(tmp_path, stage=2, item_dim=4, id_init="text_pca", **rows)
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    expected = text_pca_rows(rec._embed_catalogue("the test's own embedding"), 4)
+    torch.testing.assert_close(rec.id_embedding.weight[1:].detach(), expected)
+    assert not rec.id_embedding.weight[0].any()
+    torch.testing.assert_close(rec.item_table(), rec.id_embedding.weight.detach())
+    assert not any(p.requires_grad for p in rec.hllm.item_llm.backbone.parameters())
+
+    normal, _, _ = build_recommender(toy_config(tmp_path / "normal", stage=2, item_dim=4, **rows), data)
+    assert not torch.allclose(normal.id_embedding.weight[1:], rec.id_embedding.weight[1:])
 
 
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):

@@ -159,6 +159,15 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.item_projection_init": "zero"})],
     "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.text_plus_id": False})],
+    # the text as the ID rows' starting point (train.id_init: text_pca; Harte et al., RecSys 2023): the 64-wide
+    # ID-only model with each row started at the frozen SmolLM2 slice's embedding on the catalogue's top 64
+    # principal components, so similar titles start close and rare items keep that place where few gradients reach
+    "hllm-id-64-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False, "train.id_only": True,
+                                   "train.id_init": "text_pca"})],
+    # the same start under the zero-started text + ID model (the text stays readable through its map)
+    "hllm-frozen-adapter-id-64-zero-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.item_projection_init": "zero", "train.id_init": "text_pca"})],
     # the zero-started text + ID model in the 64-wide item space with the Item LLM fine-tuned (stage 1: the
     # quality config's 2-layer MiniLM, [ITEM] token, in-batch + logQ negatives) on SASRec's recipe over full
     # 50-item histories: where the paper puts the text's value; one stage, evaluated by the trainer
@@ -193,7 +202,9 @@ SUITES = {
                   "hllm-frozen-adapter-64-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-minilm-64-dropout-user-sasrec-size-sasrec-recipe",
-                  "hllm-finetuned-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe"],
+                  "hllm-finetuned-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-id-64-text-pca-init-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-frozen-adapter-id-64-zero-text-pca-init-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],

@@ -127,6 +127,26 @@ class _SequenceStep:
                 "negatives_offered": int(enc.candidates.ids.numel())}
 
 
+def text_pca_rows(features: torch.Tensor, dim: int, std: float = 0.02) -> torch.Tensor:
+    """Item rows [N, dim] from frozen text embeddings `features` [N, D]: centred on the catalogue mean,
+    projected on the top `dim` principal components (torch.linalg.svd), then scaled by one factor so that
+    the rows' overall std is `std` (the N(0, 0.02) init they replace), keeping the components' relative
+    variance. Deterministic for the same features. Raises ValueError when dim > min(N, D): a catalogue
+    or an embedding narrower than the rows has no more components."""
+    n, d = features.shape
+    if dim > min(n, d):
+        raise ValueError(f"train.id_init text_pca: ID rows {dim} wide need at least {dim} items and a text "
+                         f"embedding at least {dim} wide (got {n} items, width {d})")
+    x = features.double()
+    x = x - x.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    rows = x @ vh[:dim].T
+    scale = rows.std()
+    if scale == 0:  # every item's text embeds alike: nothing to start from
+        raise ValueError("train.id_init text_pca: the catalogue's text embeddings are all equal")
+    return (rows * (std / scale)).float()
+
+
 class HLLMRecommender(_SequenceStep, nn.Module):
     """HLLM for training. Stage 1: the Item LLM runs on each batch's unique items (trainable).
     Stage 2: the Item LLM is frozen and its catalogue embeddings are computed once (`cache_items`).
@@ -137,12 +157,13 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     `item_dim` (`train.item_dim`): a learned Linear(Item LLM width -> item_dim) after the Item LLM (stage 1,
     trained with it) or its adapter (stage 2) makes the item space narrower (ID rows as wide);
     `item_projection_init` "zero" starts that map at zero (with text_plus_id: training starts as the ID-only
-    model), "default" keeps PyTorch's init."""
+    model), "default" keeps PyTorch's init. `id_init` "text_pca" starts the ID rows at the frozen Item LLM's
+    catalogue embeddings on their top principal components (`text_pca_rows`), "normal" at N(0, 0.02)."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
                  user_model: nn.Module | None = None, item_dim: int | None = None,
-                 item_projection_init: str = "default"):
+                 item_projection_init: str = "default", id_init: str = "normal"):
         super().__init__()
         self.hllm = hllm
         if user_model is not None:
@@ -174,23 +195,34 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         self.id_only = id_only
         self.id_embedding = (nn.Embedding(len(self.catalogue_tokens), dim, padding_idx=0)
                              if text_plus_id or id_only else None)
+        if id_init not in ("normal", "text_pca"):
+            raise ValueError(f"id_init: normal or text_pca (got {id_init!r})")
+        if id_init == "text_pca" and self.id_embedding is None:
+            raise ValueError("id_init text_pca: needs ID rows (text_plus_id or id_only)")
         if self.id_embedding is not None:
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
         self.register_buffer("cached_items", torch.zeros(0, text_dim), persistent=False)
+        features = None  # the frozen catalogue embeddings [N, D], where this constructor computes them
         if stage == 2:
             # the backbone and [ITEM] token freeze; an adapter (item_llm.adapter) keeps training
             for p in hllm.item_llm.frozen_parameters():
                 p.requires_grad_(False)
-            if id_only:  # nothing reads the text: neither embed the catalogue nor train the adapter
+            if id_only:  # nothing trains in the Item LLM; only text_pca reads it, once
                 for p in hllm.item_llm.parameters():
                     p.requires_grad_(False)
             else:
-                self.cache_items()
-                self._log_item_parts()
+                features = self.cache_items()[1:]
         elif hllm.item_llm.needs_center:
-            self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
+            features = self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
+        if id_init == "text_pca":
+            if features is None:
+                features = self._embed_catalogue("embedding the catalogue for train.id_init: text_pca")
+            with torch.no_grad():
+                self.id_embedding.weight[1:] = text_pca_rows(features, dim).to(self.id_embedding.weight)
+        if stage == 2 and not id_only:
+            self._log_item_parts()
 
     @torch.no_grad()
     def _log_item_parts(self) -> None:
