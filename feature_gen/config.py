@@ -255,12 +255,14 @@ class TrainConfig(_Section):
                                 "finds it useful; `default`: PyTorch's Linear init, where the text outweighs the "
                                 "N(0, 0.02) ID rows at the start (mean norms 0.64 against 0.16 for 64-wide rows over ML-100K's "
                                 "SmolLM2 slice; the trainer logs both)")
-    id_init: Literal["normal", "text_pca"] = Field(
+    id_init: Literal["normal", "text_pca", "text_pca_permuted"] = Field(
         "normal", description="ablation (model hllm, text_plus_id or id_only): how the ID rows start. `normal`: "
                               "N(0, 0.02), as SASRec's; `text_pca`: each item's frozen Item LLM embedding projected "
                               "on the catalogue's top principal components (as many as the rows are wide), scaled to "
                               "the same overall std 0.02, so items with similar text start close (Harte et al., "
-                              "RecSys 2023, initialise SASRec/BERT4Rec item rows from PCA-reduced LLM embeddings)")
+                              "RecSys 2023, initialise SASRec/BERT4Rec item rows from PCA-reduced LLM embeddings); `text_pca_permuted`, the control: "
+                              "the same rows dealt to items in a random order (the run's seed), so the start has "
+                              "text_pca's spectrum and no item's own text")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
@@ -509,8 +511,8 @@ class HLLMConfig(_Section):
             raise ValueError(f"train.item_projection_init: zero needs train.item_dim and train.text_plus_id: true (a "
                              f"zero text map with no ID rows embeds every item as 0; got item_dim {t.item_dim}, "
                              f"text_plus_id {t.text_plus_id})")
-        if t.id_init == "text_pca" and (t.model != "hllm" or not (t.text_plus_id or t.id_only)):
-            raise ValueError(f"train.id_init: text_pca needs train.model: hllm and ID rows (train.text_plus_id or "
+        if t.id_init != "normal" and (t.model != "hllm" or not (t.text_plus_id or t.id_only)):
+            raise ValueError(f"train.id_init: {t.id_init} needs train.model: hllm and ID rows (train.text_plus_id or "
                              f"train.id_only; got model {t.model}, text_plus_id {t.text_plus_id}, id_only {t.id_only})")
         if t.id_only and (t.model != "hllm" or t.stage != 2 or t.text_plus_id):
             raise ValueError(f"train.id_only needs train.model: hllm, train.stage: 2 and train.text_plus_id: false "

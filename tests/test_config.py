@@ -46,7 +46,7 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"train": {"item_projection_init": "zero", "stage": 2, "item_dim": 64}}, "item_dim 64, text_plus_id False)"),
         ({"train": {"id_init": "text_pca", "stage": 2}}, "x.yaml: train.id_init: text_pca needs train.model: hllm and ID rows"),
         ({"train": {"id_init": "text_pca", "model": "sasrec"}}, "got model sasrec, text_plus_id False, id_only False)"),
-        ({"train": {"id_init": "pca"}}, "train.id_init: expected one of 'normal' or 'text_pca'; got 'pca'"),
+        ({"train": {"id_init": "pca"}}, "train.id_init: expected one of 'normal', 'text_pca' or 'text_pca_permuted'; got 'pca'"),
         ({"train": {"item_projection_init": "kaiming"}}, "train.item_projection_init: expected one of 'default' or 'zero'; got 'kaiming'"),
     ],
 )

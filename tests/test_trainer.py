@@ -262,6 +262,16 @@ def test_id_rows_start_from_the_items_text(tmp_path, rows):
     normal, _, _ = build_recommender(toy_config(tmp_path / "normal", stage=2, item_dim=4, **rows), data)
     assert not torch.allclose(normal.id_embedding.weight[1:], rec.id_embedding.weight[1:])
 
+    # the control: the same rows in another order (each row still one of text_pca's, not its own item's)
+    permuted, _, _ = build_recommender(toy_config(tmp_path / "permuted", stage=2, item_dim=4,
+                                                  id_init="text_pca_permuted", **rows), data)
+    got = permuted.id_embedding.weight[1:].detach()
+    own = text_pca_rows(permuted._embed_catalogue("the test's own embedding"), 4)
+    assert not torch.allclose(got, own)
+    order = torch.cdist(got, own).argmin(dim=1)
+    torch.testing.assert_close(got, own[order])
+    assert sorted(order.tolist()) == list(range(data.num_items))
+
 
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):
     """Stage 1 encodes a step's items in length-sorted chunks; the result and its gradients must be

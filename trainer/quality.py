@@ -165,6 +165,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "hllm-id-64-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False, "train.id_only": True,
                                    "train.id_init": "text_pca"})],
+    # its control: the same rows dealt to items in a random order (train.id_init: text_pca_permuted), so any gain
+    # over the normal start that stays here comes from the rows' spectrum, not from each item's own text
+    "hllm-id-64-permuted-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
+        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False, "train.id_only": True,
+                                   "train.id_init": "text_pca_permuted"})],
     # the same with the rows started from all-MiniLM-L6-v2 (a sentence-embedding model) instead of the SmolLM2 slice
     "hllm-id-64-minilm-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.text_plus_id": False, "train.id_only": True,
@@ -209,6 +214,7 @@ SUITES = {
                   "hllm-finetuned-minilm-id-64-zero-text-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-id-64-text-pca-init-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-id-64-minilm-pca-init-dropout-user-sasrec-size-sasrec-recipe",
+                  "hllm-id-64-permuted-text-pca-init-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-id-64-zero-text-pca-init-dropout-user-sasrec-size-sasrec-recipe"],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",

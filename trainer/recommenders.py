@@ -158,7 +158,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     trained with it) or its adapter (stage 2) makes the item space narrower (ID rows as wide);
     `item_projection_init` "zero" starts that map at zero (with text_plus_id: training starts as the ID-only
     model), "default" keeps PyTorch's init. `id_init` "text_pca" starts the ID rows at the frozen Item LLM's
-    catalogue embeddings on their top principal components (`text_pca_rows`), "normal" at N(0, 0.02)."""
+    catalogue embeddings on their top principal components (`text_pca_rows`), "text_pca_permuted" at those
+    rows dealt to items in a random order (the control), "normal" at N(0, 0.02)."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
@@ -195,10 +196,10 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         self.id_only = id_only
         self.id_embedding = (nn.Embedding(len(self.catalogue_tokens), dim, padding_idx=0)
                              if text_plus_id or id_only else None)
-        if id_init not in ("normal", "text_pca"):
-            raise ValueError(f"id_init: normal or text_pca (got {id_init!r})")
-        if id_init == "text_pca" and self.id_embedding is None:
-            raise ValueError("id_init text_pca: needs ID rows (text_plus_id or id_only)")
+        if id_init not in ("normal", "text_pca", "text_pca_permuted"):
+            raise ValueError(f"id_init: normal, text_pca or text_pca_permuted (got {id_init!r})")
+        if id_init != "normal" and self.id_embedding is None:
+            raise ValueError(f"id_init {id_init}: needs ID rows (text_plus_id or id_only)")
         if self.id_embedding is not None:
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
@@ -216,11 +217,14 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                 features = self.cache_items()[1:]
         elif hllm.item_llm.needs_center:
             features = self._fit_center(self._embed_catalogue("fitting item_llm.center on the catalogue"))
-        if id_init == "text_pca":
+        if id_init != "normal":
             if features is None:
-                features = self._embed_catalogue("embedding the catalogue for train.id_init: text_pca")
+                features = self._embed_catalogue(f"embedding the catalogue for train.id_init: {id_init}")
+            rows = text_pca_rows(features, dim)
+            if id_init == "text_pca_permuted":  # the control: the same rows, no item's own text (global RNG: the run's seed)
+                rows = rows[torch.randperm(rows.size(0))]
             with torch.no_grad():
-                self.id_embedding.weight[1:] = text_pca_rows(features, dim).to(self.id_embedding.weight)
+                self.id_embedding.weight[1:] = rows.to(self.id_embedding.weight)
         if stage == 2 and not id_only:
             self._log_item_parts()
 
