@@ -263,6 +263,13 @@ class TrainConfig(_Section):
                               "RecSys 2023, initialise SASRec/BERT4Rec item rows from PCA-reduced LLM embeddings); `text_pca_permuted`, the control: "
                               "the same rows dealt to items in a random order (the run's seed), so the start has "
                               "text_pca's spectrum and no item's own text")
+    id_anchor_weight: float = Field(
+        0.0, ge=0, description="ablation (with a text start, train.id_init): adds this weight x the mean over "
+                               "items of (1 - cosine between an item's ID row and its start) to the loss, so the "
+                               "start is a prior the rows are pulled back to (the regression-based prior on item "
+                               "factors of Agarwal & Chen, KDD 2009; L2-SP of Li et al., ICML 2018, in the cosine "
+                               "the scores use). 0: the start is only where the rows begin; under Adam and the full "
+                               "softmax every row moves every step, so it fades")
     train_user_fraction: float = Field(1.0, gt=0.0, le=1.0, description="data-efficiency runs: share of users trained on")
     sasrec_hidden: int = Field(64, gt=0)
     sasrec_layers: int = Field(2, gt=0)
@@ -511,6 +518,9 @@ class HLLMConfig(_Section):
             raise ValueError(f"train.item_projection_init: zero needs train.item_dim and train.text_plus_id: true (a "
                              f"zero text map with no ID rows embeds every item as 0; got item_dim {t.item_dim}, "
                              f"text_plus_id {t.text_plus_id})")
+        if t.id_anchor_weight > 0 and t.id_init == "normal":
+            raise ValueError(f"train.id_anchor_weight: {t.id_anchor_weight} needs a text start to pull the rows back "
+                             "to (train.id_init: text_pca or text_pca_permuted)")
         if t.id_init != "normal" and (t.model != "hllm" or not (t.text_plus_id or t.id_only)):
             raise ValueError(f"train.id_init: {t.id_init} needs train.model: hllm and ID rows (train.text_plus_id or "
                              f"train.id_only; got model {t.model}, text_plus_id {t.text_plus_id}, id_only {t.id_only})")

@@ -47,6 +47,9 @@ def test_yaml_round_trip_with_overrides(tmp_path):
         ({"train": {"id_init": "text_pca", "stage": 2}}, "x.yaml: train.id_init: text_pca needs train.model: hllm and ID rows"),
         ({"train": {"id_init": "text_pca", "model": "sasrec"}}, "got model sasrec, text_plus_id False, id_only False)"),
         ({"train": {"id_init": "pca"}}, "train.id_init: expected one of 'normal', 'text_pca' or 'text_pca_permuted'; got 'pca'"),
+        ({"train": {"id_anchor_weight": 1.0, "id_only": True, "stage": 2}},
+         "x.yaml: train.id_anchor_weight: 1.0 needs a text start to pull the rows back to (train.id_init: text_pca"),
+        ({"train": {"id_anchor_weight": -1}}, "train.id_anchor_weight"),
         ({"train": {"item_projection_init": "kaiming"}}, "train.item_projection_init: expected one of 'default' or 'zero'; got 'kaiming'"),
     ],
 )

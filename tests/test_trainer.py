@@ -19,7 +19,7 @@ from feature_gen.data.sequences import leave_one_out, load_interaction_data
 from feature_gen.evaluation.protocol import chance_recalls
 from feature_gen.inference.encoders import embed_catalogue
 from trainer.loop import TrainingDiverged
-from trainer.recommenders import text_pca_rows
+from trainer.recommenders import HLLMRecommender, text_pca_rows
 from trainer.train import build_recommender, run_training
 
 from tests.toys import TINY, agree_with_bundle, losses, toy_config
@@ -271,6 +271,48 @@ def test_id_rows_start_from_the_items_text(tmp_path, rows):
     order = torch.cdist(got, own).argmin(dim=1)
     torch.testing.assert_close(got, own[order])
     assert sorted(order.tolist()) == list(range(data.num_items))
+
+
+def test_id_anchor_pulls_the_rows_back_to_their_start(tmp_path):
+    """train.id_anchor_weight: the loss gains weight x mean(1 - cos(row, start)) over the catalogue; the
+    drift is logged (id_start_cos) with or without the pull; a step on the pull brings every row that moved
+    back toward its start."""
+    from feature_gen.data.sequences import training_windows
+    from trainer.loop import generative_examples
+
+    recs = {}
+    for weight in (0.0, 2.0):
+        cfg = toy_config(tmp_path / str(weight), stage=2, item_dim=4, id_only=True, id_init="text_pca",
+                         id_anchor_weight=weight)
+        data = load_interaction_data(cfg.data, cfg.item_text)
+        split = leave_one_out(data)
+        torch.manual_seed(0)  # as run_training does: the [ITEM] token's new row is drawn from the global RNG
+        rec, _, _ = build_recommender(cfg, data)
+        generative_examples(rec, split, data.num_items, cfg, cfg.data.max_seq_len)
+        recs[weight] = rec.eval()  # no dropout: the two losses differ by the pull alone
+    free, pulled = recs[0.0], recs[2.0]
+    torch.testing.assert_close(pulled.id_start, pulled.id_embedding.weight[1:].detach())
+    batch = training_windows(split.train[:6], split.train_timestamps[:6], 8)
+    assert pulled.training_step(batch, step=1).stats["id_start_cos"] == pytest.approx(1.0)  # at the start: no pull
+    noise = torch.randn(data.num_items, 4, generator=torch.Generator().manual_seed(0)) * 0.02
+    for rec in recs.values():
+        with torch.no_grad():
+            rec.id_embedding.weight[1:] += noise
+    cos = torch.nn.functional.cosine_similarity(free.id_start + noise, free.id_start, dim=-1)
+    out_free, out_pulled = free.training_step(batch, step=1), pulled.training_step(batch, step=1)
+    assert out_free.stats["id_start_cos"] == pytest.approx(float(cos.mean()), abs=1e-4)
+    assert float(cos.mean()) < 0.99  # the noise moved the rows
+    assert out_pulled.stats["id_start_cos"] == out_free.stats["id_start_cos"]
+    assert (out_pulled.loss - out_free.loss).item() == pytest.approx(2.0 * float((1 - cos).mean()), rel=1e-4)
+    # one gradient step on the pull alone: every row turns toward its start
+    pulled.zero_grad()
+    (2.0 * (1 - pulled.id_start_cos()).mean()).backward()
+    with torch.no_grad():
+        pulled.id_embedding.weight -= 1e-3 * pulled.id_embedding.weight.grad
+    assert (pulled.id_start_cos().detach() > cos).all()
+    with pytest.raises(ValueError, match="only with a text start"):  # direct callers, past the config's check
+        HLLMRecommender(free.hllm, free.catalogue_tokens[1:], free.pad_id, stage=2, id_only=True,
+                        id_anchor_weight=1.0)
 
 
 def test_stage1_length_chunks_give_the_one_batch_vectors_and_gradients(tmp_path):

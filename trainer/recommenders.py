@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from feature_gen.data.sequences import TrainingBatch
 from feature_gen.inference.encoders import batches_by_length, embed_token_ids
@@ -159,12 +160,14 @@ class HLLMRecommender(_SequenceStep, nn.Module):
     `item_projection_init` "zero" starts that map at zero (with text_plus_id: training starts as the ID-only
     model), "default" keeps PyTorch's init. `id_init` "text_pca" starts the ID rows at the frozen Item LLM's
     catalogue embeddings on their top principal components (`text_pca_rows`), "text_pca_permuted" at those
-    rows dealt to items in a random order (the control), "normal" at N(0, 0.02)."""
+    rows dealt to items in a random order (the control), "normal" at N(0, 0.02). `id_anchor_weight` > 0 (with
+    a text start) adds weight x mean over items of (1 - cos(ID row, its start)) to the loss: the start becomes
+    a prior the rows are pulled back to, not only where they begin."""
 
     def __init__(self, hllm: HLLM, catalogue_tokens: list[list[int]], pad_id: int, stage: int,
                  text_plus_id: bool = False, padding_side: str = "right", id_only: bool = False,
                  user_model: nn.Module | None = None, item_dim: int | None = None,
-                 item_projection_init: str = "default", id_init: str = "normal"):
+                 item_projection_init: str = "default", id_init: str = "normal", id_anchor_weight: float = 0.0):
         super().__init__()
         self.hllm = hllm
         if user_model is not None:
@@ -200,6 +203,12 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             raise ValueError(f"id_init: normal, text_pca or text_pca_permuted (got {id_init!r})")
         if id_init != "normal" and self.id_embedding is None:
             raise ValueError(f"id_init {id_init}: needs ID rows (text_plus_id or id_only)")
+        if id_anchor_weight < 0 or (id_anchor_weight > 0 and id_init == "normal"):
+            raise ValueError(f"id_anchor_weight {id_anchor_weight}: >= 0, and > 0 only with a text start (id_init)")
+        self.id_anchor_weight = id_anchor_weight
+        # [N, dim] where the ID rows of items 1..N started (a text start only): the anchor's target, and
+        # what the logged drift (id_start_cos) is measured from. Rebuilt by the constructor, not checkpointed.
+        self.register_buffer("id_start", torch.zeros(0, dim), persistent=False)
         if self.id_embedding is not None:
             nn.init.normal_(self.id_embedding.weight, std=0.02)
             with torch.no_grad():
@@ -225,6 +234,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
                 rows = rows[torch.randperm(rows.size(0))]
             with torch.no_grad():
                 self.id_embedding.weight[1:] = rows.to(self.id_embedding.weight)
+            self.id_start = rows.to(self.id_embedding.weight).clone()
         if stage == 2 and not id_only:
             self._log_item_parts()
 
@@ -287,7 +297,20 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         targets = batch.targets * enc.target_mask
         out = self.hllm.losses(enc.item_embs, batch.inputs.attention_mask, enc.target_embs, targets,
                                enc.candidates, batch.inputs.timestamps, objective=self.objective)
-        return StepOutput(out.total, self._stats(enc, out.gen))
+        stats = self._stats(enc, out.gen)
+        if self.id_start.numel() == 0:
+            return StepOutput(out.total, stats)
+        start_cos = self.id_start_cos()
+        stats["id_start_cos"] = round(float(start_cos.detach().mean()), 4)  # how far the rows have moved from their start
+        if self.id_anchor_weight == 0:
+            return StepOutput(out.total, stats)
+        return StepOutput(out.total + self.id_anchor_weight * (1 - start_cos).mean(), stats)
+
+    def id_start_cos(self) -> torch.Tensor:
+        """[N] cosine between each item's ID row now (with gradient) and where it started (id_start)."""
+        ids = torch.arange(1, self.id_start.size(0) + 1, device=self.device)
+        rows = self.id_embedding(ids)  # through forward, so ZeRO-3 gathers the table
+        return F.cosine_similarity(rows, self.id_start.to(rows.dtype), dim=-1)
 
     def _adapted(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Stage 2: the Item LLM's adapter on cached features [M, D] of items `ids` [M], then the item_dim

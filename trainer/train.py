@@ -71,7 +71,8 @@ def build_recommender(cfg: HLLMConfig, data):
     tokens = catalogue_token_ids(data.items, cfg.item_text, tokenizer)
     rec = HLLMRecommender(hllm, tokens, tokenizer.pad_token_id, t.stage, t.text_plus_id, cfg.item_llm.padding_side,
                           id_only=t.id_only, user_model=user_model, item_dim=t.item_dim,
-                          item_projection_init=t.item_projection_init, id_init=t.id_init)
+                          item_projection_init=t.item_projection_init, id_init=t.id_init,
+                          id_anchor_weight=t.id_anchor_weight)
     return rec, tokenizer, bases
 
 
