@@ -304,6 +304,8 @@ def test_id_anchor_pulls_the_rows_back_to_their_start(tmp_path):
     assert float(cos.mean()) < 0.99  # the noise moved the rows
     assert out_pulled.stats["id_start_cos"] == out_free.stats["id_start_cos"]
     assert (out_pulled.loss - out_free.loss).item() == pytest.approx(2.0 * float((1 - cos).mean()), rel=1e-4)
+    assert out_pulled.stats["id_anchor_loss"] == pytest.approx(2.0 * float((1 - cos).mean()), rel=1e-3)
+    assert "id_anchor_loss" not in out_free.stats
     # one gradient step on the pull alone: every row turns toward its start
     pulled.zero_grad()
     (2.0 * (1 - pulled.id_start_cos()).mean()).backward()
