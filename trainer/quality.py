@@ -171,14 +171,11 @@ RUNS: dict[str, list[tuple[str, dict | str]]] = {
     "hllm-id-64-permuted-text-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, "train.id_init": "text_pca_permuted"})],
     # the text start as a prior (train.id_anchor_weight): the loss pulls each row back toward its start, so the
-    # text's place survives where Adam moves every row each step; three weights, the one chosen on validation
+    # text's place survives where Adam moves every row each step. Weight 1 lowered validation against 0 (ML-100K
+    # seed 0), so the sweep went down (0.1), not up; no control run, since the pull gained nothing to explain
     **{f"hllm-id-64-text-pca-anchor-{label}-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, "train.id_init": "text_pca", "train.id_anchor_weight": weight})]
-       for label, weight in (("0.1", 0.1), ("1", 1.0), ("10", 10.0))},
-    # its control: the same pull toward permuted rows
-    "hllm-id-64-permuted-text-pca-anchor-1-dropout-user-sasrec-size-sasrec-recipe": [
-        ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, "train.id_init": "text_pca_permuted",
-                                   "train.id_anchor_weight": 1.0})],
+       for label, weight in (("0.1", 0.1), ("1", 1.0))},
     # the same with the rows started from all-MiniLM-L6-v2 (a sentence-embedding model) instead of the SmolLM2 slice
     "hllm-id-64-minilm-pca-init-dropout-user-sasrec-size-sasrec-recipe": [
         ("configs/demo_e2e.yaml", {**ID_ONLY_64_OVER_TEXT, **MINILM_ITEMS, "train.id_init": "text_pca"})],
@@ -224,8 +221,7 @@ SUITES = {
                   "hllm-id-64-minilm-pca-init-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-id-64-permuted-text-pca-init-dropout-user-sasrec-size-sasrec-recipe",
                   "hllm-frozen-adapter-id-64-zero-text-pca-init-dropout-user-sasrec-size-sasrec-recipe",
-                  *(f"hllm-id-64-text-pca-anchor-{label}-dropout-user-sasrec-size-sasrec-recipe" for label in ("0.1", "1", "10")),
-                  "hllm-id-64-permuted-text-pca-anchor-1-dropout-user-sasrec-size-sasrec-recipe"],
+                  *(f"hllm-id-64-text-pca-anchor-{label}-dropout-user-sasrec-size-sasrec-recipe" for label in ("0.1", "1"))],
     "cold": ["sasrec", "hllm", "hllm-frozen-adapter"],
     "efficiency": ["sasrec", "hllm", "hllm-stage1-12-epochs", "hllm-stage1-24-epochs", "hllm-frozen-adapter",
                    "hllm-frozen-adapter-id-dropout"],
