@@ -7,7 +7,8 @@
 #
 # Environment: PEER_ROOT (outputs/peer: data/, results/, work/), RECBOLE_VENV (.venv-recbole),
 # PROJECT_PY (the project's venv python, default <repo>/.venv/bin/python), SEEDS ("0 1 2"),
-# DATASETS ("ml-100k ml-latest-small"), EPOCHS_ML100K (200), EPOCHS_LATEST_SMALL (100).
+# DATASETS ("ml-100k ml-latest-small"), EPOCHS_ML100K (200), EPOCHS_LATEST_SMALL (100),
+# PEER_THREADS (1: torch threads; 2 on an otherwise idle 2-core machine halves an epoch's time).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -21,6 +22,7 @@ EPOCHS_ML100K="${EPOCHS_ML100K:-200}"
 # latest-small: 200 epochs of ~5-6 min each on two shared cores is up to ~20 h a seed, so the cap is
 # lower; each result says whether the cap bound (stopped_early) and why (note).
 EPOCHS_LATEST_SMALL="${EPOCHS_LATEST_SMALL:-100}"
+PEER_THREADS="${PEER_THREADS:-1}"
 TORCH_PIN="torch==2.13.0"
 
 # RecBole's own venv: it needs numpy 1.x (the project's has 2.x), so it never shares the project's.
@@ -50,9 +52,9 @@ run() {  # dataset seed epochs tag note
     local resume=()  # an interrupted run (its progress file is written each epoch) continues from its best
     [ -f "$PEER_ROOT/results/$1-seed$2$4.progress.json" ] && resume=(--resume)
     echo ">> $(date -Is) RecBole SASRec $1 seed $2 (max $3 epochs), load $(cut -d' ' -f1-3 /proc/loadavg)"
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONWARNINGS=ignore \
+    OMP_NUM_THREADS="$PEER_THREADS" MKL_NUM_THREADS="$PEER_THREADS" TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONWARNINGS=ignore \
         nice -n 19 "$RECBOLE_VENV/bin/python" "$REPO/benchmarks/peer/recbole_sasrec.py" \
-        --dataset "$1" --seed "$2" --epochs "$3" --tag="$4" --note "$5" "${resume[@]}" \
+        --dataset "$1" --seed "$2" --epochs "$3" --tag="$4" --note "$5" --threads "$PEER_THREADS" "${resume[@]}" \
         --data "$PEER_ROOT/data" --work "$PEER_ROOT/work" --out "$PEER_ROOT/results"
 }
 
