@@ -298,16 +298,22 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         out = self.hllm.losses(enc.item_embs, batch.inputs.attention_mask, enc.target_embs, targets,
                                enc.candidates, batch.inputs.timestamps, objective=self.objective)
         stats = self._stats(enc, out.gen)
+        return StepOutput(out.total + self._id_start_prior(stats), stats)
+
+    def _id_start_prior(self, stats: dict) -> torch.Tensor | float:
+        """The text start's prior term of the loss: id_anchor_weight x mean over items of (1 - cos(ID row,
+        its start)), 0.0 without a pull. With a text start it logs into `stats` how far the rows have moved
+        (`id_start_cos`, with or without a pull) and, with a pull, its share of the logged loss."""
         if self.id_start.numel() == 0:  # no text start: nothing to measure the rows against
-            return StepOutput(out.total, stats)
+            return 0.0
         with torch.set_grad_enabled(self.id_anchor_weight > 0 and torch.is_grad_enabled()):
             start_cos = self.id_start_cos()
-        stats["id_start_cos"] = round(float(start_cos.detach().mean()), 4)  # how far the rows have moved from their start
+        stats["id_start_cos"] = round(float(start_cos.detach().mean()), 4)
         if self.id_anchor_weight == 0:
-            return StepOutput(out.total, stats)
+            return 0.0
         anchor = self.id_anchor_weight * (1 - start_cos).mean()
-        stats["id_anchor_loss"] = round(float(anchor.detach()), 6)  # part of the logged loss
-        return StepOutput(out.total + anchor, stats)
+        stats["id_anchor_loss"] = round(float(anchor.detach()), 6)
+        return anchor
 
     def id_start_cos(self) -> torch.Tensor:
         """[N] cosine between each item's ID row now (with gradient) and where it started (id_start)."""
