@@ -17,8 +17,9 @@ device: the placement the trainer must do. Embedding is feature_gen.inference.en
 Then the trainer itself on the device (`trainer_check`, issue 21 item 4): `python -m trainer.train
 --config X --deepspeed --deepspeed_config ds.json` (DeepSpeed's own arguments; the JSON asks for ZeRO-2
 and 2 micro-batches per optimizer step), `train.precision: auto` (bf16 on a bf16 GPU), HLLM stage 1
-(catalogue cache, checkpoints) and stage 2 from its bundle (cached catalogue as a buffer, full
-softmax, evaluation of a bf16 User LLM ranked in float32). A batch, a negative or a cache left on the
+(catalogue cache, checkpoints) and stage 2 from its bundle (cached catalogue as a float32 buffer read
+through a bf16 adapter and beside bf16 ID rows, full softmax in float32, evaluation of a bf16 User LLM
+ranked in float32). A batch, a negative or a cache left on the
 CPU stops these runs at their first step with a device-mismatch error; the check reports each run's
 device, precision, accumulation, steps, losses and validation NDCG@10. `--no-trainer` skips it.
 
@@ -213,7 +214,9 @@ def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> d
         "seed": 0,
         "data": {"source": "files", "items_path": str(items), "interactions_path": str(inter), "max_seq_len": 12},
         "item_text": {"prompt": "", "max_item_tokens": 32},
-        "item_llm": {"source": "tiny_random", "tiny": SHAPES["tiny"]},
+        # an adapter, and ID rows in stage 2: the cached catalogue (a float32 buffer under bf16) then meets
+        # bf16 weights on both paths that read it
+        "item_llm": {"source": "tiny_random", "tiny": SHAPES["tiny"], "adapter": "linear"},
         "user_llm": {"source": "tiny_random", "tiny": {**SHAPES["tiny"], "seed": 1}},
         "loss": {"temperature_init": 0.1, "nce_threshold": 1.0},
         "train": {"output_dir": str(workdir / "stage1"), "epochs": 1, "max_steps": steps, "batch_size": 16,
@@ -231,7 +234,8 @@ def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> d
     if report["stage1"]["ok"] and bundles:
         log2 = workdir / "stage2.log"
         proc = _train_cli(config, ds_json, device, log2, "train.stage=2", f"train.init_bundle={bundles[-1].parent}",
-                          f"train.output_dir={workdir / 'stage2'}", "train.freeze_bundle=false")
+                          f"train.output_dir={workdir / 'stage2'}", "train.freeze_bundle=false",
+                          "train.text_plus_id=true")
         report["stage2"] = _run_summary(proc, workdir / "stage2", log2)
     want_bf16 = device != "cpu" and bf16_available()
     runs = [report.get("stage1", {}), report.get("stage2", {})]
@@ -245,13 +249,80 @@ def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> d
     return report
 
 
+def _batches(text: str) -> list[tuple[int, int]]:
+    """"4x10,16x20" -> [(4, 10), (16, 20)]: users per step x sequence length."""
+    try:
+        out = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(len(b) != 2 or min(b) < 1 for b in out):
+        raise argparse.ArgumentTypeError(f"--batches {text!r}: expected USERSxSEQ_LEN[,USERSxSEQ_LEN...], e.g. 4x10,16x20")
+    return out
+
+
+def _software() -> dict:
+    import transformers
+
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import deepspeed
+
+        versions["deepspeed"] = deepspeed.__version__
+    except ImportError:
+        versions["deepspeed"] = None
+    if torch.cuda.is_available():
+        versions["cuda"] = torch.version.cuda
+    return versions
+
+
+def markdown(doc: dict) -> str:
+    """BENCHMARKS.md's "GPU check" table from benchmarks/results/gpu_check.json."""
+    sw = doc["software"]
+    lines = [
+        f"{doc['runs'][0]['device']}, {doc['runs'][0]['dtype'].replace('torch.', '')}, random Llamas of {doc['runs'][0]['shape']}'s "
+        f"shape as Item and User LLM ({doc['runs'][0]['params_item_llm'] / 1e6:,.0f} M non-embedding parameters each), "
+        f"{doc['runs'][0]['item_len']} tokens an item; peak = a {doc['runs'][0]['peak_source']} "
+        f"({', '.join(str(r['peak_tflops']) for r in doc['runs'])} TFLOP/s). torch {sw['torch']}, transformers "
+        f"{sw['transformers']}, DeepSpeed {sw['deepspeed']}, CUDA {sw.get('cuda')}; {doc['date']}, load average "
+        f"(1, 5, 15 min) {doc['load']} on the GPU host. Command: `{doc['command']}`",
+        "",
+        "| users x sequence | item tokens a step | step (s) | train tokens/s | train TFLOP/s | train MFU "
+        "| embed items/s | embed MFU | peak GPU memory (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["runs"]:
+        tokens = r["batch_users"] * (r["seq_len"] + 1) * r["item_len"]
+        lines.append(f"| {r['batch_users']} x {r['seq_len']} | {tokens:,} | {r['step_seconds']} | {r['train_tokens_per_s']:,} "
+                     f"| {r['train_tflops']} | {r['train_mfu']:.1%} | {r['embed_items_per_s']:,} | {r['embed_mfu']:.1%} "
+                     f"| {r['max_memory_gb']} |")
+    if doc.get("note"):
+        lines += ["", doc["note"]]
+    t = doc.get("trainer")
+    if t:
+        lines.append("")
+        lines.append(f"The trainer's CLI on the same device (tiny random Llamas, DeepSpeed ZeRO-2, 2 micro-batches a step, "
+                     f"`train.precision: auto`): **{'passed' if t['ok'] else 'FAILED'}**.")
+        lines.append("")
+        lines.append("| run | device | bf16 | micro-batches a step | steps | first loss | last loss | valid NDCG@10 |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for name in ("stage1", "stage2"):
+            r = t.get(name, {})
+            if r.get("ok"):
+                lines.append(f"| {name} | {r['device']} | {r['bf16']} | {r['gradient_accumulation_steps']} | {r['steps']} "
+                             f"| {r['first_loss']:.4f} | {r['last_loss']:.4f} | {r['valid_ndcg@10']:.4f} |")
+            else:
+                lines.append(f"| {name} | failed (rc {r.get('rc')}) | | | | | | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (a smoke run; no figures worth keeping)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--batch-users", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=10)
+    p.add_argument("--batches", type=_batches, default=_batches("4x10,16x20"),
+                   help="training batches to time, USERSxSEQ_LEN comma-separated (default 4x10,16x20: the "
+                        "smallest step, then one that fills the GPU better)")
     p.add_argument("--item-len", type=int, default=64)
     p.add_argument("--embed-items", type=int, default=2048)
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: measured)")
@@ -263,15 +334,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing measured (run it where a GPU is, or --device cpu for a smoke run)")
         return 0
-    result = run(args.device, args.shape, args.steps, args.batch_users, args.seq_len, args.item_len, args.embed_items,
-                 args.peak_tflops)
+    result = {
+        "command": ("python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "software": _software(),
+        "runs": [run(args.device, args.shape, args.steps, users, seq_len, args.item_len, args.embed_items, args.peak_tflops)
+                 for users, seq_len in args.batches],
+    }
     if args.trainer if args.trainer is not None else args.device != "cpu":
         result["trainer"] = trainer_check(args.device)
     print(json.dumps(result, indent=2))
     failed = "trainer" in result and not result["trainer"]["ok"]
     if args.device != "cpu":
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2))
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     return 1 if failed else 0
 
 

@@ -251,6 +251,28 @@ def test_full_softmax_equals_cross_entropy_over_the_catalogue():
     assert got.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, pos_ids - 1).item(), abs=1e-5)
 
 
+def test_bf16_predictions_against_a_float32_catalogue_score_in_float32():
+    """Stage 2 under bf16 (DeepSpeed casts the User LLM; the cached catalogue stays float32): the loss
+    runs, in float32, equals the float32 computation on the same (bf16-rounded) values, under autocast
+    too, and sends gradients back in bf16. Found on an H200: the mixed matmul raised a dtype error."""
+    pred, table, pos_ids = _leaves(seed=3)
+    pred16 = pred.detach().to(torch.bfloat16).requires_grad_()
+    scale16 = torch.tensor(5.0, dtype=torch.bfloat16)
+    cands = Candidates(torch.arange(1, 8), table[1:].detach())  # float32, as the cache
+    got = softmax_loss(pred16, table[pos_ids].detach(), cands, scale16, positive_ids=pos_ids, threshold=1.0)
+    want = softmax_loss(pred16.detach().float(), table[pos_ids].detach(), cands, torch.tensor(5.0),
+                        positive_ids=pos_ids, threshold=1.0)
+    assert got.loss.dtype == torch.float32 and got.logits.dtype == torch.float32
+    assert got.loss.item() == pytest.approx(want.loss.item(), abs=1e-6)
+    got.loss.backward()
+    assert pred16.grad.dtype == torch.bfloat16 and torch.isfinite(pred16.grad.float()).all()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = softmax_loss(pred16.detach(), table[pos_ids].detach(), cands, scale16,
+                                      positive_ids=pos_ids, threshold=1.0)
+    assert under_autocast.logits.dtype == torch.float32
+    assert under_autocast.loss.item() == pytest.approx(want.loss.item(), abs=1e-6)
+
+
 def test_zero_count_item_in_logq_is_finite():
     log_q = sampling_log_q(np.array([0, 0, 0, 10]), "popularity")  # items 1 and 2 never seen
     assert torch.isfinite(log_q[1:]).all() and log_q[0] == -math.inf

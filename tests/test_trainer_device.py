@@ -265,3 +265,54 @@ def test_deepspeed_command_line_arguments(tmp_path, capsys):
     assert main(["--config", str(cfg_path), "--deepspeed", "--deepspeed_config", str(ds)]) == 2
     err = capsys.readouterr().err
     assert f"--deepspeed_config {ds} but train.deepspeed_config is {other}; give one of them" in err
+
+
+def _bf16_params_fp32_buffers(module: torch.nn.Module) -> None:
+    """What DeepSpeed's bf16 does to a module (engine._configure_distributed_model, 0.19): parameters to
+    bf16, floating buffers (here: stage 2's cached catalogue, the text start) kept in float32."""
+    for p in module.parameters():
+        p.data = p.data.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("case", ["stage2-full", "stage2-full-text_plus_id", "stage2-adapter-item_dim",
+                                  "stage2-sampled-logq", "stage2-id_init-anchor", "stage1-in_batch", "stage1-cache",
+                                  "sasrec-full"])
+def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
+    """A step as DeepSpeed's bf16 runs it (bf16 parameters, float32 buffers) on a CPU: a float32 cache
+    row meeting a bf16 weight or prediction stops it with a dtype error. On an H200 stage 2 did exactly
+    that (benchmarks/gpu_check.py); every stage-2 variant that reads the cache is checked here."""
+    if case.startswith("sasrec"):
+        cfg = toy_config(tmp_path, model="sasrec", dropout=0.0)
+    elif case.startswith("stage1"):
+        cfg = toy_config(tmp_path, windows="last")
+        if "cache" in case:
+            cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"negatives": "cache"})})
+    else:
+        train = {"stage": 2}
+        if "text_plus_id" in case:
+            train["text_plus_id"] = True
+        if "item_dim" in case:
+            train["item_dim"] = 16
+        if "id_init" in case:
+            train.update(text_plus_id=True, item_dim=16, id_init="text_pca", id_anchor_weight=0.1)
+        cfg = toy_config(tmp_path, **train)
+        if "item_dim" in train:  # its own (random, frozen) Item LLM: an init bundle fixes the item width
+            cfg = cfg.model_copy(update={"item_llm": cfg.item_llm.model_copy(update={"adapter": "linear"})})
+        else:
+            cfg = agree_with_bundle(cfg, tiny_bundle)
+        if "sampled" in case:
+            loss = {"negatives": "sampled", "num_negatives": 8, "logq_correction": True}
+            cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss)})
+    rec, split = _recommender(cfg)
+    _bf16_params_fp32_buffers(rec)
+    batch = training_windows(split.train[:6], split.train_timestamps[:6], 8)
+    if case == "stage1-cache":
+        rec.objective.refresh(0, rec._table_for_cache)
+    out = rec.training_step(batch, step=3)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in rec.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
+    table = rec.item_table()
+    assert table.shape[0] == len(rec.catalogue_tokens) if hasattr(rec, "catalogue_tokens") else True
+    assert torch.isfinite(table.float()).all()

@@ -246,7 +246,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.id_embedding is None:
             return
         ids = torch.arange(1, len(self.catalogue_tokens), device=self.device)
-        text = self._adapted(self.cached_items[1:], ids)  # a view of the cache, not a copy
+        text = self._adapted(self._cache_rows(ids), ids)
         log.info("item embedding at init: text part mean norm %.3f, ID rows mean norm %.3f",
                  float(text.norm(dim=1).mean()), float(self.id_embedding(ids).norm(dim=1).mean()))
 
@@ -278,6 +278,13 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             vectors = self._fit_center(vectors)
         self.cached_items = padded_item_table(vectors).to(self.device)  # a buffer: it moves with the module
         return self.cached_items
+
+    def _cache_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Stage 2: the cached catalogue's rows `ids` [M] -> [M, D] in the dtype the trainable weights
+        compute in. The cache is a float32 buffer and stays one under bf16 training (DeepSpeed casts
+        parameters, not buffers): fed as is to a bf16 adapter or added to bf16 ID rows it would stop the
+        step with a dtype error, as it did on a GPU (benchmarks/gpu_check.py)."""
+        return self.cached_items[ids].to(next(self.user_model.parameters()).dtype)
 
     @property
     def training_item_llm(self) -> bool:
@@ -355,7 +362,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.id_only:
             return self.id_embedding(ids)
         if self.stage == 2:
-            text = self._adapted(self.cached_items[ids], ids)
+            text = self._adapted(self._cache_rows(ids), ids)
         else:
             tokens = [self.catalogue_tokens[i] for i in ids.tolist()]
             chunks = batches_by_length([len(t) for t in tokens], self.length_chunk)
@@ -377,7 +384,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.stage == 2:
             ids = torch.arange(self.cached_items.size(0), device=self.cached_items.device)
             # a copy either way: the cache is this module's buffer; padding stays a zero row
-            table = self._adapted(self.cached_items, ids).clone()
+            table = self._adapted(self._cache_rows(ids), ids).clone()
         else:
             was_training = self.training
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,

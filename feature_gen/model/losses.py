@@ -105,7 +105,26 @@ def softmax_loss(
     A candidate is masked from row i if it has row i's positive id or its cosine with row i's positive
     exceeds `threshold`; masked logits sit at a finite floor, so a row with every candidate masked has
     loss 0 and no NaN. `hardest`: keep only each row's `hardest` highest (corrected) negative logits.
+
+    Computed in one dtype, at least float32, whatever the operands' (autocast off here): under bf16
+    training the predictions arrive in bf16 beside a float32 cached catalogue, and a softmax over a
+    catalogue needs float32 logits anyway (bf16's 8-bit mantissa rounds a logit of 20 in steps of
+    0.125). Gradients flow back to the operands in their own dtypes.
     """
+    dtype = torch.float32
+    for t in (predictions, positives, candidates.embeddings, logit_scale):
+        dtype = torch.promote_types(dtype, t.dtype)
+    with torch.autocast(device_type=predictions.device.type, enabled=False):
+        return _softmax_loss_fp32(
+            predictions.to(dtype), positives.to(dtype), Candidates(candidates.ids, candidates.embeddings.to(dtype),
+                                                                   candidates.log_q),
+            logit_scale.to(dtype), positive_ids=positive_ids, positive_log_q=positive_log_q, threshold=threshold,
+            hardest=hardest, similarity=similarity,
+        )
+
+
+def _softmax_loss_fp32(predictions, positives, candidates, logit_scale, *, positive_ids, positive_log_q, threshold,
+                       hardest, similarity) -> InfoNCEResult:
     pos = F.normalize(positives, dim=-1)
     neg = F.normalize(candidates.embeddings, dim=-1)
     if similarity == "cosine":
