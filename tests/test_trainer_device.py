@@ -313,6 +313,5 @@ def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
     out.loss.backward()
     grads = [p.grad for p in rec.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
-    table = rec.item_table()
-    assert table.shape[0] == len(rec.catalogue_tokens) if hasattr(rec, "catalogue_tokens") else True
-    assert torch.isfinite(table.float()).all()
+    table = rec.item_table()  # what evaluation ranks with (in float32, trainer/loop.evaluate)
+    assert table.dim() == 2 and table.shape[0] > 1 and torch.isfinite(table.float()).all()
