@@ -276,7 +276,7 @@ def _bf16_params_fp32_buffers(module: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("case", ["stage2-full", "stage2-full-text_plus_id", "stage2-adapter-item_dim",
                                   "stage2-sampled-logq", "stage2-id_init-anchor", "stage1-in_batch", "stage1-cache",
-                                  "sasrec-full"])
+                                  "stage1-cache-fresh", "sasrec-full"])
 def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
     """A step as DeepSpeed's bf16 runs it (bf16 parameters, float32 buffers) on a CPU: a float32 cache
     row meeting a bf16 weight or prediction stops it with a dtype error. On an H200 stage 2 did exactly
@@ -286,7 +286,8 @@ def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
     elif case.startswith("stage1"):
         cfg = toy_config(tmp_path, windows="last")
         if "cache" in case:
-            cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"negatives": "cache"})})
+            loss = {"negatives": "cache", "cache_targets": "fresh" if "fresh" in case else "cached"}
+            cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss)})
     else:
         train = {"stage": 2}
         if "text_plus_id" in case:
@@ -306,7 +307,7 @@ def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
     rec, split = _recommender(cfg)
     _bf16_params_fp32_buffers(rec)
     batch = training_windows(split.train[:6], split.train_timestamps[:6], 8)
-    if case == "stage1-cache":
+    if case.startswith("stage1-cache"):
         rec.objective.refresh(0, rec._table_for_cache)
     out = rec.training_step(batch, step=3)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
