@@ -130,7 +130,10 @@ def run(device_name: str, shape: str, steps: int, batch_users: int, seq_len: int
 
     model.eval()
     token_ids = torch.randint(1, vocab, (embed_items, item_len), generator=gen).tolist()
-    embed_token_ids(model.item_llm, token_ids[:64], tokenizer.pad_token_id, batch_size=64)  # warm-up
+    # warm-up at the timed batch shape and precision: a first pass at new shapes pays for kernel selection
+    # (an earlier warm-up at batch 64 left the first timed pass 1.7 x slower than a later one)
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=bf16):
+        embed_token_ids(model.item_llm, token_ids[:256], tokenizer.pad_token_id, batch_size=256)
     _sync(device)
     started = time.perf_counter()
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=bf16):
@@ -200,6 +203,10 @@ def _run_summary(proc: subprocess.CompletedProcess, run_dir: Path, log: Path) ->
             "fraction_of_matmul_peak": round(tp["fraction_of_matmul_peak"], 4)}
 
 
+# stage 2 from stage 1's bundle, with ID rows beside the cached catalogue (a float32 buffer under bf16)
+STAGE2_OVERRIDES = ("train.stage=2", "train.freeze_bundle=false", "train.text_plus_id=true")
+
+
 def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> dict:
     """Stage 1 then stage 2 through the trainer's CLI on `device` (see the module docstring). `ok` is
     true when both ran on the device asked for, with the precision `auto` picks there, two micro-batches
@@ -214,8 +221,8 @@ def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> d
         "seed": 0,
         "data": {"source": "files", "items_path": str(items), "interactions_path": str(inter), "max_seq_len": 12},
         "item_text": {"prompt": "", "max_item_tokens": 32},
-        # an adapter, and ID rows in stage 2: the cached catalogue (a float32 buffer under bf16) then meets
-        # bf16 weights on both paths that read it
+        # an adapter, and ID rows in stage 2: the cached catalogue (a float32 buffer under bf16) then goes
+        # through a bf16 matmul and sits beside bf16 rows
         "item_llm": {"source": "tiny_random", "tiny": SHAPES["tiny"], "adapter": "linear"},
         "user_llm": {"source": "tiny_random", "tiny": {**SHAPES["tiny"], "seed": 1}},
         "loss": {"temperature_init": 0.1, "nce_threshold": 1.0},
@@ -233,9 +240,8 @@ def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> d
     bundles = sorted((workdir / "stage1" / "bundles").glob("*/manifest.json"))
     if report["stage1"]["ok"] and bundles:
         log2 = workdir / "stage2.log"
-        proc = _train_cli(config, ds_json, device, log2, "train.stage=2", f"train.init_bundle={bundles[-1].parent}",
-                          f"train.output_dir={workdir / 'stage2'}", "train.freeze_bundle=false",
-                          "train.text_plus_id=true")
+        proc = _train_cli(config, ds_json, device, log2, *STAGE2_OVERRIDES, f"train.init_bundle={bundles[-1].parent}",
+                          f"train.output_dir={workdir / 'stage2'}")
         report["stage2"] = _run_summary(proc, workdir / "stage2", log2)
     want_bf16 = device != "cpu" and bf16_available()
     runs = [report.get("stage1", {}), report.get("stage2", {})]
@@ -246,6 +252,8 @@ def trainer_check(device: str, workdir: Path | None = None, steps: int = 6) -> d
         for r in runs
     )
     report["workdir"] = str(workdir)
+    report["config"] = {k: v for k, v in cfg.items() if k != "data"}  # what ran (paths left out)
+    report["stage2_overrides"] = [*STAGE2_OVERRIDES, "train.init_bundle=<stage 1's bundle>"]
     return report
 
 
@@ -258,6 +266,19 @@ def _batches(text: str) -> list[tuple[int, int]]:
     if not out or any(len(b) != 2 or min(b) < 1 for b in out):
         raise argparse.ArgumentTypeError(f"--batches {text!r}: expected USERSxSEQ_LEN[,USERSxSEQ_LEN...], e.g. 4x10,16x20")
     return out
+
+
+def _command(argv: list[str]) -> str:
+    """The command line as run, less --note (its text is stored beside it)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            kept.append(a)
+    return " ".join(["python -m benchmarks.gpu_check", *kept])
 
 
 def _software() -> dict:
@@ -305,11 +326,16 @@ def markdown(doc: dict) -> str:
         lines.append("")
         lines.append("| run | device | bf16 | micro-batches a step | steps | first loss | last loss | valid NDCG@10 |")
         lines.append("|---|---|---|---|---|---|---|---|")
+        def num(v):
+            return "" if v is None else f"{v:.4f}"
+
         for name in ("stage1", "stage2"):
-            r = t.get(name, {})
-            if r.get("ok"):
+            r = t.get(name)
+            if r is None:
+                lines.append(f"| {name} | not run | | | | | | |")
+            elif r.get("ok"):
                 lines.append(f"| {name} | {r['device']} | {r['bf16']} | {r['gradient_accumulation_steps']} | {r['steps']} "
-                             f"| {r['first_loss']:.4f} | {r['last_loss']:.4f} | {r['valid_ndcg@10']:.4f} |")
+                             f"| {num(r['first_loss'])} | {num(r['last_loss'])} | {num(r['valid_ndcg@10'])} |")
             else:
                 lines.append(f"| {name} | failed (rc {r.get('rc')}) | | | | | | |")
     return "\n".join(lines)
@@ -329,16 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-trainer", dest="trainer", action="store_false",
                    help="skip the trainer check (DeepSpeed CLI, accumulation, bf16, placement; on by default on CUDA)")
     p.add_argument("--trainer", dest="trainer", action="store_true", help="run the trainer check on --device cpu too")
+    p.add_argument("--note", default="", help="free text kept in the results file (where and how it ran)")
     p.set_defaults(trainer=None)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; nothing measured (run it where a GPU is, or --device cpu for a smoke run)")
         return 0
     result = {
-        "command": ("python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
+        "command": _command(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         "software": _software(),
+        "note": args.note,
         "runs": [run(args.device, args.shape, args.steps, users, seq_len, args.item_len, args.embed_items, args.peak_tflops)
                  for users, seq_len in args.batches],
     }

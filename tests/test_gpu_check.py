@@ -47,4 +47,5 @@ def test_a_cpu_smoke_result_prints_as_the_benchmarks_table():
            "trainer": {"ok": False, "stage1": {"ok": False, "rc": 1}}}
     text = gpu_check.markdown(doc)
     assert "| 2 x 4 | 80 |" in text and "| 3 x 5 | 144 |" in text  # users x (seq + 1) x item tokens
-    assert "**FAILED**" in text and "| stage1 | failed (rc 1) |" in text and "Command: `python -m benchmarks.gpu_check" in text
+    assert "**FAILED**" in text and "| stage1 | failed (rc 1) |" in text and "| stage2 | not run |" in text
+    assert "Command: `python -m benchmarks.gpu_check" in text

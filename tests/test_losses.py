@@ -273,6 +273,14 @@ def test_bf16_predictions_against_a_float32_catalogue_score_in_float32():
     assert under_autocast.loss.item() == pytest.approx(want.loss.item(), abs=1e-6)
 
 
+def test_click_bce_is_float32_on_bf16_logits():
+    logits = torch.tensor([[2.0, -1.0, 0.3]]).to(torch.bfloat16)
+    labels, mask = torch.tensor([[1, 0, 1]]), torch.tensor([[1, 1, 0]])
+    got = click_bce(logits, labels, mask)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits.float()[:, :2], labels.float()[:, :2])
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(want.item(), abs=1e-7)
+
+
 def test_zero_count_item_in_logq_is_finite():
     log_q = sampling_log_q(np.array([0, 0, 0, 10]), "popularity")  # items 1 and 2 never seen
     assert torch.isfinite(log_q[1:]).all() and log_q[0] == -math.inf

@@ -276,15 +276,17 @@ def _bf16_params_fp32_buffers(module: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("case", ["stage2-full", "stage2-full-text_plus_id", "stage2-adapter-item_dim",
                                   "stage2-sampled-logq", "stage2-id_init-anchor", "stage1-in_batch", "stage1-cache",
-                                  "stage1-cache-fresh", "sasrec-full"])
+                                  "stage1-cache-fresh", "stage1-item_dim", "stage1-item_dim-cache", "sasrec-full"])
 def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
-    """A step as DeepSpeed's bf16 runs it (bf16 parameters, float32 buffers) on a CPU: a float32 cache
-    row meeting a bf16 weight or prediction stops it with a dtype error. On an H200 stage 2 did exactly
-    that (benchmarks/gpu_check.py); every stage-2 variant that reads the cache is checked here."""
+    """A step as DeepSpeed's bf16 runs it (bf16 parameters, float32 buffers) on a CPU, then the table
+    evaluation ranks with. A float32 tensor (stage 2's cached catalogue, stage 1's table from
+    embed_token_ids) meeting a bf16 matmul (the softmax, an adapter, the item_dim map) stops it with a
+    dtype error: on an H200 stage 2 did exactly that (benchmarks/gpu_check.py). Each generative variant
+    that reads such a tensor is here; the loss is float32 and every trainable part gets a gradient."""
     if case.startswith("sasrec"):
         cfg = toy_config(tmp_path, model="sasrec", dropout=0.0)
     elif case.startswith("stage1"):
-        cfg = toy_config(tmp_path, windows="last")
+        cfg = toy_config(tmp_path, windows="last", **({"item_dim": 16} if "item_dim" in case else {}))
         if "cache" in case:
             loss = {"negatives": "cache", "cache_targets": "fresh" if "fresh" in case else "cached"}
             cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss)})
@@ -314,5 +316,10 @@ def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
     out.loss.backward()
     grads = [p.grad for p in rec.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
+    for part in ("item_projection", "id_embedding"):
+        if getattr(rec, part, None) is not None:
+            assert getattr(rec, part).weight.grad is not None, part
+    if "id_init" in case:
+        assert rec.id_start_cos().dtype == torch.float32  # bf16 would round a cosine near 1 to 1
     table = rec.item_table()  # what evaluation ranks with (in float32, trainer/loop.evaluate)
     assert table.dim() == 2 and table.shape[0] > 1 and torch.isfinite(table.float()).all()

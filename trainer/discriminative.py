@@ -247,7 +247,9 @@ def score_requests(model: DiscriminativeRecommender, req: ClickRequests, batch_s
             s = model.click_logits(b, table)
         else:
             user = model.user_embeddings(b, table)
-            s = torch.nn.functional.cosine_similarity(user.unsqueeze(1), table[b["candidates"].to(user.device)], dim=-1)
+            # float32: bf16 embeddings (bf16 training) give cosines in steps of 2^-8, whose ties blunt AUC
+            s = torch.nn.functional.cosine_similarity(user.float().unsqueeze(1),
+                                                      table[b["candidates"].to(user.device)].float(), dim=-1)
         scores.append(s[(b["labels"] >= 0).to(s.device)].float().cpu().numpy())
     model.train(was)
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)

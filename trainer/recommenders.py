@@ -246,7 +246,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.id_embedding is None:
             return
         ids = torch.arange(1, len(self.catalogue_tokens), device=self.device)
-        text = self._adapted(self._cache_rows(ids), ids)
+        text = self._adapted(self.cached_items[1:], ids)  # a view of the cache, not a copy
         log.info("item embedding at init: text part mean norm %.3f, ID rows mean norm %.3f",
                  float(text.norm(dim=1).mean()), float(self.id_embedding(ids).norm(dim=1).mean()))
 
@@ -278,13 +278,6 @@ class HLLMRecommender(_SequenceStep, nn.Module):
             vectors = self._fit_center(vectors)
         self.cached_items = padded_item_table(vectors).to(self.device)  # a buffer: it moves with the module
         return self.cached_items
-
-    def _cache_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Stage 2: the cached catalogue's rows `ids` [M] -> [M, D] in the dtype the trainable weights
-        compute in. The cache is a float32 buffer and stays one under bf16 training (DeepSpeed casts
-        parameters, not buffers): fed as is to a bf16 adapter or added to bf16 ID rows it would stop the
-        step with a dtype error, as it did on a GPU (benchmarks/gpu_check.py)."""
-        return self.cached_items[ids].to(next(self.user_model.parameters()).dtype)
 
     @property
     def training_item_llm(self) -> bool:
@@ -326,7 +319,8 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         """[N] cosine between each item's ID row now (with gradient) and where it started (id_start)."""
         ids = torch.arange(1, self.id_start.size(0) + 1, device=self.device)
         rows = self.id_embedding(ids)  # through forward, so ZeRO-3 gathers the table
-        return F.cosine_similarity(rows, self.id_start.to(rows.dtype), dim=-1)
+        # float32: in bf16 a cosine near 1 rounds to 1 (steps of 2^-8), and the anchor's pull with it
+        return F.cosine_similarity(rows.float(), self.id_start.float(), dim=-1)
 
     def _adapted(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Stage 2: the Item LLM's adapter on cached features [M, D] of items `ids` [M], then the item_dim
@@ -335,7 +329,9 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if item_llm.adapter is None and self.item_projection is None:
             return features
         if item_llm.adapter is not None:
-            features = item_llm.adapt(features)
+            # the cache is a float32 buffer and stays one under bf16 training (DeepSpeed casts parameters,
+            # not buffers): a bf16 adapter needs its input in bf16 (found on a GPU: benchmarks/gpu_check.py)
+            features = item_llm.adapt(features.to(next(item_llm.adapter.parameters()).dtype))
         if self.item_projection is None:  # the adapter alone: its bias must not move the padding row either
             return features * (ids > 0).unsqueeze(-1).to(features.dtype)
         return self._projected(features, ids)
@@ -345,6 +341,9 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         zero (the map's bias would move them); the embeddings unchanged without item_dim."""
         if self.item_projection is None:
             return text
+        # .to: stage 2's cache and stage 1's evaluation table (embed_token_ids: float32) meet bf16 weights
+        # under bf16 training
+        text = text.to(self.item_projection.weight.dtype)
         return self.item_projection(text) * (ids > 0).unsqueeze(-1).to(text.dtype)
 
     def text_tokens(self, ids: torch.Tensor) -> int:
@@ -362,7 +361,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.id_only:
             return self.id_embedding(ids)
         if self.stage == 2:
-            text = self._adapted(self._cache_rows(ids), ids)
+            text = self._adapted(self.cached_items[ids], ids)
         else:
             tokens = [self.catalogue_tokens[i] for i in ids.tolist()]
             chunks = batches_by_length([len(t) for t in tokens], self.length_chunk)
@@ -384,7 +383,7 @@ class HLLMRecommender(_SequenceStep, nn.Module):
         if self.stage == 2:
             ids = torch.arange(self.cached_items.size(0), device=self.cached_items.device)
             # a copy either way: the cache is this module's buffer; padding stays a zero row
-            table = self._adapted(self._cache_rows(ids), ids).clone()
+            table = self._adapted(self.cached_items, ids).clone()
         else:
             was_training = self.training
             vectors = embed_token_ids(self.hllm.item_llm, self.catalogue_tokens[1:], self.pad_id,

@@ -493,7 +493,9 @@ class EarlyFusionScorer(nn.Module):
 
 def click_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean BCE over (user, candidate) pairs; labels 1 = click. `mask` [same shape] keeps only the
-    real candidates of a padded batch (the mean is over those)."""
+    real candidates of a padded batch (the mean is over those). In float32 (float64 stays) whatever
+    the logits' dtype: bf16 logits round the loss and its gradient."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if mask is None:
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     keep = mask.to(torch.bool)
