@@ -15,6 +15,7 @@ through the real CLI, and the precision rule.
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 import subprocess
@@ -323,3 +324,65 @@ def test_a_bf16_step_mixes_no_dtypes(tmp_path, tiny_bundle, case):
         assert rec.id_start_cos().dtype == torch.float32  # bf16 would round a cosine near 1 to 1
     table = rec.item_table()  # what evaluation ranks with (in float32, trainer/loop.evaluate)
     assert table.dim() == 2 and table.shape[0] > 1 and torch.isfinite(table.float()).all()
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_the_logit_scale_bound_holds_on_the_optimizers_own_copy(tmp_path, zero_stage):
+    """A loss that wants an ever larger scale, started just under the bound (LogitScale(0.011): log 90.9
+    against log 100), lr 0.1, 20 steps through DeepSpeed. ZeRO-2 steps an fp32 copy of its own that
+    forward's in-place clamp never reaches: without clamp_logit_scale_copies it drifts past the bound (the
+    control), with it the copy ends on the bound. ZeRO 0 has no copy: forward's clamp holds there."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from feature_gen.model.losses import LogitScale
+    from trainer.deepspeed_setup import clamp_logit_scale_copies, ensure_single_process_env
+
+    class WantsLargerScale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = LogitScale(0.011, max_scale=100.0)
+            self.other = torch.nn.Linear(2, 2)  # a second parameter, so the flat partition is not the scale alone
+
+        def forward(self, x):
+            return -self.scale() + 0.0 * self.other(x).sum()
+
+    ensure_single_process_env()
+    bound = math.log(100.0)
+    ends = {}
+    for clamp in (False, True):
+        torch.manual_seed(0)
+        module = WantsLargerScale()
+        ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": zero_stage},
+              "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "weight_decay": 0.0, "torch_adam": True}}}
+        engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds)
+        for _ in range(20):
+            engine.backward(engine(torch.zeros(1, 2)))
+            engine.step()
+            if clamp:
+                clamp_logit_scale_copies(engine.module)
+        param = engine.module.scale.log_scale
+        copy = safe_get_full_fp32_param(param)
+        assert (copy is None) == (zero_stage == 0)
+        ends[clamp] = float((param if copy is None else copy).detach()[0])
+    if zero_stage == 2:
+        assert ends[False] > bound + 1.0  # the control: the copy ran away (~20 steps x 0.1)
+        assert ends[True] == pytest.approx(bound, abs=1e-6)  # clamped after every step
+    else:
+        # ZeRO 0: the optimizer steps the parameter, and forward's clamp holds it (the last step's ~0.1
+        # lands after the last forward); the helper finds no copy and changes nothing
+        assert ends[False] == pytest.approx(ends[True]) and ends[True] <= bound + 0.1 + 1e-6
+
+
+def test_the_loop_clamps_the_copies_once_per_optimizer_step(tmp_path, monkeypatch):
+    """The wiring of the test above: trainer.loop.train calls clamp_logit_scale_copies after each
+    optimizer step (2 steps of 2 micro-batches: 2 calls, not 4), on the module being trained."""
+    import trainer.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "clamp_logit_scale_copies", lambda module: calls.append(module) or 0)
+    cfg = toy_config(tmp_path, epochs=1, max_steps=2, windows="last", batch_size=8, gradient_accumulation_steps=2)
+    data = load_interaction_data(cfg.data, cfg.item_text)
+    rec, _, _ = build_recommender(cfg, data)
+    loop.train(rec, leave_one_out(data), data.num_items, cfg, cfg.train.output_dir, max_seq_len=8, resume=False)
+    assert len(calls) == 2 and all(m is rec for m in calls)

@@ -41,6 +41,33 @@ def ensure_single_process_env() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+@torch.no_grad()
+def clamp_logit_scale_copies(module: nn.Module) -> int:
+    """Hold the optimizer's fp32 copy of every LogitScale's parameter inside its bound; returns how many
+    copies it moved. LogitScale clamps its parameter in place in forward, which holds where the optimizer
+    steps the parameter itself (ZeRO 0, fp32: nothing to do here). Under ZeRO >= 1 or DeepSpeed's bf16 the
+    optimizer steps a copy of its own and writes it back after each step, so the clamp never reaches it:
+    on ZeRO-2 the copy drifted from log 50 to 5.91 (bound log 100 = 4.61) in 20 steps of a loss that
+    wants a larger scale, and would leave a dead zone the size of the drift when the loss turns. Call it
+    on every rank after each optimizer step (ZeRO-3 gathers the copy)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    from feature_gen.model.losses import LogitScale
+
+    moved = 0
+    for m in module.modules():
+        if not isinstance(m, LogitScale):
+            continue
+        full = safe_get_full_fp32_param(m.log_scale)
+        if full is None:  # no copy: the parameter is what the optimizer steps
+            continue
+        clamped = full.clamp(0.0, m.max_log_scale)
+        if not torch.equal(clamped, full):
+            safe_set_full_fp32_param(m.log_scale, clamped)
+            moved += 1
+    return moved
+
+
 def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 

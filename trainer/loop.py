@@ -53,7 +53,7 @@ from feature_gen.evaluation.metrics import RankingMetrics
 from feature_gen.evaluation.protocol import chance_recalls, evaluate_vectors
 from feature_gen.inference.encoders import embed_users
 from feature_gen.model.losses import GenerativeObjective, check_objective
-from trainer.deepspeed_setup import full_parameters, whole_state_dict
+from trainer.deepspeed_setup import clamp_logit_scale_copies, full_parameters, whole_state_dict
 from trainer.recommenders import Recommender, count_parameters, numpy_seed_for
 
 
@@ -361,6 +361,8 @@ def train(
                 if last:
                     grad_norm = _grad_norm(model)  # before clipping; DeepSpeed clips to train.max_grad_norm inside step()
                 engine.step()
+                if last:
+                    clamp_logit_scale_copies(model)  # the optimizer's own copy, where it keeps one
                 step_loss += mean_loss.item() / len(group)
                 for key, value in out.stats.items():  # counts add up over micro-batches; ratios are the last one's
                     stats[key] = stats.get(key, 0) + value if key in ("positions", "input_positions", "item_tokens") else value
