@@ -299,10 +299,11 @@ def _software() -> dict:
 def markdown(doc: dict) -> str:
     """BENCHMARKS.md's "GPU check" table from benchmarks/results/gpu_check.json."""
     sw = doc["software"]
+    first = doc["runs"][0]  # device, dtype, shape and item length are the same in every run of one check
     lines = [
-        f"{doc['runs'][0]['device']}, {doc['runs'][0]['dtype'].replace('torch.', '')}, random Llamas of {doc['runs'][0]['shape']}'s "
-        f"shape as Item and User LLM ({doc['runs'][0]['params_item_llm'] / 1e6:,.0f} M non-embedding parameters each), "
-        f"{doc['runs'][0]['item_len']} tokens an item; peak = a {doc['runs'][0]['peak_source']} "
+        f"{first['device']}, {first['dtype'].replace('torch.', '')}, random Llamas of {first['shape']}'s "
+        f"shape as Item and User LLM ({first['params_item_llm'] / 1e6:,.0f} M non-embedding parameters each), "
+        f"{first['item_len']} tokens an item; peak = a {first['peak_source']} "
         f"({', '.join(str(r['peak_tflops']) for r in doc['runs'])} TFLOP/s). torch {sw['torch']}, transformers "
         f"{sw['transformers']}, DeepSpeed {sw['deepspeed']}, CUDA {sw.get('cuda')}; {doc['date']}, load average "
         f"(1, 5, 15 min) {doc['load']} on the GPU host. Command: `{doc['command']}`",
