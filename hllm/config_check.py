@@ -2,8 +2,10 @@
 
 The schema (feature_gen/config.py) checks types and values; this adds what only the machine can say:
 every path the config reads exists and is readable, every model folder loads its config, the data
-files have a format a reader accepts, and every output folder can be created. Each problem is one line
-naming the field; `problems(cfg)` returns them all instead of stopping at the first.
+files have a format a reader accepts, every output folder can be created, and the trainer accepts the
+objective (the same cross-field rules it applies at start; only the catalogue-size rules, which need the
+data, are left to it). Each problem is one line naming the field; `problems(cfg)` returns them all
+instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -82,6 +84,26 @@ def _bundle_problems(field: str, value: str | None) -> list[str]:
     return []
 
 
+def _objective_problems(cfg: HLLMConfig) -> list[str]:
+    """The trainer's own objective check, run without the data: a field one objective or kind of
+    negatives would ignore, or that one stage cannot honour (e.g. `loss.num_negatives` without
+    `negatives: sampled`), fails here rather than after `hllm train` has loaded the data."""
+    from feature_gen.config import ConfigError
+
+    try:
+        if cfg.loss.objective == "discriminative":
+            from trainer.discriminative import check_discriminative
+
+            check_discriminative(cfg)
+        else:
+            from feature_gen.model.losses import check_run_objective
+
+            check_run_objective(cfg)  # the data is not read here: the catalogue-size rules stay with the trainer
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
 def problems(cfg: HLLMConfig) -> list[str]:
     """Every problem the config's files and folders would cause, one line each (empty: all good)."""
     found: list[str] = []
@@ -103,4 +125,5 @@ def problems(cfg: HLLMConfig) -> list[str]:
     found += _writable("train.output_dir", cfg.train.output_dir)
     found += _writable("store.repo_path", cfg.store.repo_path)
     found += _writable("store.offline_root", cfg.store.offline_root)
+    found += _objective_problems(cfg)
     return found

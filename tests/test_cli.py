@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hllm.cli import main
 
 HLLM = str(Path(sys.executable).parent / "hllm")
@@ -88,6 +90,23 @@ def test_check_config_shows_every_schema_error_and_passes_a_good_config(tmp_path
     good.write_text(f"train:\n  output_dir: {tmp_path / 'runs'}\n")
     assert main(["check-config", "--config", str(good)]) == 0
     assert "ok:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss, stage, named, fixed", [
+    # byod.yaml shipped the first one: check-config passed it and `hllm train` refused it at start
+    ("num_negatives: 256", 1, "loss.num_negatives: only negatives 'sampled' uses it", "{negatives: sampled, num_negatives: 256}"),
+    ("negatives: full", 1, "loss.negatives: 'full' needs every item's embedding", "{negatives: full}"),
+    ("fusion: early", 2, "loss.fusion: only the discriminative objective uses it", "{objective: discriminative, fusion: early}"),
+])
+def test_check_config_refuses_what_the_trainer_would(tmp_path, capsys, loss, stage, named, fixed):
+    """check-config applies the trainer's objective rules (feature_gen.model.losses.check_run_objective), so
+    a config it passes does not fail at `hllm train`'s start; the same config at stage 2 (or sampled) passes."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"loss: {{{loss}}}\ntrain: {{stage: {stage}, output_dir: {tmp_path / 'runs'}}}\n")
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    assert named in capsys.readouterr().err
+    cfg.write_text(f"loss: {fixed}\ntrain: {{stage: 2, output_dir: {tmp_path / 'runs'}}}\n")
+    assert main(["check-config", "--config", str(cfg)]) == 0, capsys.readouterr().err
 
 
 def test_version_and_quiet_logging():

@@ -91,11 +91,14 @@ def test_tag_separator_is_declared_and_only_list_keys_split():
 def test_byod_template_validates_and_its_paths_are_relative_to_it(tmp_path):
     from pathlib import Path
 
+    from feature_gen.model.losses import check_run_objective
+
     template = Path(__file__).resolve().parents[1] / "configs" / "byod.yaml"
     cfg = load_config(template)
     assert cfg.data.items_path == str(template.parent / "data" / "items.jsonl")
     assert cfg.data.columns["item_id"] == "productId" and cfg.data.timestamp_format == "iso8601"
     assert cfg.item_llm.source != "tiny_random" and cfg.loss.nce_threshold == 0.99  # no masked-negatives warning
+    assert check_run_objective(cfg) == "in_batch"  # the trainer accepts its objective (it refused num_negatives once)
     # a copy beside the data reads it from any working directory
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "items.jsonl").write_text("")

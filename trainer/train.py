@@ -81,7 +81,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     import torch
 
     from feature_gen.data.sequences import cold_item_split, leave_one_out, load_interaction_data
-    from feature_gen.model.losses import check_objective
+    from feature_gen.model.losses import check_run_objective
     from trainer.loop import train
     from trainer.progress import TrainingProgress
 
@@ -89,8 +89,7 @@ def run_training(cfg: HLLMConfig, resume: bool = True):
     torch.manual_seed(cfg.seed)
     data = load_interaction_data(cfg.data, cfg.item_text)
     # refuse what the trainer cannot honour before any model is loaded (the loop checks again)
-    check_objective(cfg.loss, has_catalogue=t.model == "sasrec" or t.stage == 2, num_items=data.num_items,
-                    id_model=t.model == "sasrec")
+    check_run_objective(cfg, data.num_items)
     cold = None
     if cfg.data.split == "cold_items":
         split, cold = cold_item_split(data, cfg.data.cold_item_fraction, cfg.seed)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feature_gen.config import ConfigError, LossConfig
+from feature_gen.config import ConfigError, HLLMConfig, LossConfig
 from feature_gen.model.user_llm import UserLLM
 
 Negatives = Literal["full", "sampled", "in_batch", "cache"]
@@ -377,11 +377,12 @@ class GenerativeObjective:
         )
 
 
-def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_model: bool = False) -> Negatives:
+def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int | None, id_model: bool = False) -> Negatives:
     """The negatives this run trains with; a field the trainer cannot honour raises ConfigError naming it.
 
     `has_catalogue`: every item's embedding is available with gradient each step (the ID baseline,
     stage 2 with the cached catalogue). `auto` = full softmax there, in-batch + logQ in stage 1.
+    `num_items` None (the data not read yet: `hllm check-config`) skips the catalogue-size rules.
     """
     defaults = LossConfig()
     if cfg.objective != "generative":
@@ -415,6 +416,8 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_
         if getattr(cfg, name) != getattr(defaults, name) and negatives != used_by:
             raise ConfigError(f"loss.{name}: only negatives '{used_by}' uses it, and this run trains with "
                               f"'{negatives}'; remove it or set loss.negatives: {used_by}")
+    if num_items is None:
+        return negatives
     if negatives == "sampled" and cfg.num_negatives > num_items:
         raise ConfigError(f"loss.num_negatives: {cfg.num_negatives} sampled negatives but the catalogue "
                           f"has {num_items} items; use negatives 'full' or fewer negatives")
@@ -422,6 +425,15 @@ def check_objective(cfg: LossConfig, *, has_catalogue: bool, num_items: int, id_
         raise ConfigError(f"loss.hard_negatives: {cfg.hard_negatives} is not fewer than the catalogue's "
                           f"{num_items} items; it would keep every negative")
     return negatives
+
+
+def check_run_objective(cfg: HLLMConfig, num_items: int | None = None) -> Negatives:
+    """`check_objective` for a whole config: the catalogue is there to score against for the ID baseline
+    and in stage 2 (cached), not in stage 1. Called by the trainer before it loads a model and by
+    `hllm check-config` (num_items None) so that both refuse the same configs."""
+    t = cfg.train
+    return check_objective(cfg.loss, has_catalogue=t.model == "sasrec" or t.stage == 2, num_items=num_items,
+                           id_model=t.model == "sasrec")
 
 
 class LateFusionHead(nn.Module):
