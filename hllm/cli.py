@@ -24,7 +24,7 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="YAML config (see configs/)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config field, e.g. --set loss.num_negatives=64 (repeatable)",
+        help="override a config field, e.g. --set train.lr=3e-4 (repeatable)",
     )
 
 

@@ -105,7 +105,7 @@ class WorkerStats:
 
 def worker_encoders(bundle_path: str, torch_threads: int, stats: WorkerStats | None = None,
                     runtime: Runtime = "torch", device: str = "cpu") -> Encoders:
-    """The bundle's encoders (feature_gen.inference.load_encoders) on `device`, loaded at most once per
+    """The bundle's encoders (feature_gen.inference.encoders.load_encoders) on `device`, loaded at most once per
     Python worker (counted in `stats`)."""
     key = (bundle_path, runtime, device)
     encoders = _ENCODERS.get(key)

@@ -155,3 +155,20 @@ def test_a_random_user_llm_is_initialised_from_the_runs_seed(tmp_path, fake_trai
     quality.run_quality("ablations", seeds=[1, 2], output=str(tmp_path), datasets=["ml-100k"],
                         runs=["hllm-frozen-adapter-id-dropout-user-sasrec-size", "hllm-frozen-adapter-id-dropout-user-1-layer"])
     assert [o.get("user_llm.tiny.seed") for o in seen] == [None, 1, None, 2]  # the pretrained User LLM sets none
+
+
+def test_the_readme_names_every_run_of_the_small_suites_and_counts_the_ablations():
+    """README's "Quality suite" paragraph is what users read before a multi-hour `hllm quality`: it went
+    stale once (a warm run and three efficiency runs missing, the ablations counted as 10)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    paragraph = text[text.index("- **Quality suite**"):text.index("`trainer/quality.py` `RUNS` says")]
+    for suite in ("warm", "cold", "efficiency"):
+        for run in quality.SUITES[suite]:
+            assert f"`{run}`" in paragraph, (suite, run)
+    counted = re.search(r"`ablations` \((\d+) runs", paragraph)
+    assert counted and int(counted.group(1)) == len(quality.SUITES["ablations"])
+    # every run a suite names exists
+    assert all(run in quality.RUNS for runs in quality.SUITES.values() for run in runs)

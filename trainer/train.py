@@ -1,7 +1,7 @@
 """Training entry point.
 
-    deepspeed trainer/train.py --config configs/train_ml100k.yaml        # launcher: GPUs, nodes, hostfile
-    hllm train --config configs/train_ml100k.yaml --set train.stage=2    # one process (CPU: gloo)
+    deepspeed trainer/train.py --config configs/quality_hllm.yaml        # launcher: GPUs, nodes, hostfile
+    hllm train --config configs/quality_hllm.yaml --set train.stage=2    # one process (CPU: gloo)
     python -m trainer.train --config X.yaml --deepspeed --deepspeed_config ds.json   # DeepSpeed's own arguments
 
 `--deepspeed_config` is `train.deepspeed_config` given on the command line (both given and different:

@@ -119,7 +119,7 @@ def read_sequences(data_dir: Path, name: str) -> dict[str, list[str]]:
 
 
 def project_metrics(ranks: np.ndarray) -> dict[str, float]:
-    """The project's Recall@K / NDCG@K from pessimistic 0-based ranks (feature_gen/evaluation.py)."""
+    """The project's Recall@K / NDCG@K from pessimistic 0-based ranks (feature_gen/evaluation/metrics.py)."""
     out = {}
     for k in KS:
         out[f"recall@{k}"] = float(np.mean(ranks < k))
