@@ -91,3 +91,29 @@ def test_parse_override_reads_yaml_values():
 def test_shipped_configs_are_valid():
     for name in ("configs/demo.yaml", "configs/tiny.yaml"):
         load_config(name)
+
+
+def test_the_readme_config_table_names_every_field_of_every_section():
+    """README's "Configuration" table is the reference users read for a field; each section's row must
+    name every field of its schema (`sasl_*` / `ssl_*` stand for the stream's security fields). It had
+    drifted: data.split, ranker.max_negative_rating and five stream fields were missing."""
+    import re
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from feature_gen.config import HLLMConfig
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", text, re.M)}
+    missing = {}
+    for section, field in HLLMConfig.model_fields.items():
+        schema = field.annotation
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            continue  # a top-level scalar (seed)
+        assert section in rows, f"README's config table has no `{section}` row"
+        named = {f for f in schema.model_fields if f"`{f}`" in rows[section]
+                 or any(f.startswith(p) and f"`{p}*`" in rows[section] for p in ("sasl_", "ssl_"))}
+        if set(schema.model_fields) - named:
+            missing[section] = sorted(set(schema.model_fields) - named)
+    assert not missing, missing
