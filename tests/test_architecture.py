@@ -47,15 +47,21 @@ def _modules() -> list[Path]:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, dotted module) for every absolute import in the file."""
+    """(line, dotted module) for every import in the file; a relative one (`from ..streaming import x`)
+    is resolved against the file's own package, so it cannot slip past the rule."""
     found = []
+    package = list(path.relative_to(REPO).with_suffix("").parts)[:-1]  # the package the file is in
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module))
-            if node.module == "feature_gen":  # `from feature_gen import data` names a room
-                found += [(node.lineno, f"feature_gen.{a.name}") for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - (node.level - 1)] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            if not module:
+                continue
+            found.append((node.lineno, module))
+            if module == "feature_gen" or (node.level and not node.module):  # `from feature_gen import data`,
+                found += [(node.lineno, f"{module}.{a.name}") for a in node.names]  # `from .. import data`: rooms
     return found
 
 
@@ -100,7 +106,7 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
     # the checker itself must be able to fail: plant an upward import and expect it reported
     fake = REPO / "feature_gen" / "config_upward_probe.py"
     assert not fake.exists()
-    fake.write_text("from hllm.cli import main\nfrom feature_gen.streaming import refresh\n")
+    fake.write_text("from hllm.cli import main\nfrom feature_gen.streaming import refresh\nfrom .streaming import events\n")
     try:
         monkeypatch.setitem(ROOM_MAY_IMPORT, "config_upward_probe", {"config"})
         found = violations()
@@ -108,6 +114,7 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
         fake.unlink()
     assert any("config_upward_probe.py:1 imports hllm.cli" in v for v in found)
     assert any("config_upward_probe.py:2 imports feature_gen.streaming" in v for v in found)
+    assert any("config_upward_probe.py:3 imports feature_gen.streaming" in v for v in found)  # relative, resolved
 
 
 @pytest.mark.parametrize("package", ["feature_gen", "trainer", "spark_jobs", "export", "ranker_integration"])

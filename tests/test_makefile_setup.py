@@ -15,5 +15,4 @@ def test_setup_refuses_a_disk_without_room_for_the_venv_and_says_so(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "make setup: .venv needs 976562500 MiB free (SETUP_MIN_FREE_KIB) on the disk holding" in done.stderr
-    assert "MiB free" in done.stderr
     assert not (tmp_path / ".venv").exists()  # stopped before the venv was created

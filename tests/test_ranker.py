@@ -116,7 +116,20 @@ def test_request_scorer_reads_online_and_matches_training_features(world, traine
     np.testing.assert_allclose(scored.scores, expected, rtol=1e-5, atol=1e-6)
 
     cold = RequestScorer(ranker, store, fc).score("never-seen-user", ["i0", "i1"], now_ts=now)
-    assert not cold.user_found and np.all((cold.scores > 0) & (cold.scores < 1))
+    assert not cold.user_found
+    # a user with no row anywhere scores with the user-side defaults, the same offline and online
+    np.testing.assert_allclose(cold.scores, _offline_scores(ranker, world, "never-seen-user", ["i0", "i1"], now),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _offline_scores(ranker, world, user: str, candidates: list[str], now: int) -> np.ndarray:
+    """The ranker's scores for one request built by the offline path (point-in-time join, defaults for
+    whatever has no row): what the request-time scorer must reproduce."""
+    from ranker_integration.ranker import model_inputs
+
+    labels = pd.DataFrame({"user_id": user, "item_id": candidates, "timestamp": now, "label": 0, "split": "test"})
+    offline = build_training_set(labels, world["cfg"], VERSION, world["fc"])
+    return ranker.score(model_inputs(offline.frame, offline.features, world["fc"], use_hllm=True))
 
 
 def test_a_request_with_nothing_online_scores_every_candidate_with_its_defaults(world, trained, tmp_path):
@@ -134,8 +147,10 @@ def test_a_request_with_nothing_online_scores_every_candidate_with_its_defaults(
     now = T0 + 40 * 86_400
     for user in ("u5", "never-seen-user"):
         scored = scorer.score(user, ["never-1", "never-2", "never-3"], now_ts=now)
-        assert scored.scores.shape == (3,) and np.all((scored.scores > 0) & (scored.scores < 1))
-        assert not scored.items_found.any()
+        assert scored.scores.shape == (3,) and not scored.items_found.any()
+    # no row anywhere for the user or the items: every feature is its default, as offline
+    offline = _offline_scores(scorer.ranker, world, "never-seen-user", ["never-1", "never-2", "never-3"], now)
+    np.testing.assert_allclose(scored.scores, offline, rtol=1e-5, atol=1e-6)
 
     with pytest.raises(FeatureStoreError, match="user_id at position 0 is None"):
         store.user_embeddings([None])

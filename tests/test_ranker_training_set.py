@@ -133,7 +133,10 @@ def test_backfilled_snapshots_hold_only_events_up_to_their_cutoff(tmp_path, tiny
     rows = read_version(cfg.offline_root, USER_EMBEDDING, version).sort_values(["user_id", "last_event_ts"])
     assert added == 3 and list(zip(rows["user_id"], rows["last_event_ts"], rows["seq_len"])) == [("7", 20, 2), ("7", 30, 3), ("8", 35, 1)]
     item_table = torch.from_numpy(np.concatenate([np.zeros((1, dim), np.float32), table]))
-    direct = embed_users(bundle.model.user_llm, item_table, [np.array([1, 2])], [np.array([10, 20])], 20)
-    np.testing.assert_allclose(rows["embedding"].iloc[0], direct.vectors[0], rtol=1e-5, atol=1e-6)
+    # each row's history up to its cut-off (item index = id + 1: row 0 of the table is padding)
+    histories = [np.array([1, 2]), np.array([1, 2, 3]), np.array([5])]
+    times = [np.array([10, 20]), np.array([10, 20, 30]), np.array([35])]
+    direct = embed_users(bundle.model.user_llm, item_table, histories, times, 20)
+    np.testing.assert_allclose(np.stack(rows["embedding"]), direct.vectors, rtol=1e-5, atol=1e-6)
     # a second backfill over the same cut-offs adds nothing (rows are keyed by user and newest event)
     assert backfill_user_snapshots(tiny_bundle, events, [25, 35], cfg) == 0

@@ -282,7 +282,7 @@ def test_rerun_for_the_same_version_replaces_it_whole(run):
     assert after.item_id.tolist() == before.item_id.tolist()  # no duplicated rows from two runs
     np.testing.assert_allclose(np.stack(after.embedding), np.stack(before.embedding), atol=1e-6)
     files_after = sorted(p.name for p in (offline / ITEM_EMBEDDING / f"bundle_version={run['version']}").iterdir())
-    assert files_after != files_before or not files_before  # a new run's files (Spark names parts by job id)
+    assert files_before and files_after != files_before  # a new run's files (Spark names parts by job id)
     leftovers = [p.name for p in (offline / ITEM_EMBEDDING).iterdir() if not p.name.startswith("bundle_version=")]
     assert leftovers == []
 
@@ -347,16 +347,23 @@ def test_bundle_input_and_output_given_as_file_uris(uri_run, bundle):
     assert online.found.all() and set(online.bundle_versions) == {version}
 
 
-def test_a_bundle_uri_that_does_not_exist_is_one_clear_line(tmp_path):
+def test_a_bundle_uri_that_does_not_exist_is_one_clear_line(tmp_path, capsys):
+    import pandas as pd
+
     from spark_jobs.item_embed import main
 
-    code = main(["--bundle", (tmp_path / "missing").as_uri(), "--items", str(tmp_path / "x.parquet")])
+    pd.DataFrame({"item_id": ["1"], "title": ["Heat"]}).to_parquet(tmp_path / "items.parquet")  # only the bundle is wrong
+    uri = (tmp_path / "missing").as_uri()
+    code = main(["--bundle", uri, "--items", str(tmp_path / "items.parquet")])
+    err = capsys.readouterr().err.strip()
     assert code == 2
+    assert err.count("\n") == 0 and err.startswith(f"item_embed: {uri}: ") and "bundle folder not found" in err, err
 
 
 def test_shipped_bundle_is_resolved_by_name_on_a_worker(tmp_path, monkeypatch, spark_bundle):
-    """What an executor does with a hdfs:// bundle shipped by SparkContext.addFile: SparkFiles holds a
-    folder named like the bundle, found by name (no Spark needed to check the lookup)."""
+    """The name lookup an executor does for a hdfs:// bundle shipped by SparkContext.addFile: SparkFiles
+    holds a folder named like the bundle. A unit test of that lookup only (SparkFiles.get is faked); the
+    shipping itself runs for real in `uri_run` (--ship-bundle, a local[2] spark-submit)."""
     import shutil
 
     from pyspark import SparkFiles

@@ -68,7 +68,7 @@ def user_event_with_ts(ts) -> bytes:
     (user_event_with_ts(2**63), "bad_field", "timestamp"),
     (user_event_with_ts(YEAR_10000), "bad_field", "outside the plausible window"),
     (deep_json_event(), "invalid_json", "nested too deeply"),
-    (b'{"user_id": "erin", "item_id": ' + b"9" * 5000 + b', "timestamp": 1700000001, "event_type": "click"}', "invalid_json", ""),
+    (b'{"user_id": "erin", "item_id": ' + b"9" * 5000 + b', "timestamp": 1700000001, "event_type": "click"}', "invalid_json", "digits"),
     (b'{"user_id": "\\ud800", "item_id": "1", "timestamp": 1700000001, "event_type": "click"}', "bad_field", "user_id: not valid Unicode"),
     (b'{"user_id": 18446744073709551616, "item_id": "1", "timestamp": 1700000001, "event_type": "click"}', "bad_field", "int64"),
     (json.dumps({"user_id": "u" * 2000, "item_id": "1", "timestamp": 1700000001, "event_type": "c"}).encode(), "bad_field", "limit is 1024"),
@@ -211,12 +211,14 @@ def test_a_record_that_fails_processing_is_dead_lettered_and_the_rest_of_its_bat
     assert "FloatingPointError: injected" in outcome.dead_letters[0].detail
     got = store.user_embeddings(["ann", "bob", "cid"])
     assert got.found.tolist() == [True, False, True]
+    np.testing.assert_array_equal(got.last_event_ts[[0, 2]], [1_700_000_010, 1_700_000_012])
 
     failing.fail_all = True  # every user of the batch fails alike: the fault is not the records'
     with pytest.raises(FloatingPointError):
         refresh.process(_records("t", [("dan", "1", 20), ("eve", "2", 21)]))
-
-    np.testing.assert_array_equal(got.last_event_ts[[0, 2]], [1_700_000_010, 1_700_000_012])
+    after = store.user_embeddings(["ann", "cid", "dan", "eve"])  # the raised batch wrote nothing, lost nothing
+    assert after.found.tolist() == [True, True, False, False]
+    np.testing.assert_array_equal(after.last_event_ts[:2], [1_700_000_010, 1_700_000_012])
 
     redis.kill()  # the store goes away: no record is to blame, so nothing is dead-lettered; the error stops the loop
     redis.wait()

@@ -49,8 +49,11 @@ def test_consumers_in_one_process_do_not_share_counts_after_feast_import():
 
 def test_counts_and_histograms_read_back_per_consumer():
     m = StreamMetrics("item_refresh")
+    m.count("superseded", 0)  # a zero count creates no series (a dashboard would show a 0 that never happened)
+    assert m.registry.get_sample_value("hllm_stream_events_total",
+                                       {"consumer": "item_refresh", "outcome": "superseded"}) is None
     m.count("embedded", 2)
-    m.count("embedded", 0)  # a zero count creates nothing
+    m.count("embedded", 0)
     m.observe_freshness([0.2, 3.0])
     assert m.value("hllm_stream_events_total", {"consumer": "item_refresh", "outcome": "embedded"}) == 2
     assert m.value("hllm_stream_events_total", {"consumer": "item_refresh", "outcome": "too_late"}) == 0
