@@ -2,8 +2,8 @@
 
 The schema (feature_gen/config.py) checks types and values; this adds what only the machine can say:
 every path the config reads exists and is readable, every model folder loads its config, the data
-files have a format a reader accepts, every output folder can be created, and the trainer accepts the
-objective (the same cross-field rules it applies at start; only the catalogue-size rules, which need the
+files have a format a reader accepts, every output folder can be created, the DeepSpeed JSON agrees
+with the trainer's settings and this machine, and the trainer accepts the objective (the same cross-field rules it applies at start; only the catalogue-size rules, which need the
 data, are left to it). Each problem is one line naming the field; `problems(cfg)` returns them all
 instead of stopping at the first.
 """
@@ -104,6 +104,24 @@ def _objective_problems(cfg: HLLMConfig) -> list[str]:
     return []
 
 
+def _deepspeed_problems(cfg: HLLMConfig) -> list[str]:
+    """The DeepSpeed JSON merged the way the trainer merges it (trainer.deepspeed_setup): a value that
+    contradicts the trainer's (lr, batch size, clipping, precision, accumulation), fp16, another
+    optimizer, or bf16 on a machine without a bf16 GPU. The world size is this launch's (WORLD_SIZE, 1
+    when unset): check a multi-process JSON where it is launched."""
+    from feature_gen.config import ConfigError
+
+    if not cfg.train.deepspeed_config or _readable("train.deepspeed_config", cfg.train.deepspeed_config):
+        return []  # no JSON, or the missing file is reported already
+    from trainer.deepspeed_setup import build_deepspeed_config
+
+    try:
+        build_deepspeed_config(cfg, total_steps=1, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
 def problems(cfg: HLLMConfig) -> list[str]:
     """Every problem the config's files and folders would cause, one line each (empty: all good)."""
     found: list[str] = []
@@ -126,4 +144,5 @@ def problems(cfg: HLLMConfig) -> list[str]:
     found += _writable("store.repo_path", cfg.store.repo_path)
     found += _writable("store.offline_root", cfg.store.offline_root)
     found += _objective_problems(cfg)
+    found += _deepspeed_problems(cfg)
     return found

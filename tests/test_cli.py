@@ -113,6 +113,25 @@ def test_check_config_refuses_what_the_trainer_would(tmp_path, capsys, loss, sta
     assert main(["check-config", "--config", str(cfg)]) == 0, capsys.readouterr().err
 
 
+def test_check_config_merges_the_deepspeed_json_as_the_trainer_does(tmp_path, capsys):
+    """A DeepSpeed JSON that contradicts the trainer (trainer.deepspeed_setup.build_deepspeed_config)
+    failed only once `hllm train` had loaded data and models; check-config names each field now."""
+    import json
+
+    ds = tmp_path / "ds.json"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"train: {{lr: 0.001, deepspeed_config: {ds}, output_dir: {tmp_path / 'runs'}}}\n")
+    for body, named in (({"optimizer": {"type": "AdamW", "params": {"lr": 0.01}}}, "optimizer.params.lr is 0.01 but train.lr is 0.001"),
+                        ({"fp16": {"enabled": True}}, "fp16.enabled: the trainer trains in fp32 or bf16"),
+                        ({"optimizer": {"type": "Lamb"}}, "optimizer.type 'Lamb': the trainer uses AdamW")):
+        ds.write_text(json.dumps(body))
+        assert main(["check-config", "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"{ds}: {named}" in err, err
+    ds.write_text(json.dumps({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}, "zero_optimization": {"stage": 2}}))
+    assert main(["check-config", "--config", str(cfg)]) == 0, capsys.readouterr().err
+
+
 def test_version_and_quiet_logging():
     out = subprocess.run([HLLM, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and re.fullmatch(r"hllm \S+.*\n", out.stdout)
