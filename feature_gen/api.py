@@ -28,12 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from feature_gen.data.contract import DataError
+from feature_gen.data.contract import (
+    BAD_TIMESTAMP, DUPLICATE_ID, NULL_ITEM_ID, NULL_USER_ID, REPLACEMENT_CHAR, TIMESTAMP_OUT_OF_RANGE, TIMESTAMP_UNITS,
+    UNKNOWN_ITEM, DataError, read_timestamps, whole_number,
+)
 from feature_gen.evaluation.protocol import in_scoring_space
 from feature_gen.inference.encoders import Encoders, Runtime, UserEmbeddings, load_encoders
 from feature_gen.inference.item_table import padded_item_table
 from feature_gen.model.bundle import read_manifest
-from feature_gen.model.item_text import build_item_text, check_prompt_budget, item_text_or_reject
+from feature_gen.model.item_text import REJECT_BAD_ENCODING, build_item_text, check_prompt_budget, item_text_or_reject
 
 Errors = Literal["raise", "skip"]
 # The similarity every consumer scores in: the model's losses score L2-normalised vectors.
@@ -107,6 +110,41 @@ def _str_id(value: Any) -> str:
 
 def _rejects(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(columns))
+
+
+def _contract_events(events: pd.DataFrame, timestamp_unit: str, errors: Errors) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The rows of an event DataFrame the input contract accepts, timestamps as int64 Unix seconds and
+    an `_order` column (file order), and the refused ones with the Spark user job's reason, checked in
+    its order (spark_jobs/user_frames.check_interactions): null ids, undecodable bytes in an id, a
+    timestamp that is not a whole number, one outside the plausible window. errors="raise": EncodeError
+    naming the first refused row (1-based, as a person counts data lines)."""
+    def text(v):
+        return None if pd.isna(v) else _str_id(v)
+
+    read = read_timestamps(events["timestamp"], timestamp_unit, source="encode_users")
+    reasons: list[str | None] = []
+    for u, i, t, why in zip(events["user_id"], events["item_id"], events["timestamp"], read.reasons):
+        if pd.isna(u):
+            reasons.append(NULL_USER_ID)
+        elif pd.isna(i):
+            reasons.append(NULL_ITEM_ID)
+        elif REPLACEMENT_CHAR in _str_id(u) or REPLACEMENT_CHAR in _str_id(i):
+            reasons.append(REJECT_BAD_ENCODING)
+        elif why is not None:
+            reasons.append(BAD_TIMESTAMP if whole_number(t) is None else TIMESTAMP_OUT_OF_RANGE)
+        else:
+            reasons.append(None)
+    bad = [row for row, r in enumerate(reasons) if r is not None]
+    if bad and errors == "raise":
+        row = bad[0]
+        detail = read.reasons[row] if reasons[row] in (BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE) else ""
+        raise EncodeError(f"encode_users: event row {row + 1} (user {text(events['user_id'].iloc[row])!r}): "
+                          f"{reasons[row]}{': ' + detail if detail else ''} ({len(bad)} such rows)")
+    rejects = [{"user_id": text(events["user_id"].iloc[row]), "item_id": text(events["item_id"].iloc[row]),
+                "reason": reasons[row]} for row in bad]
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    kept = events.assign(timestamp=read.seconds, _order=np.arange(len(events)))[ok]
+    return kept, rejects
 
 
 class Encoder:
@@ -188,17 +226,22 @@ class Encoder:
         (strings; tags as a list or a string). A record without `item_id` gets its position as id.
 
         Returns ItemVectors (vectors [n, D] float32, input order). errors="raise": a record with no
-        text, an oversize text or a null id raises EncodeError naming its row; "skip": it goes to
-        `.rejects` and the others are embedded."""
+        text, an oversize text, a null id or an id already embedded from an earlier row raises
+        EncodeError naming its row; "skip": it goes to `.rejects` with the reason the Spark item job
+        gives it (null_id, no_text, oversize_text, bad_encoding, duplicate_id: the first embeddable row
+        of an id wins) and the others are embedded."""
         records = _records(items)
         ids: list[str] = []
         texts: list[str] = []
         rejects: list[dict[str, Any]] = []
+        seen: set[str] = set()
         for row, record in enumerate(records):
             if "item_id" not in record:
                 record = {**record, "item_id": row}
             result = item_text_or_reject(record, self.encoders.text_cfg)
             item_id = None if result.reject_reason == "null_id" else _str_id(record["item_id"])
+            if not result.reject_reason and item_id in seen:  # only embeddable rows compete for an id
+                result = replace(result, text=None, reject_reason=DUPLICATE_ID)
             if result.reject_reason or item_id is None or result.text is None:
                 if errors == "raise":
                     raise EncodeError(f"encode_items: row {row} (item_id {item_id!r}): {result.reject_reason} "
@@ -206,6 +249,7 @@ class Encoder:
                 rejects.append({"row": row, "item_id": item_id, "reason": result.reject_reason})
                 continue
             ids.append(item_id)
+            seen.add(item_id)
             texts.append(result.text)
         vectors = self.encode_texts(texts) if texts else np.zeros((0, self.dim), np.float32)
         return ItemVectors(ids, vectors, _rejects(rejects, ("row", "item_id", "reason")))
@@ -245,6 +289,7 @@ class Encoder:
         timestamps: Sequence[Sequence[int]] | None = None,
         items: ItemTable | None = None,
         errors: Errors = "raise",
+        timestamp_unit: str = "seconds",
     ) -> UserVectors:
         """User-interest embeddings from histories of external item ids, oldest first.
 
@@ -256,12 +301,20 @@ class Encoder:
         (anything with `item_embeddings(ids)`); its vectors must be of this bundle's version.
         Only the newest `max_seq_len` items of each history are read.
 
-        Returns UserVectors (vectors [U, D] float32). errors="raise": an item id with no vector (or an
-        empty history) raises EncodeError naming user and item; "skip": such events go to `.rejects`
-        (a user left with no events is dropped)."""
+        An event DataFrame is read under the input contract, as the Spark user job reads its files
+        (feature_gen.data.contract): timestamps are integers in `timestamp_unit` ("seconds",
+        "milliseconds" or "auto") inside the plausible window, ids hold no undecodable bytes.
+
+        Returns UserVectors (vectors [U, D] float32). errors="raise": an item id with no vector, an
+        empty history or an event the contract refuses raises EncodeError naming user, item or row;
+        "skip": such events go to `.rejects` with the Spark job's reasons (null_user_id, null_item_id,
+        bad_encoding, bad_timestamp, timestamp_out_of_range, unknown_item; a user left with no events
+        is dropped)."""
         if items is None:
             raise EncodeError("encode_users: pass items= (encode_items' result, a mapping, a DataFrame or the store)")
-        user_ids, hist, ts, rejects = self._histories(histories, timestamps)
+        if timestamp_unit not in TIMESTAMP_UNITS:
+            raise EncodeError(f"encode_users: timestamp_unit: expected one of {', '.join(TIMESTAMP_UNITS)}; got {timestamp_unit!r}")
+        user_ids, hist, ts, rejects = self._histories(histories, timestamps, timestamp_unit, errors)
         wanted = list(dict.fromkeys(i for h in hist for i in h))
         table = self._lookup(items, wanted)
         keep_users, internal, kept_ts = [], [], []
@@ -271,7 +324,7 @@ class Encoder:
             for k in sorted(set(range(len(h))) - set(known)):
                 if errors == "raise":
                     raise EncodeError(f"encode_users: user {user!r}: item {h[k]!r} has no embedding of {self.version} in items")
-                rejects.append({"user_id": user, "item_id": h[k], "reason": "unknown_item"})
+                rejects.append({"user_id": user, "item_id": h[k], "reason": UNKNOWN_ITEM})
             if not known:
                 if errors == "raise":
                     raise EncodeError(f"encode_users: user {user!r} has an empty history")
@@ -287,7 +340,7 @@ class Encoder:
         result: UserEmbeddings = self.encoders.embed_users(item_table, internal, kept_ts, batch_size=self.user_batch_size)
         return UserVectors(keep_users, result.vectors, result.seq_len, result.last_event_ts, rejects_frame)
 
-    def _histories(self, histories, timestamps):
+    def _histories(self, histories, timestamps, timestamp_unit: str = "seconds", errors: Errors = "raise"):
         rejects: list[dict[str, Any]] = []
         if isinstance(histories, pd.DataFrame):
             if timestamps is not None:
@@ -295,11 +348,7 @@ class Encoder:
             missing = {"user_id", "item_id", "timestamp"} - set(histories.columns)
             if missing:
                 raise EncodeError(f"encode_users: the event DataFrame lacks columns {sorted(missing)}")
-            events = histories.reset_index(drop=True)
-            null = events["user_id"].isna() | events["item_id"].isna()
-            rejects += [{"user_id": None if pd.isna(u) else _str_id(u), "item_id": None if pd.isna(i) else _str_id(i),
-                         "reason": "null_id"} for u, i in zip(events.user_id[null], events.item_id[null])]
-            events = events[~null].assign(_order=lambda f: np.arange(len(f)))
+            events, rejects = _contract_events(histories.reset_index(drop=True), timestamp_unit, errors)
             # an exact repeat (same user, item and timestamp: a replayed log) counts once, at its first
             # position, as in the Spark job (spark_jobs/user_frames.py) and the stream
             key = [events["user_id"].map(_str_id), events["item_id"].map(_str_id), events["timestamp"]]

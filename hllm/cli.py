@@ -18,6 +18,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -143,25 +154,55 @@ def cmd_encode(args) -> int:
     import pandas as pd
 
     from feature_gen.api import Encoder
+    from feature_gen.config import ConfigError
+    from feature_gen.data.contract import check_item_columns
     from feature_gen.data.formats import read_mapped
 
     cfg = _load(args)
+    _check_output_file("--output", args.output)  # before any work: a bad path must not cost the embedding
+    if args.kind == "users" and not args.items:
+        raise ConfigError("--items: encode users needs the item vectors (item_id, embedding) or a catalogue to embed first")
+    if args.runtime == "torch":
+        from feature_gen.inference.encoders import torch_device
+
+        try:
+            torch_device(args.device)
+        except (RuntimeError, ValueError) as exc:  # torch's own words for a malformed name
+            raise ConfigError(f"--device: {exc}") from None
     enc = Encoder.from_bundle(args.bundle, runtime=args.runtime, device=args.device, batch_size=args.batch_size)
-    frame = read_mapped(args.input, cfg.data)
+
+    def catalogue(path):  # an item file under the contract: an item_id column (no row numbers as ids)
+        frame = read_mapped(path, cfg.data)
+        if "embedding" not in frame.columns:
+            check_item_columns(frame.columns, str(path), enc.encoders.text_cfg)
+        return frame
+
     if args.kind == "items":
-        got = enc.encode_items(frame, errors="skip")
+        got = enc.encode_items(catalogue(args.input), errors="skip")
         out = pd.DataFrame({"item_id": got.item_ids, "embedding": list(got.vectors), "bundle_version": enc.version})
     else:
-        items = read_mapped(args.items, cfg.data) if args.items else None
-        if items is not None and "embedding" not in items.columns:  # a catalogue: embed it first
+        frame = read_mapped(args.input, cfg.data)
+        items = catalogue(args.items)
+        if "embedding" not in items.columns:  # a catalogue: embed it first
             items = enc.encode_items(items, errors="skip")
-        got = enc.encode_users(frame, items=items, errors="skip")
+        got = enc.encode_users(frame, items=items, errors="skip", timestamp_unit=cfg.data.timestamp_unit)
         out = pd.DataFrame({"user_id": got.user_ids, "embedding": list(got.vectors), "seq_len": got.seq_len,
                             "last_event_ts": got.last_event_ts, "bundle_version": enc.version})
     out.to_parquet(args.output, index=False)
-    reasons = dict(got.rejects["reason"].value_counts()) if len(got.rejects) else {}
+    reasons = {str(k): int(v) for k, v in got.rejects["reason"].value_counts().items()} if len(got.rejects) else {}
     print(f"{len(out)} {args.kind} embedded ({enc.dim} dims, {enc.version}) -> {args.output}; rejected {len(got.rejects)} {reasons}")
     return 0
+
+
+def _check_output_file(flag: str, path: str) -> None:
+    """An output file's folder exists and the path is not a folder: ConfigError naming the flag."""
+    from feature_gen.config import ConfigError
+
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag}: {path} is a folder; give a file path")
+    if not target.absolute().parent.is_dir():
+        raise ConfigError(f"{flag}: the folder {target.absolute().parent} does not exist")
 
 
 def cmd_demo(args) -> int:
@@ -286,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", default=None, help="users: item vectors (item_id, embedding) or a catalogue to embed first")
     p.add_argument("--output", required=True, help="Parquet file to write")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (torch) or auto / cpu / cuda (onnx)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     _config_args(p, required=False)
     p.set_defaults(func=cmd_encode)
 

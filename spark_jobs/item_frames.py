@@ -8,12 +8,12 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from feature_gen.config import ItemTextConfig
-from feature_gen.data.contract import check_item_columns
+from feature_gen.data.contract import DUPLICATE_ID, check_item_columns
 from feature_gen.store.schema import ITEM_EMBEDDING_SPARK_SCHEMA, ITEM_ID
 from spark_jobs.item_batches import ORDER, PREPARED_SCHEMA, embed_item_batch, prepare_item_batch
 from spark_jobs.worker_model import WorkerStats, timed_batches, worker_encoders
 
-DUPLICATE_ID = "duplicate_id"  # a second row for an item id already in the input (the first one wins)
+# DUPLICATE_ID (feature_gen.data.contract): a second row for an item id already in the input (the first one wins)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, LongType, NumericType, TimestampType
 
-from feature_gen.data.contract import REJECT_BAD_ENCODING, REPLACEMENT_CHAR, TIMESTAMP_UNITS, plausible_window
+from feature_gen.data.contract import (
+    BAD_TIMESTAMP, NULL_ITEM_ID, NULL_USER_ID, REJECT_BAD_ENCODING, REPLACEMENT_CHAR, TIMESTAMP_OUT_OF_RANGE, TIMESTAMP_UNITS,
+    UNKNOWN_ITEM, plausible_window,
+)
 
 from spark_jobs.item_frames import InferenceOptions
 from spark_jobs.user_batches import embed_user_batch
@@ -17,12 +20,11 @@ from feature_gen.store.schema import (
 from spark_jobs.worker_model import WorkerStats, timed_batches, worker_encoders
 
 TIMESTAMP, ORDER = "timestamp", "_order"  # the interactions' time column; the input-order tie-break
-# Reasons an interaction is rejected (user_rejects), never silently dropped.
-NULL_USER_ID, NULL_ITEM_ID, BAD_TIMESTAMP, UNKNOWN_ITEM = "null_user_id", "null_item_id", "bad_timestamp", "unknown_item"
+# Reasons an interaction is rejected (user_rejects), never silently dropped: the contract's words
+# (feature_gen.data.contract), which the Python API's rejects use too. TIMESTAMP_OUT_OF_RANGE: a whole
+# number outside the plausible window (a far-future value would overflow the job's datetime conversion
+# and fail it for everyone, or become a user's newest event forever).
 BAD_ENCODING = REJECT_BAD_ENCODING
-# a whole number, but outside the contract's plausible window (a far-future value would overflow the
-# job's datetime conversion and fail it for everyone, or become a user's newest event forever)
-TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 
 
 def _whole_number(col, dtype):

@@ -18,6 +18,8 @@ from feature_gen.inference.encoders import embed_texts, embed_users
 from feature_gen.model.bundle import load_bundle
 from feature_gen.model.item_text import build_item_text
 
+T0 = 1_700_000_000  # a plausible Unix time (the input contract refuses times before 1995)
+
 ITEMS = [
     {"item_id": 10, "title": "Heat", "tags": ["crime", "thriller"], "description": "LA heist"},
     {"item_id": "11", "title": "Up", "tags": "animation|family"},
@@ -66,11 +68,45 @@ def test_encode_users_from_external_ids_equals_embed_users(enc, tiny_bundle):
     # the same through a mapping and through an event frame (time-sorted per user)
     by_map = enc.encode_users(histories, timestamps=stamps, items=items.as_mapping())
     np.testing.assert_allclose(by_map.vectors, expected.vectors, atol=1e-6)
+    # (an event log is read under the input contract: Unix seconds inside the plausible window; this
+    # bundle reads no timestamps, so only the order they give matters)
     events = pd.DataFrame({"user_id": ["b", "a", "a", "b", "a"], "item_id": [10, 12, 11, 12, 10],
-                           "timestamp": [60, 300, 200, 50, 100]})
+                           "timestamp": [T0 + 60, T0 + 300, T0 + 200, T0 + 50, T0 + 100]})
     frame = enc.encode_users(events, items=items)
-    assert frame.user_ids == ["a", "b"]
+    assert frame.user_ids == ["a", "b"] and frame.last_event_ts.tolist() == [T0 + 300, T0 + 60]
     np.testing.assert_allclose(frame.vectors, expected.vectors, atol=1e-5)
+
+
+def test_an_event_frame_is_read_as_the_spark_user_job_reads_it(enc):
+    """The same rows refused for the same reasons as spark_jobs/user_frames.check_interactions (and
+    tests/test_input_contract_readers.py's Spark side): every reader of an event log reads it alike."""
+    items = enc.encode_items(ITEMS)
+    events = pd.DataFrame({"user_id": ["a", None, "a", "a", "a", "a", "a\ufffd"],
+                           "item_id": ["10", "11", None, "11", "12", "99", "10"],
+                           "timestamp": [T0 + 1, T0 + 2, T0 + 3, "soon", 60, T0 + 4, T0 + 5]})
+    got = enc.encode_users(events, items=items, errors="skip")
+    assert got.user_ids == ["a"] and got.seq_len.tolist() == [1] and got.last_event_ts.tolist() == [T0 + 1]
+    assert got.rejects.reason.tolist() == ["null_user_id", "null_item_id", "bad_timestamp", "timestamp_out_of_range",
+                                           "bad_encoding", "unknown_item"]
+    with pytest.raises(EncodeError, match=r"event row 2 \(user None\): null_user_id \(5 such rows\)"):
+        enc.encode_users(events, items=items)
+    millis = pd.DataFrame({"user_id": ["a"], "item_id": ["10"], "timestamp": [(T0 + 7) * 1000]})
+    with pytest.raises(EncodeError, match="it reads as milliseconds"):
+        enc.encode_users(millis, items=items)
+    assert enc.encode_users(millis, items=items, timestamp_unit="milliseconds").last_event_ts.tolist() == [T0 + 7]
+
+
+def test_a_repeated_item_id_is_embedded_once_the_first_row_winning(enc):
+    rows = [{"item_id": "10", "title": "Heat"}, {"item_id": "10", "title": "Heat (again)"},
+            {"item_id": "11", "title": ""}, {"item_id": "11", "title": "Up"}]
+    got = enc.encode_items(rows, errors="skip")
+    # a rejected row never shadows a good one (as in the Spark item job): 11's second row is embedded
+    assert got.item_ids == ["10", "11"]
+    assert got.rejects.to_dict("records") == [{"row": 1, "item_id": "10", "reason": "duplicate_id"},
+                                              {"row": 2, "item_id": "11", "reason": "no_text"}]
+    np.testing.assert_allclose(got.vectors[0], enc.encode_texts([enc.item_text(rows[0])])[0], atol=1e-6)
+    with pytest.raises(EncodeError, match="row 1 \\(item_id '10'\\): duplicate_id"):
+        enc.encode_items(rows[:2])
 
 
 def test_unknown_items_and_missing_timestamps_are_named(enc):
@@ -157,3 +193,41 @@ def test_hllm_encode_items_then_users_from_files(tiny_bundle, tmp_path, capsys):
     enc = Encoder.from_bundle(tiny_bundle)
     np.testing.assert_allclose(np.stack(items.embedding), enc.encode_items(ITEMS).vectors, atol=1e-5)
     assert users.user_id.tolist() == ["a", "b"] and users.last_event_ts.tolist() == [1704067260, 1704146400]
+
+
+def test_hllm_encode_refuses_what_the_contract_refuses_before_any_work(tiny_bundle, tmp_path, capsys):
+    """`hllm encode` reads files as every other reader does: an item file needs an item_id column (row
+    numbers were taken as ids), a repeated id and bad event rows go to the rejects with the Spark jobs'
+    reasons, and a bad --output, --device or --batch-size is one line (exit 2) before anything is embedded."""
+    from hllm.cli import main
+
+    pd.DataFrame({"pid": ["10", "11"], "title": ["Heat", "Up"]}).to_csv(tmp_path / "no_id.csv", index=False)
+    pd.DataFrame({"item_id": ["10", "10", "11"], "title": ["Heat", "Heat 2", "Up"]}).to_csv(tmp_path / "dup.csv", index=False)
+    pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": ["10", "11", "11"],
+                  "timestamp": [T0, 99_999_999_999_999, "abc"]}).to_csv(tmp_path / "events.csv", index=False)
+    bundle = ["--bundle", str(tiny_bundle)]
+
+    def run(*argv):
+        code = main(["encode", *argv, *bundle])
+        return code, capsys.readouterr()
+
+    code, out = run("items", "--input", str(tmp_path / "no_id.csv"), "--output", str(tmp_path / "x.parquet"))
+    assert code == 2 and f"{tmp_path / 'no_id.csv'}: missing column 'item_id' (have: pid, title)" in out.err
+    code, out = run("items", "--input", str(tmp_path / "dup.csv"), "--output", str(tmp_path / "i.parquet"))
+    assert code == 0 and "2 items embedded" in out.out and "'duplicate_id': 1" in out.out
+    code, out = run("users", "--input", str(tmp_path / "events.csv"), "--items", str(tmp_path / "i.parquet"),
+                    "--output", str(tmp_path / "u.parquet"))
+    assert code == 0 and "1 users embedded" in out.out
+    assert "'timestamp_out_of_range': 1" in out.out and "'bad_timestamp': 1" in out.out
+    for argv, named in ((("--output", str(tmp_path / "nowhere" / "x.parquet")), "--output: the folder"),
+                        (("--output", str(tmp_path)), "is a folder"),
+                        (("--output", str(tmp_path / "y.parquet"), "--device", "cuda:0"), "--device:"),
+                        (("--output", str(tmp_path / "y.parquet"), "--device", "gpu0"), "--device:")):
+        code, out = run("items", "--input", str(tmp_path / "dup.csv"), *argv)
+        assert code == 2 and named in out.err and out.err.count("\n") == 1, out.err
+    code, out = run("users", "--input", str(tmp_path / "events.csv"), "--output", str(tmp_path / "y.parquet"))
+    assert code == 2 and "--items: encode users needs" in out.err
+    with pytest.raises(SystemExit) as exc:
+        main(["encode", "items", "--input", "x", "--output", "y", "--batch-size", "0", *bundle])
+    assert exc.value.code == 2 and "expected a positive integer; got 0" in capsys.readouterr().err
+    assert not (tmp_path / "y.parquet").exists()

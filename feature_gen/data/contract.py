@@ -38,6 +38,15 @@ USER_ID = "user_id"
 TIMESTAMP = "timestamp"
 INTERACTION_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP)
 
+# Why a row is rejected (kept with its reason, never silently dropped), the same words from every
+# reader that skips bad rows: the Spark jobs' item_rejects / user_rejects and the Python API's
+# `.rejects` (`hllm encode`). Items: REJECT_NULL_ID / no_text / oversize_text / bad_encoding from the
+# item-text builder, and DUPLICATE_ID (a later embeddable row for an id already seen: the first wins).
+DUPLICATE_ID = "duplicate_id"
+NULL_USER_ID, NULL_ITEM_ID, UNKNOWN_ITEM = "null_user_id", "null_item_id", "unknown_item"
+BAD_TIMESTAMP = "bad_timestamp"  # not a whole number
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # a whole number outside the plausible window
+
 
 class DataError(ValueError):
     """Input data that breaks the contract; the message names the file, row and field."""
