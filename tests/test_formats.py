@@ -106,3 +106,32 @@ def test_byod_template_validates_and_its_paths_are_relative_to_it(tmp_path):
     (tmp_path / "byod.yaml").write_text(yaml.safe_dump(raw))
     assert load_config(tmp_path / "byod.yaml").data.items_path == str(tmp_path / "data" / "items.jsonl")
     assert config_from_dict(raw).data.items_path == "data/items.jsonl"  # a dict has no folder: kept as given
+
+
+@pytest.mark.parametrize("name, body, encoding, says", [
+    ("empty.csv", b"", "utf-8", "empty file (no header row)"),
+    ("extra.csv", b"user_id,item_id,timestamp\nu,1,1700000000\nu,2,1700000001,9\n", "utf-8",
+     "not well-formed CSV (Error tokenizing data. C error: Expected 3 fields in line 3, saw 4)"),
+    ("quote.tsv", b'user_id\titem_id\ttimestamp\nu\t"1\t1700000000\n', "utf-8", "not well-formed TSV"),
+    ("fake.parquet", b"hello", "utf-8", "not a readable Parquet file or dataset"),
+    ("bom.csv", b"user_id,item_id,timestamp\nu,1,1700000000\n", "utf-16", "cannot be read as utf-16"),
+])
+def test_an_unreadable_file_is_one_line_naming_it(tmp_path, name, body, encoding, says):
+    """Each of these was a pandas / pyarrow traceback from every pandas-side reader (data-summary,
+    training, hllm encode); now a DataError naming the file (exit 2 from the CLI)."""
+    from feature_gen.data.contract import DataError, read_table
+
+    (tmp_path / name).write_bytes(body)
+    with pytest.raises(DataError) as exc:
+        read_table(tmp_path / name, encoding)
+    assert str(exc.value).startswith(f"{tmp_path / name}: ") and says in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_folder_without_parquet_files_is_named(tmp_path):
+    from feature_gen.data.contract import DataError, read_table
+
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="a folder with no .parquet files"):
+        read_table(tmp_path / "events")

@@ -254,20 +254,41 @@ def read_table(path: str | Path, encoding: str = "utf-8", text_keys=()) -> pd.Da
     CSV/TSV: ids, timestamp and text columns are read as strings (`007` stays `007`), only an empty
     cell is missing, bytes invalid in `encoding` become U+FFFD (refused later, see REPLACEMENT_CHAR).
     Parquet: its own types, with integer id columns cast to strings (7 -> "7", never "7.0").
-    Raises DataError naming the file when it is missing or of an unknown format."""
+    Raises DataError naming the file when it is missing, of an unknown format, or unreadable as its
+    format (an empty CSV, a row with more fields than the header, an unclosed quote, a file that is
+    not Parquet, a folder without Parquet files, an encoding that cannot be the file's)."""
+    import pyarrow as pa
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
+    if path.is_dir() and not any(path.rglob("*.parquet")):
+        raise DataError(f"{path}: a folder with no .parquet files (a data path is a file, or a Parquet dataset folder)")
     if suffix in (".parquet", ".pq") or path.is_dir():
-        return _parquet_with_string_ids(path)
+        try:
+            return _parquet_with_string_ids(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file or dataset ({_first_line(exc)})") from None
     if suffix in (".csv", ".tsv"):
         strings = string_columns(text_keys)
-        return pd.read_csv(
-            path, sep="\t" if suffix == ".tsv" else ",", dtype={c: str for c in strings},
-            keep_default_na=False, na_values=list(MISSING_CELLS), encoding=encoding, encoding_errors="replace",
-        )
+        try:
+            return pd.read_csv(
+                path, sep="\t" if suffix == ".tsv" else ",", dtype={c: str for c in strings},
+                keep_default_na=False, na_values=list(MISSING_CELLS), encoding=encoding, encoding_errors="replace",
+            )
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: empty file (no header row)") from None
+        except pd.errors.ParserError as exc:
+            raise DataError(f"{path}: not well-formed {suffix[1:].upper()} ({_first_line(exc)})") from None
+        except UnicodeError as exc:
+            raise DataError(f"{path}: cannot be read as {encoding} ({_first_line(exc)}); set data.encoding") from None
     raise DataError(f"{path}: unsupported format {suffix!r} (expected .parquet, .csv or .tsv)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _parquet_with_string_ids(path: Path) -> pd.DataFrame:
