@@ -143,7 +143,7 @@ def cmd_quality(args) -> int:
         return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
                            report_only=args.report_only, overrides=overrides, fractions=args.fractions)
     except ValueError as exc:  # a bad --runs name or fraction: one line, before anything runs
-        if not str(exc).startswith(("--runs", "--fractions")):
+        if not str(exc).startswith(("--runs", "--fractions", "--output")):
             raise
         print(f"quality: {exc}", file=sys.stderr)
         return 2

@@ -172,3 +172,13 @@ def test_the_readme_names_every_run_of_the_small_suites_and_counts_the_ablations
     assert counted and int(counted.group(1)) == len(quality.SUITES["ablations"])
     # every run a suite names exists
     assert all(run in quality.RUNS for runs in quality.SUITES.values() for run in runs)
+
+
+def test_report_only_on_a_folder_that_holds_no_runs_is_one_line(tmp_path, capsys, fake_training):
+    """`hllm quality --report-only` in a fresh checkout was a FileNotFoundError traceback."""
+    from hllm.cli import main
+
+    assert main(["quality", "--report-only", "--output", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err
+    assert "--output:" in err and "is not a folder of quality runs" in err and err.count("\n") == 1
+    assert fake_training == [] and not (tmp_path / "nothing-here").exists()

@@ -356,6 +356,9 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
             raise ValueError(f"--runs: {', '.join(unknown)} not in suite {suite!r} (its runs: {', '.join(offered)})")
     check_overrides(sorted({n for s in suites for n in SUITES[s] if not runs or n in runs}), overrides or {})
     out = Path(output)
+    if report_only and not out.is_dir():
+        raise ValueError(f"--output: {out} is not a folder of quality runs (nothing to tabulate; a suite run "
+                         f"without --report-only writes its runs there)")
     tables = []
     for dataset in datasets:
         for s in suites:
@@ -388,6 +391,7 @@ def run_quality(suite: str, seeds: list[int], output: str, datasets: list[str], 
                 tables.append(table)
     # the datasets are in the name: tables of different data sets must not overwrite each other
     name = f"quality-{'-'.join(datasets)}-{suite}" + (f"-{'-'.join(runs)}" if runs else "") + ("-report" if report_only else "")
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text("\n".join(tables))
     print(f"tables -> {out / f'{name}.md'}")
     return 0
