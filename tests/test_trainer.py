@@ -543,3 +543,22 @@ def test_stage2_evaluates_its_starting_point_and_can_select_it(tmp_path):
     assert result.valid["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-6)
     logged = [json.loads(l) for l in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert logged[0]["step"] == 0 and "valid" in logged[0]
+
+
+def test_resuming_a_folder_trained_with_another_model_names_the_way_out(tmp_path, caplog):
+    """A rerun into the same train.output_dir with another model size used to stop in torch's
+    "size mismatch" traceback; a changed field that still loads (the learning rate) resumes with a
+    warning naming it, since the two configs' steps are mixed in one curve."""
+    first = toy_config(tmp_path, max_steps=2, freeze_bundle=False)
+    run_training(first, resume=False)
+    assert (Path(first.train.output_dir) / "checkpoints" / "latest").is_file()
+    wider = toy_config(tmp_path, max_steps=2, freeze_bundle=False)
+    wider = wider.model_copy(update={"item_llm": wider.item_llm.model_copy(update={
+        "tiny": wider.item_llm.tiny.model_copy(update={"hidden_size": 2 * TINY["hidden_size"],
+                                                        "intermediate_size": 2 * TINY["intermediate_size"]})})})
+    with pytest.raises(ConfigError, match=r"train.output_dir: .* holds a checkpoint of another model \(the config "
+                                          r"differs in item_llm.tiny.hidden_size: .*--no-resume"):
+        run_training(wider, resume=True)
+    with caplog.at_level(logging.WARNING, logger="trainer.loop"):
+        run_training(toy_config(tmp_path, max_steps=2, freeze_bundle=False, lr=1e-3), resume=True)
+    assert "train.lr: 0.003 -> 0.001" in caplog.text and "--no-resume starts over" in caplog.text

@@ -28,6 +28,7 @@ Devices: the model is where DeepSpeed put it (`engine.device`); each micro-batch
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -41,7 +42,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from feature_gen.config import HLLMConfig
+from feature_gen.config import ConfigError, HLLMConfig
 from feature_gen.data.sequences import (
     EvalSet,
     LeaveOneOutSplit,
@@ -162,6 +163,30 @@ def _log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+logger = logging.getLogger(__name__)
+
+
+def _changed_fields(saved: Path, cfg: HLLMConfig) -> list[str]:
+    """`section.field: old -> new` for every config field that differs from the run's saved config.yaml
+    (empty when there is none or it does not parse): what a resume would silently mix."""
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    new = cfg.model_dump(mode="json")
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+
+    a, b = flat(old or {}), flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Keep only records up to `step`: what happened after the checkpoint is replayed, not repeated."""
     if not path.exists():
@@ -258,6 +283,11 @@ def train(
     # weights and result.json (DeepSpeed checkpoints are written by every rank, as DeepSpeed requires).
     writer = engine.global_rank == 0
     say = print if writer else (lambda *args, **kwargs: None)
+    resuming = resume and (ckpt_dir / "latest").is_file()
+    changed = _changed_fields(run_dir / "config.yaml", cfg) if resuming else []
+    if changed:
+        logger.warning("%s: resuming a checkpoint trained with another config (%s); --no-resume starts over",
+                    run_dir, "; ".join(changed[:8]))
     if writer:
         # what produced this folder, `load_config`-able as is (input paths are absolute by then); a
         # resumed run rewrites it with the config that finished the run
@@ -268,8 +298,16 @@ def train(
             _log(log_path, record)
 
     state = TrainState()
-    if resume and (ckpt_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+    if resuming:
+        try:
+            _, client = engine.load_checkpoint(str(ckpt_dir))
+        except RuntimeError as exc:  # torch's "size mismatch for ...": another model's checkpoint
+            if "size mismatch" not in str(exc) and "Missing key" not in str(exc) and "Unexpected key" not in str(exc):
+                raise
+            differs = f" (the config differs in {'; '.join(changed[:8])})" if changed else ""
+            raise ConfigError(f"train.output_dir: {run_dir} holds a checkpoint of another model{differs}; resume "
+                              f"it with the config it was trained with, or start over with --no-resume (or "
+                              f"another train.output_dir)") from None
         state = TrainState(**{k: v for k, v in (client or {}).items() if k in TrainState.__dataclass_fields__})
         if "best_ndcg" in (client or {}):  # a checkpoint written before the selection hook
             state.best_key = (client["best_ndcg"],)
