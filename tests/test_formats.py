@@ -135,3 +135,19 @@ def test_a_folder_without_parquet_files_is_named(tmp_path):
     (tmp_path / "events" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="a folder with no .parquet files"):
         read_table(tmp_path / "events")
+
+
+def test_data_where_no_user_has_enough_interactions_is_one_line(tmp_path):
+    """data-summary showed 0 users, evaluate and train failed later on empty arrays."""
+    from feature_gen.config import DataConfig, ItemTextConfig
+    from feature_gen.data.contract import DataError
+    from feature_gen.data.sequences import load_interaction_data
+
+    (tmp_path / "items.csv").write_text("item_id,title\n1,Heat\n2,Up\n")
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\na,1,1700000000\na,2,1700000001\nb,1,1700000002\n")
+    cfg = DataConfig(source="files", items_path=str(tmp_path / "items.csv"), interactions_path=str(tmp_path / "events.csv"))
+    with pytest.raises(DataError, match=r"events.csv: no user has data.min_user_interactions \(3\) interactions on "
+                                        r"embeddable items \(3 interactions of 2 users read, 0 items rejected\)"):
+        load_interaction_data(cfg, ItemTextConfig(text_keys=["title"]))
+    assert len(load_interaction_data(cfg.model_copy(update={"min_user_interactions": 2}),
+                                     ItemTextConfig(text_keys=["title"])).user_ids) == 1

@@ -18,6 +18,7 @@ from feature_gen.data.contract import (
     ITEM_ID,
     TIMESTAMP,
     USER_ID,
+    DataError,
     ItemRejects,
     check_known_items,
     fingerprint,
@@ -113,7 +114,13 @@ def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> Int
         items = validate_items(items, data_cfg.source, text_cfg)
         interactions = validate_interactions(interactions, data_cfg.source, data_cfg.timestamp_unit)
         check_known_items(interactions, items[ITEM_ID], data_cfg.source)
-    return build_interaction_data(items, interactions, text_cfg, data_cfg.min_user_interactions)
+    data = build_interaction_data(items, interactions, text_cfg, data_cfg.min_user_interactions)
+    if not len(data.user_ids):  # nothing to train or evaluate on: say why here, not as an empty-array error later
+        source = data_cfg.interactions_path if data_cfg.source == "files" else data_cfg.source
+        raise DataError(f"{source}: no user has data.min_user_interactions ({data_cfg.min_user_interactions}) "
+                        f"interactions on embeddable items ({len(interactions)} interactions of "
+                        f"{interactions[USER_ID].nunique()} users read, {len(data.rejects)} items rejected)")
+    return data
 
 
 @dataclass
