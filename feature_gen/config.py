@@ -8,11 +8,13 @@ was expected: `ConfigError: run.yaml: item_llm.pooling: expected one of 'item_to
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -24,8 +26,63 @@ class ConfigError(ValueError):
         self.problems = problems or [message]
 
 
+def _kinds(annotation: Any) -> set[str]:
+    """Which of "bool" and "number" a field's type accepts (through Optional, unions, Annotated, Literal)."""
+    if annotation is bool:
+        return {"bool"}
+    if annotation in (int, float):
+        return {"number"}
+    if annotation is Any:
+        return {"bool", "number"}
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin is Literal:
+        values = get_args(annotation)
+        return ({"bool"} if any(isinstance(v, bool) for v in values) else set()) | (
+            {"number"} if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else set())
+    if origin is Union or origin is types.UnionType:
+        return set().union(*(_kinds(a) for a in get_args(annotation)))
+    return set()
+
+
+def _wants_number_not_bool(annotation: Any) -> bool:
+    kinds = _kinds(annotation)
+    return "number" in kinds and "bool" not in kinds
+
+
+def _list_item(annotation: Any) -> Any:
+    """The item type of a `list[X]` / `Optional[list[X]]` field, else None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else None
+    return get_args(annotation)[0] if get_origin(annotation) is list and get_args(annotation) else None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` / `.nan` are never a learning rate, weight or threshold; a non-finite
+    # value only surfaces later as a NaN loss or an empty label set.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic's lax mode reads true/false as 1/0 for an int or float field (`epochs: true` is 1
+        epoch, `stage: true` stage 1): refuse a boolean wherever the field wants a number. (Full strict
+        mode would also refuse `lr: 1e-4`, which YAML 1.1 reads as a string.)"""
+        if not isinstance(value, (bool, int, list)):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _wants_number_not_bool(annotation):
+            raise PydanticCustomError("bool_for_number", "expected a number, not a boolean")
+        if isinstance(value, int) and not isinstance(value, bool) and _kinds(annotation) == {"bool"}:
+            # lax mode reads 1 / 0 as true / false (`center: 1`): a flag is written true or false
+            raise PydanticCustomError("number_for_bool", "expected true or false, not a number")
+        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            item = _list_item(annotation)
+            if item is not None and _wants_number_not_bool(item):
+                raise PydanticCustomError("bool_for_number", "expected a list of numbers, not booleans")
+        return value
 
 
 class TinyModelConfig(_Section):
@@ -218,8 +275,16 @@ class LossConfig(_Section):
 
 
 class EvalConfig(_Section):
-    ks: list[int] = Field(default_factory=lambda: [10, 50, 200], min_length=1)
+    ks: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [10, 50, 200], min_length=1)
     user_batch_size: int = Field(1024, gt=0)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_distinct(cls, ks: list[int]) -> list[int]:
+        repeated = sorted({k for k in ks if ks.count(k) > 1})
+        if repeated:
+            raise ValueError(f"cutoff(s) {', '.join(map(str, repeated))} given more than once")
+        return ks
 
 
 class TrainConfig(_Section):
@@ -428,7 +493,9 @@ class ExportConfig(_Section):
     (per-channel weight scales do not help: the error is in the activations). See BENCHMARKS.md, "ONNX export".
     """
 
-    opset: int = Field(17, ge=14)
+    # 14: the least the graphs need; 23: the most torch's TorchScript exporter (export/graphs.py,
+    # dynamo=False) writes in torch 2.x (a higher one was a 291-line traceback from inside torch.onnx)
+    opset: int = Field(17, ge=14, le=23)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     max_rel_error_fp32: float = Field(1e-4, gt=0)
     max_rel_error_fp16: float = Field(1e-2, gt=0)
@@ -469,7 +536,7 @@ class RankerConfig(_Section):
     snapshot_interval_s: int = Field(3600, gt=0, description="user-embedding snapshots every this many seconds of the labelled period")
     model: Literal["mlp", "dcn"] = "dcn"
     id_embedding_dim: int = Field(16, gt=0)
-    hidden_units: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
+    hidden_units: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 32], min_length=1)
     cross_layers: int = Field(2, ge=0, description="dcn: number of cross layers")
     # Each embedding feature (user_embedding, item_embedding: hundreds of dimensions) is L2-normalised
     # (the contract's similarity is cosine) and projected to this width before the crosses; None feeds
@@ -481,6 +548,13 @@ class RankerConfig(_Section):
     batch_size: int = Field(512, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     output_dir: str = "outputs/ranker"
+
+
+# The contract's column names (feature_gen/data/contract.py: ID_COLUMNS, TIMESTAMP, TEXT_COLUMNS; the
+# ratings the labels read), the legal keys of `data.columns` besides the configured item_text.text_keys.
+# Spelled out here because the contract imports this module; tests/test_config.py checks they agree.
+CONTRACT_COLUMNS = ("item_id", "user_id", "timestamp", "rating")
+CONTRACT_TEXT_COLUMNS = ("title", "tags", "description")
 
 
 class HLLMConfig(_Section):
@@ -497,6 +571,25 @@ class HLLMConfig(_Section):
     stream: StreamConfig = Field(default_factory=StreamConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     ranker: RankerConfig = Field(default_factory=RankerConfig)
+
+    @model_validator(mode="after")
+    def _columns_name_contract_columns(self) -> "HLLMConfig":
+        """`data.columns` maps contract names to the file's columns: a key that is not a contract name
+        (a typo, or the mapping written the wrong way round) would rename nothing the readers look for."""
+        text_keys = tuple(dict.fromkeys((*CONTRACT_TEXT_COLUMNS, *self.item_text.text_keys)))
+        legal = (*CONTRACT_COLUMNS, *text_keys)
+        unknown = [k for k in self.data.columns if k not in legal]
+        if unknown:
+            raise ValueError(f"data.columns: {', '.join(map(repr, unknown))} is not a contract name (legal keys: "
+                             f"{', '.join(CONTRACT_COLUMNS)} and the item text keys {', '.join(text_keys)}; "
+                             "the mapping is contract name -> your column)")
+        theirs: dict[str, str] = {}
+        for ours, column in self.data.columns.items():
+            if column in theirs:
+                raise ValueError(f"data.columns: {theirs[column]} and {ours} both map to column {column!r}; "
+                                 "a column can be one contract name only")
+            theirs[column] = ours
+        return self
 
     @model_validator(mode="after")
     def _window_stride_fits(self) -> "HLLMConfig":
@@ -561,6 +654,19 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(getattr(current, "model_fields", {}).keys())
 
 
+def _yaml_quoting_hint(error: dict[str, Any]) -> str:
+    """For a field that wants text and got what YAML makes of unquoted `Title: ` (a mapping), `[a` ...
+    (a list) or an empty value (null): how to quote it."""
+    got = error.get("input")
+    wants_text = error["type"] == "string_type" or (
+        error["type"] == "literal_error" and "'" in str(error.get("ctx", {}).get("expected", "")))
+    if not wants_text or not (got is None or isinstance(got, (dict, list))):
+        return ""
+    kind = "null" if got is None else "a mapping" if isinstance(got, dict) else "a list"
+    return (f" (YAML read this value as {kind}: --set values are read as YAML, so text with ': ' or a leading "
+            "'|', '[', '{' must be quoted, e.g. --set 'item_text.prompt=\"Title: \"')")
+
+
 def config_from_dict(raw: dict[str, Any] | None, source: str = "<dict>") -> HLLMConfig:
     try:
         return HLLMConfig.model_validate(raw or {})
@@ -572,6 +678,7 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "<dict>") -> HLLM
                 allowed = _allowed_keys(HLLMConfig, tuple(error["loc"]))
                 if allowed:
                     line += f" (allowed: {', '.join(allowed)})"
+            line += _yaml_quoting_hint(error)
             lines.append(f"{source}: {line}")
         more = len(lines) - 1
         suffix = f" (+{more} more; `hllm check-config` lists them all)" if more else ""
@@ -603,6 +710,39 @@ def _resolve_input_paths(raw: dict[str, Any], folder: Path) -> None:
                 section["path"] = str(folder / value)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names one key twice; `key`, `first_line` and `line` (1-based) say where."""
+
+    def __init__(self, key: Any, first_line: int, line: int, mark):
+        super().__init__(None, None, f"duplicate key {key!r} (lines {first_line} and {line})", mark)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (two `train:` sections), which
+    plain YAML loading resolves silently as last-wins. Merge keys (`<<: *base`) may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], line, key_node.start_mark)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the base constructor says so
+                    break
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_data_file(path: str | Path, error: type[Exception], missing: str, what: str | None = None) -> Any:
     """The parsed content of a JSON (`*.json`) or YAML file. Raises `error` with `missing` when there is
     no such file, or with one line naming the file (`what`, default its path), the line where YAML
@@ -619,7 +759,10 @@ def read_data_file(path: str | Path, error: type[Exception], missing: str, what:
         except json.JSONDecodeError as exc:
             raise error(f"{what}: not valid JSON ({exc})") from None
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise error(f"{what}: duplicate key {exc.key!r} at lines {exc.first_line} and {exc.line} "
+                    "(YAML would keep only the last; remove or merge one)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -641,14 +784,47 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HL
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:  # absent, or an empty section (`train:` alone)
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {'.'.join(parts[:i + 1])} is a value, not a section "
+                              f"(got {node!r})")
     node[parts[-1]] = value
 
 
+def _schema_default(dotted: str) -> tuple[bool, Any]:
+    """(True, default) for a dotted path naming a schema field, (False, None) for any other path."""
+    model: Any = HLLMConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(model, type) else None
+        if field is None:
+            return False, None
+        if i == len(parts) - 1:
+            return True, field.get_default(call_default_factory=True)
+        model = field.annotation
+    return False, None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """`loss.num_negatives=64` -> ("loss.num_negatives", 64); the value is read as YAML."""
+    """`loss.num_negatives=64` -> ("loss.num_negatives", 64); the value is read as YAML, and a value
+    that is not valid YAML (`item_text.tag_separator=,`) is the text as given. An empty value is null,
+    allowed only for a field whose default is null (elsewhere it is an error naming the field)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected dotted.key=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    key = key.strip()
+    if not value.strip():
+        known, default = _schema_default(key)
+        if known and default is not None:
+            raise ConfigError(f"override {text!r}: {key}: empty value (only a field whose default is null "
+                              f"takes one; the default here is {default!r}); give a value, or \"\" for empty text")
+        return key, None
+    try:
+        return key, _load_yaml(value)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {text!r}: {key}: duplicate key {exc.key!r} in the value") from None
+    except yaml.YAMLError:
+        return key, value

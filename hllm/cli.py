@@ -135,9 +135,10 @@ def cmd_quality(args) -> int:
     # file's fields as dotted overrides, validated on each selected run's config before anything runs
     overrides: dict = {}
     if args.config:
-        import yaml
+        from feature_gen.config import ConfigError, read_data_file
 
-        overrides = _dotted(yaml.safe_load(open(args.config)) or {})
+        # the loader every config goes through (duplicate keys, encodings and YAML errors named)
+        overrides = _dotted(read_data_file(args.config, ConfigError, f"{args.config}: config file not found") or {})
     overrides.update(dict(parse_override(o) for o in args.overrides))
     try:
         return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,
@@ -170,6 +171,14 @@ def cmd_encode(args) -> int:
         except (RuntimeError, ValueError) as exc:  # torch's own words for a malformed name
             raise ConfigError(f"--device: {exc}") from None
     enc = Encoder.from_bundle(args.bundle, runtime=args.runtime, device=args.device, batch_size=args.batch_size)
+    # the item text is the bundle's (what its Item LLM was trained on): an item_text the caller set
+    # differently would be ignored, so it is refused (a training config with the same one passes)
+    theirs, mine = enc.encoders.text_cfg.model_dump(), cfg.item_text.model_dump()
+    default = type(cfg.item_text)().model_dump()
+    differs = [k for k in mine if mine[k] != theirs.get(k) and mine[k] != default[k]]
+    if differs:
+        raise ConfigError(f"item_text.{differs[0]}: hllm encode builds item text as bundle {enc.version} was trained "
+                          f"({theirs.get(differs[0])!r}, not {mine[differs[0]]!r}); drop it (a new text needs a new bundle)")
 
     def catalogue(path):  # an item file under the contract: an item_id column (no row numbers as ids)
         frame = read_mapped(path, cfg.data)

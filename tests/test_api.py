@@ -227,6 +227,9 @@ def test_hllm_encode_refuses_what_the_contract_refuses_before_any_work(tiny_bund
         assert code == 2 and named in out.err and out.err.count("\n") == 1, out.err
     code, out = run("users", "--input", str(tmp_path / "events.csv"), "--output", str(tmp_path / "y.parquet"))
     assert code == 2 and "--items: encode users needs" in out.err
+    code, out = run("items", "--input", str(tmp_path / "dup.csv"), "--output", str(tmp_path / "y.parquet"),
+                    "--set", "item_text.max_item_tokens=2")  # was ignored: the bundle's text template applies
+    assert code == 2 and "item_text.max_item_tokens: hllm encode builds item text as bundle" in out.err
     with pytest.raises(SystemExit) as exc:
         main(["encode", "items", "--input", "x", "--output", "y", "--batch-size", "0", *bundle])
     assert exc.value.code == 2 and "expected a positive integer; got 0" in capsys.readouterr().err

@@ -132,6 +132,14 @@ def test_check_config_merges_the_deepspeed_json_as_the_trainer_does(tmp_path, ca
     assert main(["check-config", "--config", str(cfg)]) == 0, capsys.readouterr().err
 
 
+def test_quality_reads_its_config_through_the_one_loader(tmp_path, capsys):
+    """`hllm quality --config` read YAML on its own (duplicate keys silently last-wins)."""
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("train:\n  lr: 0.5\ntrain:\n  epochs: 2\n")
+    assert main(["quality", "--config", str(cfg), "--report-only", "--output", str(tmp_path)]) == 2
+    assert f"{cfg}: duplicate key 'train' at lines 1 and 3" in capsys.readouterr().err
+
+
 def test_version_and_quiet_logging():
     out = subprocess.run([HLLM, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and re.fullmatch(r"hllm \S+.*\n", out.stdout)

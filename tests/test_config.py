@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from feature_gen.config import ConfigError, HLLMConfig, config_from_dict, load_config, parse_override
@@ -89,8 +91,145 @@ def test_parse_override_reads_yaml_values():
 
 
 def test_shipped_configs_are_valid():
-    for name in ("configs/demo.yaml", "configs/tiny.yaml"):
-        load_config(name)
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        load_config(path)
+
+
+def _load_with_sets(tmp_path, *sets, text="seed: 1\n"):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return load_config(path, dict(parse_override(s) for s in sets))
+
+
+def test_set_value_that_is_not_yaml_is_plain_text(tmp_path):
+    """`--set item_text.tag_separator=,` raised yaml's ParserError (a traceback from the CLI)."""
+    assert parse_override("item_text.tag_separator=,") == ("item_text.tag_separator", ",")
+    assert parse_override("seed=[1") == ("seed", "[1")
+    assert parse_override("item_text.prompt=|x") == ("item_text.prompt", "|x")
+    assert _load_with_sets(tmp_path, "item_text.tag_separator=,").item_text.tag_separator == ","
+    with pytest.raises(ConfigError) as info:
+        _load_with_sets(tmp_path, "seed=[1")
+    assert "\n" not in str(info.value) and "run.yaml: seed: Input should be a valid integer" in str(info.value)
+
+
+def test_set_value_yaml_made_a_mapping_of_says_to_quote_it(tmp_path):
+    """`--set 'item_text.prompt=Title: '` is {'Title': None} to YAML: the error says why and how to quote."""
+    with pytest.raises(ConfigError) as info:
+        _load_with_sets(tmp_path, "item_text.prompt=Title: ")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'run.yaml'}: item_text.prompt: Input should be a valid string")
+    assert "--set values are read as YAML" in message and """--set 'item_text.prompt="Title: "'""" in message
+    assert _load_with_sets(tmp_path, 'item_text.prompt="Title: "').item_text.prompt == "Title: "
+    with pytest.raises(ConfigError, match=r"item_text\.text_keys\.0: .*read this value as a mapping"):
+        _load_with_sets(tmp_path, "item_text.text_keys=[title: x]")
+
+
+def test_empty_set_value_is_null_only_where_the_default_is(tmp_path):
+    """`--set item_text.tag_separator=` silently became null (one tag per string)."""
+    with pytest.raises(ConfigError) as info:
+        parse_override("item_text.tag_separator=")
+    assert "\n" not in str(info.value) and "item_text.tag_separator: empty value" in str(info.value)
+    with pytest.raises(ConfigError, match="train.epochs: empty value"):
+        parse_override("train.epochs= ")
+    assert parse_override("item_llm.keep_layers=") == ("item_llm.keep_layers", None)
+    assert _load_with_sets(tmp_path, "item_llm.keep_layers=", text="item_llm: {keep_layers: 2}\n").item_llm.keep_layers is None
+    assert _load_with_sets(tmp_path, "item_text.tag_separator=null").item_text.tag_separator is None
+
+
+def test_set_into_a_value_or_an_empty_section(tmp_path):
+    with pytest.raises(ConfigError, match="override seed.x: seed is a value, not a section"):
+        _load_with_sets(tmp_path, "seed.x=1")
+    assert _load_with_sets(tmp_path, "train.epochs=2", text="train:\n").train.epochs == 2
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    """Two `train:` sections were silently last-wins."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  epochs: 2\ndata:\n  max_seq_len: 20\ntrain:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == f"{path}: duplicate key 'train' at lines 1 and 5 (YAML would keep only the last; remove or merge one)"
+    path.write_text("train:\n  epochs: 2\n  lr: 0.001\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: duplicate key 'epochs' at lines 2 and 4"):
+        load_config(path)
+    path.write_text("base: &b {epochs: 2}\n")  # anchors still load (safe loading, merge keys allowed)
+    from feature_gen.config import read_data_file
+
+    assert read_data_file(path, ConfigError, "missing") == {"base": {"epochs": 2}}
+    with pytest.raises(ConfigError, match="duplicate key 'a'"):
+        parse_override("data.columns={a: x, a: y}")
+
+
+@pytest.mark.parametrize(
+    "yaml_text, expected",
+    [
+        ("train:\n  epochs: true\n", "train.epochs: expected a number, not a boolean; got True"),
+        ("train:\n  stage: true\n", "train.stage: expected a number, not a boolean; got True"),
+        ("train:\n  max_steps: false\n", "train.max_steps: expected a number, not a boolean; got False"),
+        ("loss:\n  gen_weight: true\n", "loss.gen_weight: expected a number, not a boolean; got True"),
+        ("ranker:\n  hidden_units: [64, true]\n", "ranker.hidden_units: expected a list of numbers, not booleans"),
+        ("train:\n  lr: .inf\n", "train.lr: Input should be a finite number; got inf"),
+        ("loss:\n  nce_threshold: -.inf\n", "loss.nce_threshold: Input should be a finite number; got -inf"),
+        ("ranker:\n  max_negative_rating: .nan\n", "ranker.max_negative_rating: Input should be a finite number; got nan"),
+        ("train:\n  lr: inf\n", "train.lr: Input should be a finite number"),
+        ("item_llm:\n  center: 1\n", "item_llm.center: expected true or false, not a number; got 1"),
+        ("export:\n  opset: 999\n", "export.opset: Input should be less than or equal to 23"),
+        ("ranker:\n  hidden_units: [64, 0]\n", "ranker.hidden_units.1: Input should be greater than 0"),
+    ],
+)
+def test_booleans_and_non_finite_floats_are_not_numbers(tmp_path, yaml_text, expected):
+    """`epochs: true` was 1 epoch and `lr: .inf` an infinite learning rate."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: {expected}")
+
+
+def test_numbers_still_read_as_before():
+    cfg = config_from_dict({"train": {"lr": "1e-4", "epochs": 2, "max_grad_norm": 1}, "item_llm": {"center": True}})
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.max_grad_norm, cfg.item_llm.center) == (1e-4, 2, 1.0, True)
+
+
+@pytest.mark.parametrize(
+    "ks, expected",
+    [([0, 10], "eval.ks.0: Input should be greater than 0; got 0"),
+     ([10, -5], "eval.ks.1: Input should be greater than 0; got -5"),
+     ([10, 50, 10], "eval.ks: cutoff(s) 10 given more than once")],
+)
+def test_eval_cutoffs_are_distinct_positive_integers(ks, expected):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"eval": {"ks": ks}}, "x.yaml")
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"x.yaml: {expected}")
+
+
+def test_data_columns_keys_are_contract_names():
+    """A key that is no contract name (`usr_id`, or the mapping written the wrong way round) renamed nothing."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"data": {"columns": {"user_id": "uid", "usr_id": "userId"}}}, "x.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == ("x.yaml: data.columns: 'usr_id' is not a contract name (legal keys: item_id, user_id, "
+                       "timestamp, rating and the item text keys title, tags, description; the mapping is "
+                       "contract name -> your column)")
+    cfg = config_from_dict({"data": {"columns": {"item_id": "productId", "rating": "stars", "year": "released"}},
+                            "item_text": {"text_keys": ["title", "year"]}})
+    assert cfg.data.columns["year"] == "released"
+    with pytest.raises(ConfigError, match="data.columns: item_id and user_id both map to column 'id'"):
+        config_from_dict({"data": {"columns": {"item_id": "id", "user_id": "id"}}})
+
+
+def test_contract_column_names_agree_with_the_contract():
+    from feature_gen.config import CONTRACT_COLUMNS, CONTRACT_TEXT_COLUMNS
+    from feature_gen.data import contract
+
+    assert set(CONTRACT_COLUMNS) == {*contract.ID_COLUMNS, contract.TIMESTAMP, "rating"}
+    assert CONTRACT_TEXT_COLUMNS == contract.TEXT_COLUMNS
 
 
 def test_the_readme_config_table_names_every_field_of_every_section():
