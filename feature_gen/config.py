@@ -752,7 +752,11 @@ def read_data_file(path: str | Path, error: type[Exception], missing: str, what:
     what = what or str(path)
     if not path.is_file():
         raise error(missing)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")  # YAML and JSON files are UTF-8, whatever the locale says
+    except UnicodeDecodeError as exc:
+        raise error(f"{what}: not UTF-8 text (byte {exc.object[exc.start:exc.end]!r} at offset {exc.start}); "
+                    "save it as UTF-8") from None
     if path.suffix == ".json":
         try:
             return json.loads(text)

@@ -256,3 +256,11 @@ def test_the_readme_config_table_names_every_field_of_every_section():
         if set(schema.model_fields) - named:
             missing[section] = sorted(set(schema.model_fields) - named)
     assert not missing, missing
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path):
+    """It read as the CLI's generic decode error, which says to set data.encoding and names no file."""
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("item_text:\n  prompt: \"Caf\xe9: \"\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte b'\\xe9' at offset \d+\); save it as UTF-8"):
+        load_config(bad)
