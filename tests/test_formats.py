@@ -68,6 +68,10 @@ def test_bad_inputs_name_file_row_and_column(tmp_path):
         tmp_path / "e.csv", index=False)
     with pytest.raises(DataError, match=r"e.csv: row 2: timestamp 'yesterday' is not an ISO-8601 time"):
         read_mapped(tmp_path / "e.csv", DataConfig(timestamp_format="iso8601"))
+    pd.DataFrame({"user_id": ["a"], "item_id": [1], "timestamp": ["2999-01-01T00:00:00"]}).to_csv(tmp_path / "f.csv", index=False)
+    with pytest.raises(DataError, match=r"f.csv: row 1: timestamp '2999-01-01T00:00:00' is a time outside the contract's "
+                                        r"plausible window"):  # a valid time pandas cannot hold, not a malformed one
+        read_mapped(tmp_path / "f.csv", DataConfig(timestamp_format="iso8601"))
     renamed = read_mapped(tmp_path / "e.csv", DataConfig(columns={"user_id": "uid"}))  # a column of the other file
     assert list(renamed.columns) == ["user_id", "item_id", "timestamp"]
     pd.DataFrame({"user_id": ["a"], "productId": [1], "item_id": [2], "timestamp": [5]}).to_csv(tmp_path / "p.csv", index=False)

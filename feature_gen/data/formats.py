@@ -60,6 +60,18 @@ def rename_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) ->
     return frame.rename(columns=present)
 
 
+def _is_iso_time(value) -> bool:
+    """An ISO-8601 time pandas cannot hold (its datetimes end in 2262): the value is a time, just not a
+    plausible one, and the error should say that rather than call it malformed."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return True
+    except ValueError:
+        return False
+
+
 def to_unix_seconds(values: pd.Series, fmt: str, source: str) -> pd.Series:
     """ISO-8601 text (`fmt` iso8601; naive times read as UTC) as int64 Unix seconds; numbers (`fmt`
     number) unchanged, for the contract to read in `data.timestamp_unit`. FormatError names the row."""
@@ -73,8 +85,10 @@ def to_unix_seconds(values: pd.Series, fmt: str, source: str) -> pd.Series:
         parsed = pd.to_datetime(values, format="ISO8601", utc=True, errors="coerce")
         bad = np.flatnonzero(parsed.isna().to_numpy() & values.notna().to_numpy())
         if len(bad):
-            raise FormatError(f"{source}: row {bad[0] + 1}: {TIMESTAMP} {values.iloc[bad[0]]!r} is not an ISO-8601 "
-                              "time (data.timestamp_format: iso8601)")
+            value = values.iloc[bad[0]]
+            raise FormatError(f"{source}: row {bad[0] + 1}: {TIMESTAMP} {value!r} "
+                              + ("is a time outside the contract's plausible window (1995-01-01 to now)"
+                                 if _is_iso_time(value) else "is not an ISO-8601 time (data.timestamp_format: iso8601)"))
     if getattr(parsed.dt, "tz", None) is None:
         parsed = parsed.dt.tz_localize("UTC")  # naive times are read as UTC
     seconds = parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[s]").astype("int64")
