@@ -122,6 +122,8 @@ def _contract_events(events: pd.DataFrame, timestamp_unit: str, errors: Errors) 
         return None if pd.isna(v) else _str_id(v)
 
     read = read_timestamps(events["timestamp"], timestamp_unit, source="encode_users")
+    # a datetime column (Parquet) holds times, never malformed ones: a refused value is out of range
+    datetimes = pd.api.types.is_datetime64_any_dtype(events["timestamp"])
     reasons: list[str | None] = []
     for u, i, t, why in zip(events["user_id"], events["item_id"], events["timestamp"], read.reasons):
         if pd.isna(u):
@@ -131,7 +133,8 @@ def _contract_events(events: pd.DataFrame, timestamp_unit: str, errors: Errors) 
         elif REPLACEMENT_CHAR in _str_id(u) or REPLACEMENT_CHAR in _str_id(i):
             reasons.append(REJECT_BAD_ENCODING)
         elif why is not None:
-            reasons.append(BAD_TIMESTAMP if whole_number(t) is None else TIMESTAMP_OUT_OF_RANGE)
+            is_time = (datetimes and not pd.isna(t)) or (not datetimes and whole_number(t) is not None)
+            reasons.append(TIMESTAMP_OUT_OF_RANGE if is_time else BAD_TIMESTAMP)
         else:
             reasons.append(None)
     bad = [row for row, r in enumerate(reasons) if r is not None]
@@ -360,6 +363,9 @@ class Encoder:
                 hist.append([_str_id(i) for i in group["item_id"]])
                 ts.append(group["timestamp"].astype("int64").tolist())
             return users, hist, ts, rejects
+        if timestamp_unit != "seconds":
+            raise EncodeError(f"encode_users: timestamp_unit {timestamp_unit!r} applies to an event DataFrame; "
+                              "timestamps= lists are taken as Unix seconds")
         hist = [[_str_id(i) for i in h] for h in histories]
         if timestamps is None:
             if self.manifest.get("use_timestamps"):

@@ -827,8 +827,12 @@ def parse_override(text: str) -> tuple[str, Any]:
                               f"takes one; the default here is {default!r}); give a value, or \"\" for empty text")
         return key, None
     try:
-        return key, _load_yaml(value)
+        parsed = _load_yaml(value)
     except DuplicateKeyError as exc:
         raise ConfigError(f"override {text!r}: {key}: duplicate key {exc.key!r} in the value") from None
     except yaml.YAMLError:
         return key, value
+    if parsed in (None, "") and value.strip() not in ("null", "Null", "NULL", "~", '""', "''"):
+        # YAML read text as nothing: `#` starts a comment, `|` / `>` an empty block scalar
+        return key, value
+    return key, parsed

@@ -111,8 +111,8 @@ def _deepspeed_problems(cfg: HLLMConfig) -> list[str]:
     when unset): check a multi-process JSON where it is launched."""
     from feature_gen.config import ConfigError
 
-    if not cfg.train.deepspeed_config or _readable("train.deepspeed_config", cfg.train.deepspeed_config):
-        return []  # no JSON, or the missing file is reported already
+    if cfg.train.deepspeed_config and _readable("train.deepspeed_config", cfg.train.deepspeed_config):
+        return []  # the missing file is reported already (without a JSON: the trainer's own settings, e.g. bf16)
     from trainer.deepspeed_setup import build_deepspeed_config
 
     try:

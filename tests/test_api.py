@@ -90,6 +90,12 @@ def test_an_event_frame_is_read_as_the_spark_user_job_reads_it(enc):
                                            "bad_encoding", "unknown_item"]
     with pytest.raises(EncodeError, match=r"event row 2 \(user None\): null_user_id \(5 such rows\)"):
         enc.encode_users(events, items=items)
+    when = pd.DataFrame({"user_id": ["a", "a"], "item_id": ["10", "11"],  # a Parquet datetime column
+                         "timestamp": pd.to_datetime([T0 + 1, 600_000_000], unit="s")})
+    dated = enc.encode_users(when, items=items, errors="skip")
+    assert dated.rejects.reason.tolist() == ["timestamp_out_of_range"]  # as Spark says of a 1989 datetime
+    with pytest.raises(EncodeError, match="timestamp_unit 'milliseconds' applies to an event DataFrame"):
+        enc.encode_users([["10"]], timestamps=[[(T0 + 7) * 1000]], items=items, timestamp_unit="milliseconds")
     millis = pd.DataFrame({"user_id": ["a"], "item_id": ["10"], "timestamp": [(T0 + 7) * 1000]})
     with pytest.raises(EncodeError, match="it reads as milliseconds"):
         enc.encode_users(millis, items=items)

@@ -128,8 +128,24 @@ def test_check_config_merges_the_deepspeed_json_as_the_trainer_does(tmp_path, ca
         assert main(["check-config", "--config", str(cfg)]) == 2
         err = capsys.readouterr().err
         assert f"{ds}: {named}" in err, err
+    for body, named in (([1, 2], "expected a JSON object of DeepSpeed settings; got list"),
+                        ({"optimizer": None}, "optimizer must be an object"), ({"bf16": True}, "bf16 must be an object"),
+                        ({"gradient_clipping": "x"}, "gradient_clipping is 'x', not a number")):
+        ds.write_text(json.dumps(body))  # each was an AttributeError / ValueError traceback
+        assert main(["check-config", "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert f"{ds}: {named}" in err and "Traceback" not in err, err
     ds.write_text(json.dumps({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}, "zero_optimization": {"stage": 2}}))
     assert main(["check-config", "--config", str(cfg)]) == 0, capsys.readouterr().err
+    # no JSON at all: the trainer's own precision is checked against this machine
+    from trainer.deepspeed_setup import bf16_available
+
+    cfg.write_text(f"train: {{precision: bf16, output_dir: {tmp_path / 'runs'}}}\n")
+    if bf16_available():  # a GPU machine: bf16 is what it can do
+        assert main(["check-config", "--config", str(cfg)]) == 0
+    else:  # this project's CI and development machines
+        assert main(["check-config", "--config", str(cfg)]) == 2
+        assert "train.precision: bf16 asked for, but this machine has no bf16-capable GPU" in capsys.readouterr().err
 
 
 def test_quality_reads_its_config_through_the_one_loader(tmp_path, capsys):

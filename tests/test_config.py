@@ -264,3 +264,11 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path):
     bad.write_bytes("item_text:\n  prompt: \"Caf\xe9: \"\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte b'\\xe9' at offset \d+\); save it as UTF-8"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("value", ["#", "|", ">", "!"])
+def test_a_set_value_yaml_reads_as_nothing_stays_the_text_given(value):
+    """`#` starts a YAML comment and `|` / `>` an empty block scalar: `--set item_text.tag_separator=#`
+    became null (tags silently unsplit) and `=|` an empty string; the text given is what was meant."""
+    assert parse_override(f"item_text.tag_separator={value}") == ("item_text.tag_separator", value)
+    assert parse_override("item_text.tag_separator=null") == ("item_text.tag_separator", None)

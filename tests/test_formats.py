@@ -132,12 +132,19 @@ def test_an_unreadable_file_is_one_line_naming_it(tmp_path, name, body, encoding
     assert "\n" not in str(exc.value)
 
 
-def test_a_folder_without_parquet_files_is_named(tmp_path):
+def test_a_folder_without_data_files_is_named_and_any_part_name_reads(tmp_path):
     from feature_gen.data.contract import DataError, read_table
 
     (tmp_path / "events").mkdir()
-    (tmp_path / "events" / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match="a folder with no .parquet files"):
+    (tmp_path / "events" / "_SUCCESS").write_text("")
+    with pytest.raises(DataError, match="a folder with no data files"):
+        read_table(tmp_path / "events")
+    # Hive names its parts without a suffix; Spark reads such a folder, so the pandas side must too
+    pd.DataFrame({"user_id": [7], "item_id": [3], "timestamp": [1_700_000_000]}).to_parquet(tmp_path / "events" / "part-00000")
+    got = read_table(tmp_path / "events")
+    assert got.to_dict("records") == [{"user_id": "7", "item_id": "3", "timestamp": 1_700_000_000}]
+    (tmp_path / "events" / "notes.txt").write_text("x")  # not Parquet: one line, not pyarrow's traceback
+    with pytest.raises(DataError, match="not a readable Parquet file or dataset"):
         read_table(tmp_path / "events")
 
 

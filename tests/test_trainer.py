@@ -559,6 +559,10 @@ def test_resuming_a_folder_trained_with_another_model_names_the_way_out(tmp_path
     with pytest.raises(ConfigError, match=r"train.output_dir: .* holds a checkpoint of another model \(the config "
                                           r"differs in item_llm.tiny.hidden_size: .*--no-resume"):
         run_training(wider, resume=True)
+    saved = load_config(Path(first.train.output_dir) / "config.yaml")  # the refused run did not overwrite the record
+    assert saved.item_llm.tiny.hidden_size == TINY["hidden_size"]
+    caplog.clear()  # (the refused run warned about its own difference first)
     with caplog.at_level(logging.WARNING, logger="trainer.loop"):
         run_training(toy_config(tmp_path, max_steps=2, freeze_bundle=False, lr=1e-3), resume=True)
     assert "train.lr: 0.003 -> 0.001" in caplog.text and "--no-resume starts over" in caplog.text
+    assert "hidden_size" not in caplog.text

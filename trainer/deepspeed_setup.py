@@ -120,6 +120,8 @@ def _check(ds: dict, key_path: str, wanted: Any, owner: str, source: str) -> Non
     value = node[parts[-1]]
     if value == "auto":
         return
+    if isinstance(wanted, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{source}: {key_path} is {value!r}, not a number (or 'auto')")
     same = abs(float(value) - float(wanted)) <= 1e-12 * max(1.0, abs(float(wanted))) if isinstance(wanted, (int, float)) else value == wanted
     if not same:
         raise ConfigError(f"{source}: {key_path} is {value!r} but {owner} is {wanted!r}; set one of them (or 'auto')")
@@ -135,6 +137,11 @@ def build_deepspeed_config(cfg: HLLMConfig, total_steps: int, world_size: int = 
         base = read_data_file(path, ConfigError, f"train.deepspeed_config: {path} does not exist",
                               what=f"train.deepspeed_config: {path}")
         source = str(path)
+        if not isinstance(base, dict):
+            raise ConfigError(f"{source}: expected a JSON object of DeepSpeed settings; got {type(base).__name__}")
+        for key in ("optimizer", "bf16", "fp16", "zero_optimization", "scheduler"):
+            if key in base and not isinstance(base[key], dict):
+                raise ConfigError(f"{source}: {key} must be an object ({{...}}); got {base[key]!r}")
         _check(base, "train_micro_batch_size_per_gpu", t.batch_size, "train.batch_size", source)
         _check(base, "gradient_clipping", t.max_grad_norm, "train.max_grad_norm", source)
         _check(base, "optimizer.params.lr", t.lr, "train.lr", source)

@@ -284,14 +284,11 @@ def train(
     writer = engine.global_rank == 0
     say = print if writer else (lambda *args, **kwargs: None)
     resuming = resume and (ckpt_dir / "latest").is_file()
-    changed = _changed_fields(run_dir / "config.yaml", cfg) if resuming else []
+    # rank 0 alone reads the saved config (it alone rewrites it, below, once the checkpoint has loaded)
+    changed = _changed_fields(run_dir / "config.yaml", cfg) if resuming and writer else []
     if changed:
         logger.warning("%s: resuming a checkpoint trained with another config (%s); --no-resume starts over",
-                    run_dir, "; ".join(changed[:8]))
-    if writer:
-        # what produced this folder, `load_config`-able as is (input paths are absolute by then); a
-        # resumed run rewrites it with the config that finished the run
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+                       run_dir, "; ".join(changed[:8]))
 
     def log(record: dict) -> None:
         if writer:
@@ -319,6 +316,11 @@ def train(
     elif writer:  # a fresh start must not select, or append to, what an earlier run left behind
         log_path.unlink(missing_ok=True)
         best_path.unlink(missing_ok=True)
+    if writer:
+        # what produced this folder, `load_config`-able as is (input paths are absolute by then); a
+        # resumed run rewrites it with the config that finished the run. Written only once the
+        # checkpoint has loaded: a refused resume leaves the record of the config it was trained with.
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     if writer and hasattr(on_step, "begin"):  # a progress hook learns the run's length (and where a resume starts)
         on_step.begin(total_steps, state.step)

@@ -263,8 +263,9 @@ def read_table(path: str | Path, encoding: str = "utf-8", text_keys=()) -> pd.Da
     if not path.exists():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if path.is_dir() and not any(path.rglob("*.parquet")):
-        raise DataError(f"{path}: a folder with no .parquet files (a data path is a file, or a Parquet dataset folder)")
+    if path.is_dir() and not any(p.is_file() and not p.name.startswith(("_", ".")) for p in path.rglob("*")):
+        # (any name: Spark writes part-*.parquet, Hive part-00000; _SUCCESS and .crc files are not data)
+        raise DataError(f"{path}: a folder with no data files (a data path is a file, or a Parquet dataset folder)")
     if suffix in (".parquet", ".pq") or path.is_dir():
         try:
             return _parquet_with_string_ids(path)
