@@ -15,7 +15,7 @@ from pathlib import Path
 
 from feature_gen.config import HLLMConfig
 
-READABLE_DATA = (".parquet", ".csv", ".tsv", ".jsonl", ".json")
+from feature_gen.data.formats import FORMATS as READABLE_DATA  # what the readers take (read_any), by suffix
 
 
 def _readable(field: str, value: str | None, kind: str = "file") -> list[str]:
@@ -128,8 +128,10 @@ def problems(cfg: HLLMConfig) -> list[str]:
     if cfg.data.source == "files":
         for field in ("items_path", "interactions_path"):
             value = getattr(cfg.data, field)
-            found += _readable(f"data.{field}", value)
-            if value and not value.lower().endswith(READABLE_DATA):
+            # a folder is a Parquet dataset (Spark's output), which every reader takes
+            is_folder = bool(value) and Path(value).expanduser().is_dir()
+            found += _readable(f"data.{field}", value, kind="folder" if is_folder else "file")
+            if value and not is_folder and not value.lower().endswith(READABLE_DATA):
                 found.append(f"data.{field}: {value} has an unknown format (expected one of {', '.join(READABLE_DATA)})")
     found += _readable("train.deepspeed_config", cfg.train.deepspeed_config)
     found += _bundle_problems("train.init_bundle", cfg.train.init_bundle)

@@ -156,6 +156,19 @@ def test_quality_reads_its_config_through_the_one_loader(tmp_path, capsys):
     assert f"{cfg}: duplicate key 'train' at lines 1 and 3" in capsys.readouterr().err
 
 
+def test_check_config_takes_every_data_path_the_readers_take(tmp_path, capsys):
+    """A Spark output folder and .pq / .ndjson files, which load_interaction_data reads, were refused."""
+    import pandas as pd
+
+    (tmp_path / "events").mkdir()
+    pd.DataFrame({"user_id": ["a"], "item_id": ["1"], "timestamp": [1_700_000_000]}).to_parquet(tmp_path / "events" / "part-0.parquet")
+    pd.DataFrame({"item_id": ["1"], "title": ["Heat"]}).to_parquet(tmp_path / "items.pq")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {{source: files, items_path: {tmp_path / 'items.pq'}, interactions_path: {tmp_path / 'events'}}}\n"
+                   f"train: {{output_dir: {tmp_path / 'runs'}}}\n")
+    assert main(["check-config", "--config", str(cfg)]) == 0, capsys.readouterr().err
+
+
 def test_version_and_quiet_logging():
     out = subprocess.run([HLLM, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and re.fullmatch(r"hllm \S+.*\n", out.stdout)
