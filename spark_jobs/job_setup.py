@@ -179,6 +179,11 @@ def run_job(job: str, args, input_path: str, run: Callable[..., int],
     anything else is a bug and propagates. `check_bundle` refuses a bundle by raising."""
     try:
         cfg = job_config(args)
+    except Exception as exc:  # a ConfigError names the file and field itself (a flag's value: pydantic's
+        # ValidationError names the field): the bundle has nothing to do with it, so it is not named
+        print(f"{job}: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    try:
         bundle = driver_bundle_before_spark(args.bundle)  # None: a remote URI, fetched once Spark is up
         if bundle is not None and check_bundle is not None:
             check_bundle(bundle)

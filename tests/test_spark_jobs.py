@@ -358,6 +358,10 @@ def test_a_bundle_uri_that_does_not_exist_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and err.startswith(f"item_embed: {uri}: ") and "bundle folder not found" in err, err
+    # a bad --set names the field, not the (good or bad) bundle
+    code = main(["--bundle", uri, "--items", str(tmp_path / "items.parquet"), "--set", "spark.batch_size=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("item_embed: ConfigError: ") and "spark.batch_size" in err and uri not in err, err
 
 
 def test_shipped_bundle_is_resolved_by_name_on_a_worker(tmp_path, monkeypatch, spark_bundle):
