@@ -322,9 +322,17 @@ class Encoder:
         table = self._lookup(items, wanted)
         keep_users, internal, kept_ts = [], [], []
         index = {item_id: row + 1 for row, item_id in enumerate(table)}  # row 0 = padding
+        from_log = isinstance(histories, pd.DataFrame)
         for user, h, t in zip(user_ids, hist, ts):
             known = [k for k, i in enumerate(h) if i in index]
-            for k in sorted(set(range(len(h))) - set(known)):
+            unknown = sorted(set(range(len(h))) - set(known))
+            if from_log:
+                # an exact repeat (same user, item and timestamp: a replayed log) counts once, at its first
+                # position, as in the Spark job (spark_jobs/user_frames.recent_events) and the stream;
+                # rows are in (timestamp, file order), so the first kept is the first in the file
+                seen: set = set()
+                known = [k for k in known if not ((h[k], t[k]) in seen or seen.add((h[k], t[k])))]
+            for k in unknown:
                 if errors == "raise":
                     raise EncodeError(f"encode_users: user {user!r}: item {h[k]!r} has no embedding of {self.version} in items")
                 rejects.append({"user_id": user, "item_id": h[k], "reason": UNKNOWN_ITEM})
@@ -352,10 +360,8 @@ class Encoder:
             if missing:
                 raise EncodeError(f"encode_users: the event DataFrame lacks columns {sorted(missing)}")
             events, rejects = _contract_events(histories.reset_index(drop=True), timestamp_unit, errors)
-            # an exact repeat (same user, item and timestamp: a replayed log) counts once, at its first
-            # position, as in the Spark job (spark_jobs/user_frames.py) and the stream
-            key = [events["user_id"].map(_str_id), events["item_id"].map(_str_id), events["timestamp"]]
-            events = events[~pd.DataFrame({"u": key[0], "i": key[1], "t": key[2]}).duplicated(keep="first").to_numpy()]
+            # (an exact repeat, a replayed log, is dropped once its item is known to have a vector, in
+            # encode_users: the Spark job rejects every row of an unknown item, repeats included)
             events = events.sort_values(["timestamp", "_order"], kind="stable")
             users, hist, ts = [], [], []
             for user, group in events.groupby(events["user_id"].map(_str_id), sort=True):

@@ -28,12 +28,31 @@ THIRD_PARTY = ("feast", "kafka", "py4j", "pyspark", "urllib3", "httpx", "fileloc
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A StreamHandler on whatever `sys.stderr` is when a record is written, not the object it was when
+    logging was set up: a redirect (a test's capture, a notebook) that is later closed must not turn
+    every later record into "--- Logging error --- ValueError: I/O operation on closed file"."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ / setStream assign it; the property ignores them
+        pass
+
+
 def setup_logging(level: str | int = "INFO", stream: TextIO | None = None) -> None:
-    """Configure the root logger once for the process (a later call replaces the earlier setup)."""
+    """Configure the root logger once for the process (a later call replaces the earlier setup).
+    `stream`: where records go (default: the process's stderr at the time of each record)."""
     numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
     if not isinstance(numeric, int):
         raise ValueError(f"--log-level: expected one of {', '.join(LEVELS)}; got {level!r}")
-    logging.basicConfig(level=numeric, format=FORMAT, stream=stream or sys.stderr, force=True)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
+    logging.basicConfig(level=numeric, format=FORMAT, handlers=[handler], force=True)
     quiet_third_party = numeric > logging.DEBUG
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING) if quiet_third_party else numeric)

@@ -80,7 +80,7 @@ def cmd_data_summary(args) -> int:
     from feature_gen.data.sequences import load_interaction_data
 
     cfg = _load(args)
-    data = load_interaction_data(cfg.data, cfg.item_text)
+    data = load_interaction_data(cfg.data, cfg.item_text, allow_empty=True)  # zeros are a finding here
     lengths = [len(s) for s in data.sequences]
     print(f"source               {cfg.data.source}")
     print(f"users                {data.num_users}")

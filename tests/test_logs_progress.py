@@ -94,3 +94,26 @@ def test_catalogue_caching_reports_items_done_of_the_catalogue(tmp_path, tiny_bu
     build_recommender(cfg, data)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("caching the catalogue")]
     assert lines and lines[-1].startswith(f"caching the catalogue: {data.num_items}/{data.num_items} items (100%)")
+
+
+def test_logging_follows_stderr_after_a_redirect_is_closed(capsys):
+    """setup_logging bound the handler to the stderr object of its call; when that was a test's capture
+    (or any redirect) and was closed, every later record printed "--- Logging error ---" instead, which
+    broke a later test's one-line error check."""
+    import io
+    import logging
+    import sys
+
+    from feature_gen.logs import setup_logging
+
+    redirect = io.StringIO()
+    saved, sys.stderr = sys.stderr, redirect
+    try:
+        setup_logging("INFO")
+        logging.getLogger("feature_gen.probe").info("into the redirect")
+    finally:
+        sys.stderr = saved
+    redirect.close()
+    logging.getLogger("feature_gen.probe").warning("after the redirect closed")
+    err = capsys.readouterr().err
+    assert "after the redirect closed" in err and "Logging error" not in err

@@ -402,7 +402,10 @@ def test_the_public_api_round_trip_equals_the_spark_jobs_embeddings(run, spark_b
     np.testing.assert_allclose(users.vectors, np.stack(got.embedding.to_numpy()), atol=1e-4, rtol=1e-4)
     assert users.seq_len.tolist() == got.seq_len.tolist()
     assert users.last_event_ts.tolist() == got.last_event_ts.tolist()
-    assert sorted(users.rejects.reason.unique()) == ["null_id", "unknown_item"]
+    # the same rows refused for the same reasons as the Spark user job's user_rejects
+    spark_rejects = read_version(offline, USER_REJECTS, run["version"])
+    assert users.rejects.groupby("reason").size().to_dict() == spark_rejects.groupby("reason").size().to_dict()
+    assert sorted(users.rejects.reason.unique()) == ["null_user_id", "unknown_item"]
     # the jobs reported their progress from Spark's status tracker (tasks done of the stages seen; a
     # stage Spark skips, e.g. a reused shuffle of the distributed materialization, leaves the total),
     # ending N/N

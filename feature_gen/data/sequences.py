@@ -99,8 +99,9 @@ def build_interaction_data(
     )
 
 
-def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> InteractionData:
-    """The one entry point from config to sequences, for every data source."""
+def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig, allow_empty: bool = False) -> InteractionData:
+    """The one entry point from config to sequences, for every data source. No user left after
+    `data.min_user_interactions`: DataError saying so, unless `allow_empty` (a summary that shows zeros)."""
     if data_cfg.source == "files":
         from feature_gen.data.formats import read_mapped
 
@@ -115,7 +116,7 @@ def load_interaction_data(data_cfg: DataConfig, text_cfg: ItemTextConfig) -> Int
         interactions = validate_interactions(interactions, data_cfg.source, data_cfg.timestamp_unit)
         check_known_items(interactions, items[ITEM_ID], data_cfg.source)
     data = build_interaction_data(items, interactions, text_cfg, data_cfg.min_user_interactions)
-    if not len(data.user_ids):  # nothing to train or evaluate on: say why here, not as an empty-array error later
+    if not len(data.user_ids) and not allow_empty:  # nothing to train or evaluate on: say why here, not later
         source = data_cfg.interactions_path if data_cfg.source == "files" else data_cfg.source
         raise DataError(f"{source}: no user has data.min_user_interactions ({data_cfg.min_user_interactions}) "
                         f"interactions on embeddable items ({len(interactions)} interactions of "
