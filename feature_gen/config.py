@@ -785,6 +785,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> HL
     return config_from_dict(raw, source=str(path))
 
 
+def dotted_fields(raw: dict[str, Any], depth: int | None = None, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}, the inverse of set_dotted. `depth`: how many
+    levels of mappings to open (1: sections only, their mapping values such as data.columns stay
+    whole); None: every level."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and (depth is None or depth > 0):
+            out.update(dotted_fields(value, None if depth is None else depth - 1, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = raw

@@ -115,17 +115,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _dotted(raw: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3} (sections only; lists and values stay whole)."""
-    out: dict = {}
-    for key, value in raw.items():
-        if isinstance(value, dict) and not prefix:
-            out.update(_dotted(value, f"{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def cmd_quality(args) -> int:
     from trainer.quality import run_quality
 
@@ -135,10 +124,12 @@ def cmd_quality(args) -> int:
     # file's fields as dotted overrides, validated on each selected run's config before anything runs
     overrides: dict = {}
     if args.config:
-        from feature_gen.config import ConfigError, read_data_file
+        from feature_gen.config import ConfigError, dotted_fields, read_data_file
 
-        # the loader every config goes through (duplicate keys, encodings and YAML errors named)
-        overrides = _dotted(read_data_file(args.config, ConfigError, f"{args.config}: config file not found") or {})
+        # the loader every config goes through (duplicate keys, encodings and YAML errors named); sections
+        # only: a mapping value (data.columns) stays whole
+        overrides = dotted_fields(read_data_file(args.config, ConfigError, f"{args.config}: config file not found") or {},
+                                  depth=1)
     overrides.update(dict(parse_override(o) for o in args.overrides))
     try:
         return run_quality(args.suite, seeds=args.seeds, output=args.output, datasets=args.datasets, runs=args.runs,

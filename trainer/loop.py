@@ -42,7 +42,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from feature_gen.config import ConfigError, HLLMConfig
+from feature_gen.config import ConfigError, HLLMConfig, dotted_fields
 from feature_gen.data.sequences import (
     EvalSet,
     LeaveOneOutSplit,
@@ -173,17 +173,7 @@ def _changed_fields(saved: Path, cfg: HLLMConfig) -> list[str]:
         old = yaml.safe_load(saved.read_text())
     except (OSError, yaml.YAMLError):
         return []
-    new = cfg.model_dump(mode="json")
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-
-    a, b = flat(old or {}), flat(new)
+    a, b = dotted_fields(old if isinstance(old, dict) else {}), dotted_fields(cfg.model_dump(mode="json"))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
